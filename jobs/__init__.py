@@ -1,0 +1,1 @@
+"""Thin entry points: parse -> build -> run. No logic beyond that lives here."""

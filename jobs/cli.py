@@ -1,0 +1,46 @@
+"""`vaerr`: the command line. Each subcommand lives in its own jobs/<name>.py module that
+exposes `register(subparsers)`; this file only assembles them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jobs.common import setup_logging
+
+# Order is the order shown by `vaerr --help`.
+COMMAND_MODULES = ("jobs.faces", "jobs.model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: one subcommand per module in COMMAND_MODULES."""
+    parser = argparse.ArgumentParser(
+        prog="vaerr",
+        description=(
+            "Arousal/valence timelines for every face in a video collection (SS-VAERR). "
+            "Run `vaerr COMMAND --help` for each command's options."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="More logging.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="Warnings and errors only.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:  # config and input errors: one clear line
+        print(f"vaerr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

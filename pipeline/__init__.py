@@ -1,0 +1,1 @@
+"""The runtime: decode, faces, model, windows, timelines."""

@@ -1,0 +1,1 @@
+"""Contracts only: typed configs and the pyarrow schemas of every table vaerr writes."""

@@ -1,0 +1,205 @@
+"""Typed, frozen run configuration, loaded from YAML plus `--set a.b=c` overrides.
+
+Every number of METHOD.md is a field here with the paper's value as its default; code never
+hard-codes them. The resolved config is saved next to every output (`config.yaml`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+
+from schemas.base import Section
+from schemas.model import LossConfig, ModelConfig
+
+RETINAFACE_URL = "https://www.adrianbulat.com/downloads/python-fan/retinaface_mobilenet0.25.pth"
+FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar"
+MEAN_FACE_URL = (
+    "https://raw.githubusercontent.com/mpc001/auto_avsr/main/preparation/detectors/"
+    "retinaface/20words_mean_face.npy"
+)
+
+
+class StorageConfig(Section):
+    """How to reach object stores; empty fields fall back to the standard AWS env vars."""
+
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint URL (else AWS_ENDPOINT_URL, else AWS)."
+    )
+    region: str | None = Field(None, description="S3 region (else AWS_DEFAULT_REGION).")
+    key: SecretStr | None = Field(None, description="Access key id (else AWS_ACCESS_KEY_ID).")
+    secret: SecretStr | None = Field(
+        None, description="Secret access key (else AWS_SECRET_ACCESS_KEY). Never logged."
+    )
+    anon: bool = Field(False, description="Anonymous (unsigned) S3 access.")
+    block_size_mb: int = Field(
+        8, ge=1, le=512, description="Read-ahead block size for remote reads, MiB."
+    )
+
+
+class VideoConfig(Section):
+    """Decoding: the analysis frame rate, time range and streaming chunk size."""
+
+    fps: float = Field(25.0, gt=0, le=240, description="Analysis rate, frames/s (METHOD: 25).")
+    start_s: float | None = Field(None, ge=0, description="Start of the range to analyse, s.")
+    end_s: float | None = Field(None, gt=0, description="End of the range to analyse, s.")
+    audio_rate: int = Field(16000, gt=0, description="Audio resample rate, Hz (mono).")
+    chunk_frames: int = Field(
+        32, ge=1, le=4096, description="Frames decoded and detected per chunk (bounds memory)."
+    )
+
+
+class DetectorConfig(Section):
+    """RetinaFace MobileNet-0.25 (the network face-alignment ships)."""
+
+    weights: str = Field(RETINAFACE_URL, description="Weights path, fsspec URI or http(s) URL.")
+    max_side: int = Field(
+        640, ge=64, le=4096, description="Detection input's longest side, px; boxes map back."
+    )
+    threshold: float = Field(0.8, ge=0, le=1, description="Face confidence threshold.")
+    nms: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
+    max_faces: int = Field(16, ge=1, description="Keep at most this many faces per frame.")
+    min_size_px: float = Field(
+        16.0, ge=0, description="Drop faces whose box side is below this, source px."
+    )
+    every_k: int = Field(
+        1, ge=1, le=25, description="Detect every k-th frame; the tracker fills in between."
+    )
+    batch_size: int = Field(16, ge=1, description="Frames per detector forward pass.")
+
+
+class LandmarkConfig(Section):
+    """Which landmarks drive alignment: FAN's 68 points or the detector's 5."""
+
+    kind: Literal["fan68", "retina5"] = Field(
+        "fan68", description="fan68 (FAN 2D, the paper) or retina5 (detector's 5 points; fast)."
+    )
+    fan_weights: str = Field(FAN_URL, description="FAN 2D weights: path, fsspec URI or URL.")
+    batch_size: int = Field(32, ge=1, description="Face crops per FAN forward pass.")
+
+
+class TrackConfig(Section):
+    """Linking detections into face tracks."""
+
+    iou_threshold: float = Field(0.3, ge=0, le=1, description="Minimum IoU to link.")
+    landmark_weight: float = Field(
+        0.5, ge=0, description="Weight of normalised landmark distance in the link cost."
+    )
+    max_gap: int = Field(
+        12, ge=0, le=250, description="Frames a track may miss before it ends (interpolated)."
+    )
+    min_length: int = Field(
+        6, ge=1, description="Tracks spanning fewer frames than this are dropped."
+    )
+
+
+class AlignConfig(Section):
+    """Similarity alignment to the mean face and the fixed whole-face crop."""
+
+    mean_face: str = Field(MEAN_FACE_URL, description="68x2 mean face (256x256 frame) URI.")
+    stable_points: tuple[int, ...] = Field(
+        (33, 36, 39, 42, 45), description="iBUG-68 indices used for the fan68 similarity fit."
+    )
+    smooth_window: int = Field(
+        12, ge=0, le=100, description="Centred moving-average window over landmarks, frames."
+    )
+    crop_scale: float = Field(
+        1.3, gt=0.5, le=3, description="Enlargement of the mean-face bounding square (inferred)."
+    )
+    crop_size: int = Field(96, ge=16, le=512, description="Output crop side, px (grayscale).")
+
+
+class FaceConfig(Section):
+    """The whole face stage."""
+
+    device: str = Field("cpu", description="torch device for face networks (cpu, cuda, cuda:1).")
+    detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Detector.")
+    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig, description="Landmarks.")
+    track: TrackConfig = Field(default_factory=TrackConfig, description="Tracker.")
+    align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment and crop.")
+
+
+class VaerrConfig(Section):
+    """The root config: one YAML file, every section optional."""
+
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object stores.")
+    cache_dir: str | None = Field(
+        None, description="Weights cache (else env VAERR_CACHE, else ~/.cache/vaerr)."
+    )
+    video: VideoConfig = Field(default_factory=VideoConfig, description="Decoding.")
+    faces: FaceConfig = Field(default_factory=FaceConfig, description="Face stage.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Training loss.")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return str(Path(v).expanduser()) if v else v
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ValueError(f"--set {dotted}: {k!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> nested dict; values parsed as YAML scalars (1 -> int, x -> str)."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> VaerrConfig:
+    """Read YAML (optional), apply `--set` overrides, validate. Errors name the field."""
+    data: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    data = _merge(data, parse_overrides(overrides))
+    return VaerrConfig.model_validate(data)
+
+
+def config_dump(cfg: VaerrConfig) -> dict[str, Any]:
+    """JSON-able dict of the resolved config with secrets masked."""
+    return json.loads(cfg.model_dump_json())
+
+
+def config_yaml(cfg: VaerrConfig) -> str:
+    """The resolved config as YAML (secrets masked), as saved next to outputs."""
+    return yaml.safe_dump(config_dump(cfg), sort_keys=False)
+
+
+def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = ("video", "faces", "model")) -> str:
+    """Short sha256 over the sections that change results (not storage or cache paths)."""
+    dump = config_dump(cfg)
+    payload = json.dumps({k: dump[k] for k in sections if k in dump}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

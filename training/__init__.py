@@ -1,0 +1,1 @@
+"""Training: datasets, pretext tasks, losses, metrics, the Ray Train loop."""
