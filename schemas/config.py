@@ -174,9 +174,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
-) -> VaerrConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> VaerrConfig:
     """Read YAML (optional), apply `--set` overrides, validate. Errors name the field."""
     data: dict[str, Any] = {}
     if path:

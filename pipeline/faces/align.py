@@ -1,0 +1,142 @@
+"""Pure geometry: gap interpolation, landmark smoothing, similarity alignment, the face crop.
+
+No models here; every function maps numpy arrays to numpy arrays. Coordinates are (x, y) in
+pixels. The template frame is the mean face's 256x256 frame (auto_avsr's 20words_mean_face).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# iBUG-68 groups used to build the 5-point template (RetinaFace's points, image left first).
+LEFT_EYE = slice(36, 42)
+RIGHT_EYE = slice(42, 48)
+NOSE_TIP = 30
+MOUTH_LEFT, MOUTH_RIGHT = 48, 54
+
+
+def template_points(mean_face: np.ndarray, kind: str, stable: tuple[int, ...]) -> np.ndarray:
+    """Template points [P, 2] the stable landmarks are fitted to.
+
+    fan68: mean_face[stable]. retina5: eye centres (means of 36-41 and 42-47), nose tip 30 and
+    mouth corners 48, 54, in RetinaFace's order.
+    """
+    if kind == "fan68":
+        return mean_face[list(stable)].astype(np.float64)
+    if kind == "retina5":
+        return np.stack(
+            [
+                mean_face[LEFT_EYE].mean(0),
+                mean_face[RIGHT_EYE].mean(0),
+                mean_face[NOSE_TIP],
+                mean_face[MOUTH_LEFT],
+                mean_face[MOUTH_RIGHT],
+            ]
+        ).astype(np.float64)
+    raise ValueError(f"unknown landmark kind {kind!r}")
+
+
+def stable_subset(landmarks: np.ndarray, kind: str, stable: tuple[int, ...]) -> np.ndarray:
+    """The points of `landmarks` [..., K, 2] that match `template_points` [..., P, 2]."""
+    return landmarks[..., list(stable), :] if kind == "fan68" else landmarks
+
+
+def crop_square(mean_face: np.ndarray, scale: float) -> tuple[float, float, float]:
+    """(x0, y0, side) in the template frame: the bounding box of all 68 mean-face points, made
+    square about its centre and enlarged by `scale`. One square for every landmark kind."""
+    lo, hi = mean_face.min(0), mean_face.max(0)
+    centre = (lo + hi) / 2.0
+    side = float((hi - lo).max() * scale)
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), side
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping
+    src [P, 2] onto dst [P, 2] (Umeyama 1991). Returns the [2, 3] affine matrix."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1.0
+    rot = u @ np.diag(sign) @ vt
+    var_s = (s**2).sum() / len(src)
+    scale = (sig * sign).sum() / var_s if var_s > 0 else 1.0
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m
+
+
+def crop_matrix(align: np.ndarray, square: tuple[float, float, float], size: int) -> np.ndarray:
+    """Compose image->template `align` [2, 3] with template square -> [0, size) crop."""
+    x0, y0, side = square
+    k = size / side
+    c = np.array([[k, 0.0, -x0 * k], [0.0, k, -y0 * k], [0.0, 0.0, 1.0]])
+    a = np.vstack([align, [0.0, 0.0, 1.0]])
+    return (c @ a)[:2]
+
+
+def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Map points [..., 2] through a [2, 3] affine."""
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+def warp_crop(gray: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """Crop [size, size] uint8 from a gray image [H, W] through the [2, 3] image->crop map."""
+    return cv2.warpAffine(
+        gray, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def interpolate_at(known: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Linear interpolation of values [D, ...] known at sorted frames known [D] to frames
+    query [Q]; queries outside the known range take the nearest value (pad). -> [Q, ...]."""
+    known = np.asarray(known)
+    query = np.asarray(query)
+    flat = values.reshape(len(known), -1).astype(np.float64)
+    if len(known) == 1:
+        return np.repeat(values[:1], len(query), 0).astype(np.float64)
+    hi = np.clip(np.searchsorted(known, query, side="left"), 1, len(known) - 1)
+    lo = hi - 1
+    span = (known[hi] - known[lo]).astype(np.float64)
+    w = np.clip((query - known[lo]) / np.where(span > 0, span, 1.0), 0.0, 1.0)[:, None]
+    out = flat[lo] * (1.0 - w) + flat[hi] * w
+    return out.reshape((len(query),) + values.shape[1:])
+
+
+def centred_average(
+    frames: np.ndarray, values: np.ndarray, query: np.ndarray, half: int, first: int, last: float
+) -> np.ndarray:
+    """Centred moving average of a track's per-frame values.
+
+    frames [T] are consecutive frame indices with values [T, ...] (already interpolated); for
+    each query frame f the mean over [f - h, f + h] with h = min(half, f - first, last - f):
+    the window shrinks at the track ends so it stays centred (auto_avsr's rule). `last` is the
+    track's last frame (inf while the track is still open). -> [Q, ...].
+    """
+    flat = values.reshape(len(frames), -1).astype(np.float64)
+    csum = np.vstack([np.zeros((1, flat.shape[1])), np.cumsum(flat, 0)])
+    h = np.minimum(np.minimum(half, query - first), last - query).astype(np.int64)
+    h = np.maximum(h, 0)
+    start = query - h - frames[0]
+    stop = query + h - frames[0] + 1
+    if start.min(initial=0) < 0 or stop.max(initial=0) > len(frames):
+        raise ValueError("smoothing window reaches outside the frames given")
+    out = (csum[stop] - csum[start]) / (2 * h + 1)[:, None]
+    return out.reshape((len(query),) + values.shape[1:])
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [N, M] of xyxy boxes a [N, 4] and b [M, 4]."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)

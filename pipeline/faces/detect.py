@@ -1,0 +1,150 @@
+"""RetinaFace MobileNet-0.25 (the network face-alignment ships), batched over frames.
+
+A thin wrapper: the network is face-alignment's; prior boxes, box and 5-landmark decoding and
+NMS are here because face-alignment's detector runs one image at a time and discards the
+landmarks. Input frames are downscaled so their longest side is `max_side`; boxes and points
+are mapped back to source pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from itertools import product
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+from pipeline.weights import resolve_file
+from schemas.config import DetectorConfig
+
+log = logging.getLogger(__name__)
+
+# RetinaFace MobileNet-0.25 anchor layout and box-coding variances (Deng et al. 2020).
+MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+STEPS = (8, 16, 32)
+VARIANCE = (0.1, 0.2)
+BGR_MEAN = np.array([104.0, 117.0, 123.0], np.float32)
+
+
+class Detections(NamedTuple):
+    """Faces of one frame, strongest first. boxes: float32 [M, 4] xyxy source px; scores:
+    float32 [M]; landmarks: float32 [M, 5, 2] (eye on image left, eye on image right, nose
+    tip, mouth corner left, mouth corner right), source px."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    @staticmethod
+    def empty() -> Detections:
+        """No face."""
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+
+@lru_cache(maxsize=8)
+def prior_boxes(height: int, width: int) -> np.ndarray:
+    """Anchors (cx, cy, w, h), normalised to the image, float32 [A, 4], for an input size."""
+    out = []
+    for sizes, step in zip(MIN_SIZES, STEPS):
+        fh, fw = -(-height // step), -(-width // step)
+        for i, j in product(range(fh), range(fw)):
+            for s in sizes:
+                out.append(
+                    ((j + 0.5) * step / width, (i + 0.5) * step / height, s / width, s / height)
+                )
+    return np.asarray(out, np.float32)
+
+
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """[A, 4] regression + [A, 4] priors -> [A, 4] normalised xyxy."""
+    centre = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    """[A, 10] regression + [A, 4] priors -> [A, 5, 2] normalised points."""
+    pts = pre.view(-1, 5, 2)
+    return priors[:, None, :2] + pts * VARIANCE[0] * priors[:, None, 2:]
+
+
+def load_retinaface(weights: str, device: str, cache: str | None = None) -> torch.nn.Module:
+    """face-alignment's RetinaFace network with weights from a path, URI or URL."""
+    from face_alignment.detection.retinaface.net_retinaface import RetinaFace, cfg_mnet
+
+    net = RetinaFace(cfg=cfg_mnet)
+    state = torch.load(resolve_file(weights, cache), map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    net.load_state_dict(state)
+    return net.to(device).eval()
+
+
+class RetinaFaceDetector:
+    """Batched face detection. `__call__(frames uint8 RGB [N, H, W, 3]) -> list of N
+    Detections`. Frames in one call must share a size (frames of one video do)."""
+
+    def __init__(
+        self,
+        cfg: DetectorConfig,
+        device: str = "cpu",
+        cache: str | None = None,
+        net: torch.nn.Module | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.net = net if net is not None else load_retinaface(cfg.weights, device, cache)
+
+    def _prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, float]:
+        n, h, w = frames.shape[:3]
+        scale = min(1.0, self.cfg.max_side / max(h, w))
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
+        x = frames[..., ::-1].astype(np.float32) - BGR_MEAN  # RGB -> BGR, mean-subtracted
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), scale
+
+    @torch.inference_mode()
+    def __call__(self, frames: np.ndarray) -> list[Detections]:
+        if len(frames) == 0:
+            return []
+        out: list[Detections] = []
+        for s in range(0, len(frames), self.cfg.batch_size):
+            out.extend(self._detect(frames[s : s + self.cfg.batch_size]))
+        return out
+
+    def _detect(self, frames: np.ndarray) -> list[Detections]:
+        x, scale = self._prepare(frames)
+        h, w = x.shape[2:]
+        loc, conf, landm = self.net(x.to(self.device))
+        priors = torch.from_numpy(prior_boxes(h, w)).to(loc.device)
+        size = torch.tensor([w, h], dtype=torch.float32, device=loc.device) / scale
+        results = []
+        for i in range(x.shape[0]):
+            scores = conf[i, :, 1]
+            keep = scores > self.cfg.threshold
+            if not bool(keep.any()):
+                results.append(Detections.empty())
+                continue
+            boxes = decode_boxes(loc[i][keep], priors[keep]) * size.repeat(2)
+            pts = decode_landmarks(landm[i][keep], priors[keep]) * size
+            sc = scores[keep]
+            order = nms(boxes.float(), sc.float(), self.cfg.nms)
+            boxes, pts, sc = boxes[order], pts[order], sc[order]
+            side = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            big = side >= self.cfg.min_size_px
+            boxes, pts, sc = boxes[big], pts[big], sc[big]
+            m = self.cfg.max_faces
+            results.append(
+                Detections(
+                    boxes[:m].float().cpu().numpy(),
+                    sc[:m].float().cpu().numpy(),
+                    pts[:m].float().cpu().numpy(),
+                )
+            )
+        return results

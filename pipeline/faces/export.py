@@ -1,0 +1,85 @@
+"""`vaerr faces`: one video -> DIR/tracks.parquet (schemas.tables.TRACKS), DIR/clips.parquet
+(schemas.tables.CLIPS: aligned crop_size^2 gray crops, one row per track and frame) and
+DIR/config.yaml, streamed batch by batch; returns the status record."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.faces.pipeline import FacePipeline
+from pipeline.ids import video_id
+from pipeline.io import ParquetStream, write_text
+from pipeline.status import FAILED, face_status, status_record
+from pipeline.storage import join
+from pipeline.video import VideoError
+from schemas.config import config_yaml
+from schemas.tables import BOX, CLIPS, TRACKS
+
+log = logging.getLogger(__name__)
+
+
+def tracks_table(rows: dict[str, np.ndarray]) -> pa.Table:
+    """Face rows -> a TRACKS table (landmarks flattened to [K*2])."""
+    n = len(rows["track_id"])
+    lms = rows["landmarks"].reshape(n, -1)
+    return pa.table(
+        {
+            "track_id": rows["track_id"],
+            "frame_index": rows["frame_index"],
+            "time_s": rows["time_s"],
+            "box_xyxy": pa.FixedSizeListArray.from_arrays(rows["box_xyxy"].reshape(-1), 4).cast(
+                BOX
+            ),
+            "det_score": rows["det_score"],
+            "landmarks": pa.ListArray.from_arrays(
+                np.arange(0, lms.size + 1, lms.shape[1] or 1, dtype=np.int32)[: n + 1],
+                lms.reshape(-1),
+            ),
+            "interpolated": rows["interpolated"],
+        }
+    )
+
+
+def clips_table(rows: dict[str, np.ndarray]) -> pa.Table:
+    """Face rows -> a CLIPS table (crops as raw bytes, row-major)."""
+    crops = rows["crop"]
+    return pa.table(
+        {
+            "track_id": rows["track_id"],
+            "frame_index": rows["frame_index"],
+            "time_s": rows["time_s"],
+            "crop": pa.array([c.tobytes() for c in crops], pa.binary()),
+        },
+        schema=CLIPS,
+    )
+
+
+def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
+    """Run the face pipeline on `uri` and write its tables under `out_dir`."""
+    cfg = pipe.cfg
+    vid = video_id(uri)
+    write_text(join(out_dir, "config.yaml"), config_yaml(cfg), cfg.storage)
+    tracks = ParquetStream(join(out_dir, "tracks.parquet"), TRACKS, cfg.storage)
+    clips = ParquetStream(join(out_dir, "clips.parquet"), CLIPS, cfg.storage)
+    run = pipe.run(uri)
+    try:
+        with tqdm(desc="faces", unit="row", disable=None, leave=False) as bar:
+            for rows in run:
+                tracks.write(tracks_table(rows))
+                clips.write(clips_table(rows))
+                bar.update(len(rows["track_id"]))
+    except VideoError as exc:
+        tracks.close(ok=False)
+        clips.close(ok=False)
+        log.warning("%s: failed: %s", uri, exc)
+        return status_record(vid, uri, FAILED, str(exc), 0, run.frames)
+    tracks.close()
+    clips.close()
+    status, reason = face_status(run.tracks)
+    log.info("%s: %s, %d frames, %d tracks", uri, status, run.frames, run.tracks)
+    return status_record(vid, uri, status, reason, run.tracks, run.frames)

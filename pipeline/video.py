@@ -1,0 +1,266 @@
+"""Streaming decode of any fsspec URI with PyAV, resampled to the analysis rate by timestamps.
+
+A video is never held in memory: `VideoReader.chunks` yields at most `chunk_frames` frames at a
+time. Resampling rule: output frame k (at t_k = k / fps seconds from the first frame) shows the
+latest source frame whose timestamp is <= t_k (the frame on screen at that instant), so 50->25
+keeps every second frame, 30->25 drops every sixth and variable frame rates come out regular.
+Rotation metadata (display matrix) is applied so frames come out upright.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import av
+import numpy as np
+
+from pipeline.storage import open_uri
+from schemas.config import StorageConfig
+
+log = logging.getLogger(__name__)
+
+# Timestamps within this many seconds count as equal (container tick rounding).
+_EPS = 1e-4
+
+
+class VideoError(Exception):
+    """A video that cannot be decoded; the message is the status row's reason."""
+
+
+class FrameChunk(NamedTuple):
+    """Consecutive analysis frames. frames: uint8 RGB [N, H, W, 3]; frame_index: int32 [N]
+    (at the analysis rate); time_s: float64 [N] (seconds from the video's first frame)."""
+
+    frames: np.ndarray
+    frame_index: np.ndarray
+    time_s: np.ndarray
+
+
+@dataclass
+class VideoInfo:
+    """What the container says, plus what decoding found. Sizes are upright (after rotation)."""
+
+    width: int
+    height: int
+    src_fps: float
+    duration_s: float
+    rotation: int
+    has_audio: bool
+    codec: str
+    decoded_frames: int = 0
+    emitted_frames: int = 0
+    decode_errors: int = 0
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _upright(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply the display matrix: PyAV's `rotation` is counter-clockwise degrees."""
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(img, k)) if k else img
+
+
+def _map_error(exc: Exception, uri: str) -> VideoError:
+    if isinstance(exc, FileNotFoundError):
+        return VideoError(f"not found: {uri}")
+    if isinstance(exc, PermissionError):
+        return VideoError(f"access denied: {uri}")
+    if isinstance(exc, av.error.FFmpegError):
+        return VideoError(f"not a decodable video ({type(exc).__name__}: {exc.strerror})")
+    return VideoError(f"cannot open ({type(exc).__name__}: {exc})")
+
+
+class VideoReader:
+    """Open a video URI for streaming decode. Use as a context manager.
+
+    Raises VideoError with a one-line reason for missing, empty, corrupt or audio-only input.
+    """
+
+    def __init__(self, uri: str, storage: StorageConfig | None = None) -> None:
+        self.uri = uri
+        self._file: Any = None
+        self._container: Any = None
+        try:
+            self._file = open_uri(uri, "rb", storage)
+            if self._file.size == 0 if hasattr(self._file, "size") else False:
+                raise VideoError("empty file (0 bytes)")
+            self._container = av.open(self._file, mode="r", metadata_errors="ignore")
+        except VideoError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            raise _map_error(exc, uri) from None
+        if not self._container.streams.video:
+            self.close()
+            raise VideoError("no video stream (audio-only or not a video)")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
+        src_fps = float(rate) if rate else 0.0
+        duration = 0.0
+        if self._stream.duration and self._stream.time_base:
+            duration = float(self._stream.duration * self._stream.time_base)
+        elif self._container.duration:
+            duration = self._container.duration / av.time_base
+        w, h = self._stream.codec_context.width, self._stream.codec_context.height
+        self.info = VideoInfo(
+            width=w,
+            height=h,
+            src_fps=src_fps,
+            duration_s=duration,
+            rotation=0,
+            has_audio=bool(self._container.streams.audio),
+            codec=self._stream.codec_context.name,
+        )
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the container and the underlying file."""
+        for obj in (self._container, self._file):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # closing a broken stream must not mask the real error
+                    pass
+        self._container = self._file = None
+
+    def _source_frames(self, start_s: float) -> Iterator[tuple[float, Any]]:
+        """(time from the first frame, av.VideoFrame) in presentation order; corrupt packets
+        are skipped and recorded as gaps in `info`."""
+        stream, info = self._stream, self.info
+        tb = float(stream.time_base) if stream.time_base else 1.0 / max(info.src_fps, 1.0)
+        origin = float(stream.start_time * stream.time_base) if stream.start_time else None
+        if start_s > 0:
+            target = (origin or 0.0) + start_s
+            self._container.seek(int(target / tb), stream=stream, backward=True)
+        last_t: float | None = None
+        pending_error = False
+        for packet in self._container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                info.decode_errors += 1
+                pending_error = True
+                continue
+            for frame in frames:
+                pts = frame.pts if frame.pts is not None else frame.dts
+                if pts is None:
+                    continue
+                t_abs = pts * tb
+                if origin is None:
+                    origin = t_abs
+                t = t_abs - origin
+                if last_t is not None and t <= last_t - _EPS:
+                    continue  # out-of-order or duplicate timestamp after damage
+                if pending_error and last_t is not None:
+                    info.gaps.append((last_t, t))
+                pending_error = False
+                info.decoded_frames += 1
+                if info.decoded_frames == 1:
+                    info.rotation = int(round(frame.rotation or 0))
+                    if info.rotation % 180:
+                        info.width, info.height = info.height, info.width
+                last_t = t
+                yield t, frame
+
+    def chunks(
+        self,
+        fps: float,
+        start_s: float | None = None,
+        end_s: float | None = None,
+        chunk_frames: int = 32,
+    ) -> Iterator[FrameChunk]:
+        """Yield the analysis frames in chunks of at most `chunk_frames` (see module doc)."""
+        info = self.info
+        start = start_s or 0.0
+        k = max(0, math.ceil(start * fps - _EPS))
+        end = end_s if end_s is not None else math.inf
+        buf: list[np.ndarray] = []
+        idx: list[int] = []
+        prev: tuple[float, Any] | None = None
+        prev_img: np.ndarray | None = None
+
+        def emit_until(limit: float) -> Iterator[FrameChunk]:
+            nonlocal k, prev_img
+            while prev is not None and k / fps < limit - _EPS and k / fps < end - _EPS:
+                if prev_img is None:
+                    prev_img = _upright(prev[1].to_ndarray(format="rgb24"), info.rotation)
+                buf.append(prev_img)
+                idx.append(k)
+                k += 1
+                if len(buf) >= chunk_frames:
+                    yield self._flush(buf, idx, fps)
+
+        try:
+            for t, frame in self._source_frames(start):
+                if prev is None:
+                    # Nothing to show before the first decoded frame (only after a seek).
+                    k = max(k, math.ceil(t * fps - _EPS))
+                else:
+                    yield from emit_until(t)
+                if k / fps >= end - _EPS:
+                    break
+                prev, prev_img = (t, frame), None
+            if prev is not None:
+                frame_dur = 1.0 / info.src_fps if info.src_fps > 0 else 1.0 / fps
+                stop = prev[0] + frame_dur
+                if info.duration_s > prev[0]:
+                    stop = min(stop, info.duration_s)
+                yield from emit_until(stop)
+        except av.error.FFmpegError as exc:
+            if info.decoded_frames == 0:
+                raise _map_error(exc, self.uri) from None
+            info.decode_errors += 1
+            log.warning("%s: decoding stopped early: %s", self.uri, exc)
+        if buf:
+            yield self._flush(buf, idx, fps)
+        if info.decoded_frames == 0:
+            raise VideoError("no decodable video frames")
+
+    def _flush(self, buf: list[np.ndarray], idx: list[int], fps: float) -> FrameChunk:
+        frames = np.stack(buf)
+        fi = np.asarray(idx, dtype=np.int32)
+        self.info.emitted_frames += len(buf)
+        buf.clear()
+        idx.clear()
+        return FrameChunk(frames, fi, fi.astype(np.float64) / fps)
+
+
+def read_audio(
+    uri: str,
+    rate: int = 16000,
+    storage: StorageConfig | None = None,
+) -> np.ndarray:
+    """The first audio track as float32 mono [N] at `rate` Hz in [-1, 1]; empty if none.
+
+    Loaded whole: it is for training clips (seconds to minutes), not for hour-long inputs.
+    """
+    with open_uri(uri, "rb", storage) as f:
+        try:
+            container = av.open(f, mode="r", metadata_errors="ignore")
+        except av.error.FFmpegError as exc:
+            raise _map_error(exc, uri) from None
+        with container:
+            if not container.streams.audio:
+                return np.zeros(0, np.float32)
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            parts: list[np.ndarray] = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    parts.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                parts.append(out.to_ndarray().reshape(-1))
+    if not parts:
+        return np.zeros(0, np.float32)
+    # Resampling can overshoot full scale slightly; keep the documented [-1, 1] range.
+    return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)

@@ -1,0 +1,95 @@
+"""Resolve a weight or template file (local path, fsspec URI or http(s) URL) to a local path.
+
+Every remote file is cached once in one directory (env `VAERR_CACHE`, default
+`~/.cache/vaerr`) under the file name of its URL; a cached file is used without touching the
+network, so an air-gapped cluster works once its cache is seeded by copying files in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(override: str | None = None) -> Path:
+    """The weights cache: `override`, else $VAERR_CACHE, else ~/.cache/vaerr (created)."""
+    d = Path(override or os.environ.get("VAERR_CACHE") or "~/.cache/vaerr").expanduser()
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a local file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check(path: Path, sha256: str | None, uri: str) -> str:
+    if sha256 and sha256_file(path) != sha256.lower():
+        raise ValueError(f"checksum mismatch for {uri} ({path}): expected sha256 {sha256}")
+    return str(path)
+
+
+def _download(uri: str, dest: Path, storage_options: dict[str, Any] | None) -> None:
+    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=dest.name, delete=False)
+    tmp.close()
+    try:
+        if urlparse(uri).scheme in ("http", "https"):
+            with urllib.request.urlopen(uri, timeout=60) as r, open(tmp.name, "wb") as f:
+                shutil.copyfileobj(r, f)
+        else:
+            import fsspec
+
+            with fsspec.open(uri, "rb", **(storage_options or {})) as r, open(tmp.name, "wb") as f:
+                shutil.copyfileobj(r, f)
+        os.replace(tmp.name, dest)  # atomic: a reader never sees a partial file
+    finally:
+        if os.path.exists(tmp.name):
+            os.unlink(tmp.name)
+
+
+def resolve_file(
+    uri: str,
+    cache: str | None = None,
+    sha256: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Return a local path for `uri`, downloading into the cache only when it is not there.
+
+    Local paths and file:// URIs are used in place. Anything else (http(s), s3://, gs://...)
+    is cached as `<cache>/<basename of the URL path>`. A missing file that cannot be fetched
+    raises FileNotFoundError naming the URL and the cache path to seed.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights/template file not found: {path}")
+        return _check(path, sha256, uri)
+    name = Path(parsed.path).name
+    if not name:
+        raise ValueError(f"cannot derive a cache file name from {uri!r}")
+    dest = cache_dir(cache) / name
+    if dest.is_file():
+        return _check(dest, sha256, uri)
+    log.info("downloading %s -> %s", uri, dest)
+    try:
+        _download(uri, dest, storage_options)
+    except Exception as exc:  # network down, 403, no such key: one clear message
+        raise FileNotFoundError(
+            f"cannot fetch {uri} ({type(exc).__name__}: {exc}); "
+            f"no cached copy at {dest}. On an offline machine, copy the file there."
+        ) from None
+    return _check(dest, sha256, uri)

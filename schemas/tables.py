@@ -1,0 +1,99 @@
+"""pyarrow schemas of every table vaerr writes: the single source of truth (DESIGN.md).
+
+Writers validate against these (`conform`); readers and tests compare against them.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+BOX = pa.list_(pa.float32(), 4)
+
+# One row per (video, track, output time step).
+TIMELINES = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("track_id", pa.int32()),
+        ("time_s", pa.float64()),
+        ("frame_index", pa.int32()),
+        ("arousal", pa.float32()),
+        ("valence", pa.float32()),
+        ("emotion", pa.string()),
+        ("box_xyxy", BOX),
+        ("det_score", pa.float32()),
+        ("interpolated", pa.bool_()),
+        ("model_id", pa.string()),
+        ("untrained", pa.bool_()),
+    ]
+)
+
+# Exactly one row per input video.
+VIDEOS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("status", pa.string()),  # ok | no_face | failed
+        ("reason", pa.string()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("frames", pa.int64()),
+        ("tracks", pa.int32()),
+        ("processing_s", pa.float64()),
+        ("model_id", pa.string()),
+        ("config_hash", pa.string()),
+        ("source_etag", pa.string()),
+    ]
+)
+
+# Episodes found by `vaerr query`.
+EVENTS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("kind", pa.string()),
+        ("track_ids", pa.list_(pa.int32())),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("peak_arousal", pa.float32()),
+        ("peak_valence", pa.float32()),
+        ("mean_arousal", pa.float32()),
+        ("mean_valence", pa.float32()),
+        ("score", pa.float32()),
+    ]
+)
+
+# `vaerr faces`: one row per (track, analysis frame). landmarks are [K, 2] flattened (x, y)
+# in source pixels, K = 68 (fan68) or 5 (retina5).
+TRACKS = pa.schema(
+    [
+        ("track_id", pa.int32()),
+        ("frame_index", pa.int32()),
+        ("time_s", pa.float64()),
+        ("box_xyxy", BOX),
+        ("det_score", pa.float32()),
+        ("landmarks", pa.list_(pa.float32())),
+        ("interpolated", pa.bool_()),
+    ]
+)
+
+# Aligned crops of one track (`vaerr faces` clips/ and training shards): one row per frame,
+# `crop` is crop_size x crop_size grayscale uint8, row-major.
+CLIPS = pa.schema(
+    [
+        ("track_id", pa.int32()),
+        ("frame_index", pa.int32()),
+        ("time_s", pa.float64()),
+        ("crop", pa.binary()),
+    ]
+)
+
+STATUS_FIELDS = ("video_id", "uri", "status", "reason", "tracks", "frames")
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast `table` to `schema`'s columns; missing or uncastable columns raise."""
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"table lacks columns {missing} required by the schema")
+    return table.select(schema.names).cast(schema)
