@@ -1,0 +1,76 @@
+"""The SS-VAERR network, its registry and its checkpoints (shared by inference and training).
+
+Batch inference in three calls:
+    model, ckpt = load_model(cfg.model.checkpoint, cfg.model, storage_options=...)
+    out = predict(model, crops_uint8_BxTx96x96, lengths, dtype=cfg.model.dtype)
+    # out["arousal"], out["valence"]: [B, T] float32 in [-1, 1]; tag rows with
+    # ckpt.model_id and ckpt.untrained.
+"""
+
+from pipeline.model.checkpoint import (
+    Checkpoint,
+    EncoderLoadReport,
+    checkpoint_from_model,
+    default_preprocessing,
+    init_checkpoint,
+    load_checkpoint,
+    load_encoder_weights,
+    load_model,
+    model_id,
+    parameter_count,
+    preprocessing_from_config,
+    read_registry,
+    read_weights_file,
+    resolve_checkpoint,
+    save_checkpoint,
+    storage_options_from_config,
+)
+from pipeline.model.network import (
+    SSVAERR,
+    Encoder,
+    SSVAERROutput,
+    lengths_to_mask,
+    predict,
+    uniform_bin_centres,
+)
+from pipeline.model.registry import (
+    ARCHS,
+    FINETUNE_MODES,
+    apply_finetune_mode,
+    arch_spec,
+    build_encoder,
+    build_model,
+    list_models,
+)
+
+__all__ = [
+    "ARCHS",
+    "FINETUNE_MODES",
+    "SSVAERR",
+    "Checkpoint",
+    "Encoder",
+    "EncoderLoadReport",
+    "SSVAERROutput",
+    "apply_finetune_mode",
+    "arch_spec",
+    "build_encoder",
+    "build_model",
+    "checkpoint_from_model",
+    "default_preprocessing",
+    "init_checkpoint",
+    "lengths_to_mask",
+    "list_models",
+    "load_checkpoint",
+    "load_encoder_weights",
+    "load_model",
+    "model_id",
+    "parameter_count",
+    "predict",
+    "preprocessing_from_config",
+    "read_registry",
+    "read_weights_file",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "storage_options_from_config",
+    "uniform_bin_centres",
+]

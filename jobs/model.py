@@ -1,0 +1,85 @@
+"""`vaerr model init NAME --output URI` and `vaerr model info URI`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from jobs.common import add_config_args, config_from_args, print_json_line
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `model` command and its `init` / `info` subcommands."""
+    p = subparsers.add_parser(
+        "model",
+        help="Make and inspect SS-VAERR checkpoints.",
+        description="Make and inspect SS-VAERR checkpoints. No public SS-VAERR weights exist; "
+        "`init` writes an untrained one (flagged so) so the pipeline runs before training.",
+    )
+    sub = p.add_subparsers(dest="model_command", required=True, metavar="SUBCOMMAND")
+
+    init = sub.add_parser("init", help="Write an untrained checkpoint of a registered arch.")
+    init.add_argument("name", metavar="NAME", help="Architecture: ssvaerr_r18 or ssvaerr_tiny.")
+    init.add_argument("--output", required=True, metavar="URI", help="Path or fsspec URI.")
+    init.add_argument("--seed", type=int, default=0, help="Seed of the random weights.")
+    add_config_args(init)
+    init.set_defaults(func=run_init)
+
+    info = sub.add_parser("info", help="Describe a checkpoint (path, URI or registry name).")
+    info.add_argument("uri", metavar="URI", help="Checkpoint path, fsspec URI or registry name.")
+    add_config_args(info)
+    info.set_defaults(func=run_info)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """Build NAME with random weights and save it flagged untrained."""
+    from pipeline.model import (
+        init_checkpoint,
+        preprocessing_from_config,
+        save_checkpoint,
+        storage_options_from_config,
+    )
+
+    cfg = config_from_args(args)
+    model_cfg = type(cfg.model).model_validate({**cfg.model.model_dump(), "arch": args.name})
+    ckpt = init_checkpoint(model_cfg, preprocessing_from_config(cfg), seed=args.seed)
+    save_checkpoint(ckpt, args.output, storage_options_from_config(cfg.storage))
+    print_json_line(
+        {"uri": args.output, "arch": ckpt.arch, "model_id": ckpt.model_id, "untrained": True}
+    )
+    return 0
+
+
+def _lines(title: str, record: dict[str, Any]) -> list[str]:
+    return [f"{title}:"] + [f"  {k}: {v}" for k, v in record.items()]
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print architecture, parameter count, preprocessing, provenance and the untrained flag."""
+    from pipeline.model import (
+        load_checkpoint,
+        parameter_count,
+        resolve_checkpoint,
+        storage_options_from_config,
+    )
+
+    cfg = config_from_args(args)
+    opts = storage_options_from_config(cfg.storage)
+    uri = resolve_checkpoint(args.uri, cfg.model.registry_file, cfg.cache_dir, opts)
+    ckpt = load_checkpoint(uri, opts)
+    lines = [
+        f"checkpoint: {uri}",
+        f"arch: {ckpt.arch}",
+        f"model_id: {ckpt.model_id}",
+        f"parameters: {parameter_count(ckpt.state_dict)}",
+        f"bins: {ckpt.bins}",
+        f"untrained: {str(ckpt.untrained).lower()}",
+        f"format_version: {ckpt.version}",
+    ]
+    lines += _lines("model_config", ckpt.model_config)
+    lines += _lines("preprocessing", ckpt.preprocessing)
+    lines += _lines("provenance", ckpt.provenance)
+    if ckpt.untrained:
+        lines.append("WARNING: untrained (random) weights: its arousal/valence are meaningless.")
+    print("\n".join(lines), flush=True)
+    return 0
