@@ -138,7 +138,11 @@ class VideoReader:
         are skipped and recorded as gaps in `info`."""
         stream, info = self._stream, self.info
         tb = float(stream.time_base) if stream.time_base else 1.0 / max(info.src_fps, 1.0)
-        origin = float(stream.start_time * stream.time_base) if stream.start_time else None
+        origin: float | None = None
+        if stream.start_time is not None:
+            origin = float(stream.start_time * stream.time_base)
+        elif start_s > 0:
+            origin = 0.0  # no declared start: a seek must not move the time origin
         if start_s > 0:
             target = (origin or 0.0) + start_s
             self._container.seek(int(target / tb), stream=stream, backward=True)

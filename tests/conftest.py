@@ -1,0 +1,104 @@
+"""Shared fixtures: the real assets in ../shared/assets, face configs, a local S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from schemas.config import VaerrConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("VAERR_ASSETS", REPO.parent / "shared" / "assets"))
+RETINA = ASSETS / "detectors" / "retinaface_mobilenet0.25_Final.pth"
+MEAN_FACE = ASSETS / "landmarks" / "20words_mean_face.npy"
+VIDEOS = ASSETS / "videos"
+
+
+def asset(rel: str) -> Path:
+    """Path of an asset, or skip the test with the reason."""
+    p = ASSETS / rel
+    if not p.exists():
+        pytest.skip(f"asset {p} not found (set VAERR_ASSETS to the shared/assets folder)")
+    return p
+
+
+def face_overrides(kind: str = "retina5") -> list[str]:
+    """--set lines pointing the face stage at the real weights in the assets."""
+    asset("detectors/retinaface_mobilenet0.25_Final.pth")
+    asset("landmarks/20words_mean_face.npy")
+    return [
+        f"faces.landmarks.kind={kind}",
+        f"faces.detector.weights={RETINA}",
+        f"faces.align.mean_face={MEAN_FACE}",
+    ]
+
+
+@pytest.fixture
+def face_cfg(tmp_path: Path) -> VaerrConfig:
+    """retina5 config on the real RetinaFace weights; cache in the test's temp dir."""
+    return load_config(None, face_overrides() + [f"cache_dir={tmp_path / 'cache'}"])
+
+
+@pytest.fixture(scope="session")
+def retina_pipeline():
+    """One FacePipeline (retina5, real weights) shared by the session: models load once."""
+    from pipeline.faces.pipeline import FacePipeline
+
+    return FacePipeline(load_config(None, face_overrides()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto) on loopback for the whole session; yields its endpoint URL.
+
+    Credentials are fake; the AWS env vars are set so s3fs/pyarrow/boto3 all find them.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "AWS_ENDPOINT_URL",
+        )
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing-secret",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str):
+    """A fresh, empty bucket; yields its name."""
+    import uuid
+
+    import boto3
+
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,230 @@
+"""The face pipeline on real clips with real RetinaFace weights (../shared/assets)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from jobs.cli import main
+from pipeline.faces.align import apply_affine, crop_matrix, crop_square
+from pipeline.faces.export import export_faces
+from pipeline.faces.pipeline import FacePipeline
+from schemas.config import load_config
+from schemas.tables import CLIPS, TRACKS
+from tests.conftest import MEAN_FACE, RETINA, asset, face_overrides
+
+GRID = ["grid_bbaf2n.mpg", "grid_lbbc2a.mpg", "grid_swiz3n.mpg"]
+
+
+def collect(pipe, uri):
+    run = pipe.run(uri)
+    parts = list(run)
+    if not parts:
+        return run, None
+    return run, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_one_track_per_grid_clip(retina_pipeline, name):
+    run, rows = collect(retina_pipeline, str(asset(f"videos/{name}")))
+    assert run.tracks == 1 and run.frames == 75
+    assert set(rows["track_id"]) == {0}
+    np.testing.assert_array_equal(np.sort(rows["frame_index"]), np.arange(75))
+    assert rows["crop"].shape == (75, 96, 96) and rows["crop"].dtype == np.uint8
+    assert rows["landmarks"].shape == (75, 5, 2)
+    assert rows["crop"].std() > 10  # a real image, not a blank
+
+
+def test_two_speakers_two_tracks(retina_pipeline, tmp_path):
+    uri = str(asset("videos/grid_two_speakers_sbs.mp4"))
+    rec = export_faces(retina_pipeline, uri, str(tmp_path / "out"))
+    assert rec["status"] == "ok" and rec["tracks"] == 2 and rec["frames"] == 75
+    tracks = pq.read_table(tmp_path / "out" / "tracks.parquet")
+    assert tracks.schema.equals(TRACKS)
+    clips = pq.read_table(tmp_path / "out" / "clips.parquet")
+    assert clips.schema.equals(CLIPS) and clips.num_rows == 150
+    t = tracks.to_pandas()
+    assert sorted(t.track_id.unique()) == [0, 1]
+    # The two tracks stay on their own side of the frame (ids do not swap).
+    centre_x = t.box_xyxy.map(lambda b: (b[0] + b[2]) / 2)
+    sides = t.assign(cx=centre_x).groupby("track_id").cx.agg(["min", "max"])
+    assert sides["max"].min() < 360 < sides["min"].max()
+    assert (t.groupby("track_id").size() == 75).all()
+    assert (tmp_path / "out" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("name", ["noface_sky_360p.mp4", "noface_sky_1080p_hevc.mp4"])
+def test_sky_clips_have_no_face(retina_pipeline, tmp_path, name):
+    rec = export_faces(retina_pipeline, str(asset(f"videos/{name}")), str(tmp_path))
+    assert (
+        rec["status"] == "no_face" and rec["tracks"] == 0 and rec["frames"] == 50 + ("hevc" in name)
+    )
+
+
+def blazeface():
+    from face_alignment.detection.blazeface.net_blazeface import BlazeFace
+
+    net = BlazeFace()
+    net.load_state_dict(torch.load(asset("detectors/blazeface.pth"), weights_only=True))
+    net.load_anchors_from_npy(np.load(asset("detectors/anchors.npy")), "cpu")
+    return net.eval()
+
+
+def test_alignment_puts_eyes_on_the_template(retina_pipeline):
+    """Independent check: BlazeFace (another network) finds the eyes of the aligned crops
+    within 4 px of the template's eye centres."""
+    import cv2
+
+    net = blazeface()
+    mf = np.load(MEAN_FACE)
+    square = crop_square(mf, retina_pipeline.cfg.faces.align.crop_scale)
+    to_crop = crop_matrix(np.hstack([np.eye(2), np.zeros((2, 1))]), square, 96)
+    target = apply_affine(to_crop, np.stack([mf[36:42].mean(0), mf[42:48].mean(0)]))
+    errors = []
+    for name in GRID:
+        _, rows = collect(retina_pipeline, str(asset(f"videos/{name}")))
+        for crop in rows["crop"][::5]:
+            img = cv2.resize(cv2.cvtColor(crop, cv2.COLOR_GRAY2RGB), (128, 128))
+            with torch.no_grad():
+                p = net.predict_on_image(img)
+            assert len(p) >= 1, "BlazeFace found no face in an aligned crop"
+            eyes = p[0, 4:8].reshape(2, 2).numpy() * 96
+            eyes = eyes[np.argsort(eyes[:, 0])]
+            errors.append(np.linalg.norm(eyes - target, axis=1))
+    errors = np.concatenate(errors)
+    assert len(errors) >= 40
+    # BlazeFace's own keypoints jitter by a pixel or two on 96 px crops: judge the typical
+    # frame (median) strictly and the tail loosely.
+    assert np.median(errors) < 3.0, f"median eye error {np.median(errors):.2f} px"
+    assert np.quantile(errors, 0.95) < 4.0, f"95th pct {np.quantile(errors, 0.95):.2f} px"
+
+
+def test_detect_every_k_frames_fills_in(tmp_path):
+    cfg = load_config(None, face_overrides() + ["faces.detector.every_k=3", "video.end_s=2"])
+    run, rows = collect(FacePipeline(cfg), str(asset("videos/grid_bbaf2n.mpg")))
+    # Frames 0..48: the track ends at its last detection (48); frame 49 has none after it.
+    assert run.tracks == 1 and len(rows["frame_index"]) == 49
+    det = ~rows["interpolated"]
+    np.testing.assert_array_equal(rows["frame_index"][det] % 3, 0)
+    assert rows["interpolated"].sum() > 25 and (rows["det_score"][det] > 0.8).all()
+
+
+def test_fan_plumbing_with_random_weights(tmp_path):
+    """No real FAN weights exist here: a randomly initialised FAN checks shapes, batching and
+    that tracks stay continuous through the fan68 code path."""
+    from face_alignment.models import FAN
+
+    torch.manual_seed(0)
+    weights = tmp_path / "fan_random.pth"
+    torch.save(FAN(4).state_dict(), weights)
+    cfg = load_config(
+        None,
+        face_overrides("fan68")
+        + [
+            f"faces.landmarks.fan_weights={weights}",
+            "faces.landmarks.batch_size=3",
+            "video.end_s=0.6",
+        ],
+    )
+    pipe = FacePipeline(cfg)
+    uri = str(asset("videos/grid_two_speakers_sbs.mp4"))
+    run, rows = collect(pipe, uri)
+    assert run.frames == 15 and run.tracks == 2
+    assert rows["landmarks"].shape == (30, 68, 2) and rows["crop"].shape == (30, 96, 96)
+    # Batched FAN (3 crops per pass) equals FAN face by face.
+    from pipeline.video import VideoReader
+
+    with VideoReader(uri) as r:
+        frame = next(r.chunks(25)).frames[0]
+    dets = pipe.detector(frame[None])[0]
+    together = pipe.landmarker.batch([frame], [dets.boxes], [dets.landmarks])[0]
+    alone = [
+        pipe.landmarker.batch([frame], [dets.boxes[i : i + 1]], [dets.landmarks[i : i + 1]])[0][0]
+        for i in range(len(dets.boxes))
+    ]
+    np.testing.assert_allclose(together, np.stack(alone), atol=1e-3)
+
+
+def test_offline_cache_seeded_from_assets(tmp_path, monkeypatch):
+    """Default URLs + a cache seeded by copying files = works with no network."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(
+        asset("detectors/retinaface_mobilenet0.25_Final.pth"),
+        cache / "retinaface_mobilenet0.25.pth",
+    )
+    shutil.copy(MEAN_FACE, cache / "20words_mean_face.npy")
+    monkeypatch.setenv("VAERR_CACHE", str(cache))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "faces",
+            str(asset("videos/grid_lbbc2a.mpg")),
+            "-o",
+            str(out),
+            "--set",
+            "faces.landmarks.kind=retina5",
+            "--set",
+            "video.end_s=1",
+        ]
+    )
+    assert code == 0
+    assert pq.read_table(out / "tracks.parquet").num_rows == 25
+
+
+def test_missing_weights_without_network_is_one_clear_error(tmp_path, capsys):
+    url = "http://127.0.0.1:9/weights/retina_missing.pth"  # nothing listens on port 9
+    code = main(
+        [
+            "faces",
+            str(asset("videos/grid_lbbc2a.mpg")),
+            "-o",
+            str(tmp_path / "o"),
+            "--set",
+            f"cache_dir={tmp_path / 'c'}",
+            "--set",
+            "faces.landmarks.kind=retina5",
+            "--set",
+            f"faces.detector.weights={url}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert url in err and str(tmp_path / "c" / "retina_missing.pth") in err
+
+
+@pytest.mark.parametrize(
+    "make,status,reason",
+    [
+        (lambda p: p.write_bytes(b""), "failed", "empty"),
+        (lambda p: p.write_bytes(np.random.default_rng(1).bytes(5000)), "failed", "decodable"),
+        (None, "failed", "not found"),
+    ],
+)
+def test_cli_bad_inputs_print_a_status_line(tmp_path, capsys, make, status, reason):
+    path = tmp_path / "in.mp4"
+    if make:
+        make(path)
+    code = main(
+        [
+            "faces",
+            str(path),
+            "-o",
+            str(tmp_path / "o"),
+            "--set",
+            f"faces.detector.weights={RETINA}",
+            "--set",
+            f"faces.align.mean_face={MEAN_FACE}",
+            "--set",
+            "faces.landmarks.kind=retina5",
+        ]
+    )
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1 and last["status"] == status and reason in last["reason"]
+    assert set(last) == {"video_id", "uri", "status", "reason", "tracks", "frames"}
+    assert not (tmp_path / "o" / "tracks.parquet").exists()  # nothing half-written
