@@ -25,7 +25,10 @@ __all__ = [
 
 def _np(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
-        x = x.detach().float().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.element_size() < 4:  # bfloat16 / float16
+            x = x.float()
+        x = x.numpy()
     return np.asarray(x, dtype=np.float64)
 
 

@@ -494,8 +494,11 @@ def read_registry(
         if unknown:
             raise ValueError(f"{registry_file}: entry {name!r} has unknown keys {sorted(unknown)}")
         sha = entry.get("sha256")
-        if sha is not None and not _SHA_RE.match(str(sha)):
-            raise ValueError(f"{registry_file}: entry {name!r}: sha256 must be 64 hex digits")
+        if sha is not None and not (isinstance(sha, str) and _SHA_RE.match(sha)):
+            raise ValueError(
+                f"{registry_file}: entry {name!r}: sha256 must be a string of 64 hex digits "
+                "(quote it in YAML)"
+            )
         uri = entry["uri"]
         if base is not None and _is_local(uri) and not _local_path(uri).is_absolute():
             uri = str(base / _local_path(uri))
@@ -531,6 +534,8 @@ def resolve_checkpoint(
                     f"registry {reg}: remote entry {name_or_uri!r} needs a sha256 "
                     "(it is cached by file name and checked against it)"
                 )
+            if _is_local(uri):  # used in place, checksum checked
+                return resolve_file(uri, None, sha256=sha, storage_options=storage_options)
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", name_or_uri)
             cache = weights_cache(cache_dir) / "checkpoints" / safe
             return resolve_file(uri, str(cache), sha256=sha, storage_options=storage_options)
