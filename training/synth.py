@@ -868,9 +868,22 @@ def _cells(width: int, n: int) -> list[tuple[int, int]]:
     return [(int(edges[i]), int(edges[i + 1])) for i in range(n)]
 
 
+@functools.lru_cache(maxsize=4)
+def _noise_bank(n: int) -> np.ndarray:
+    """Unit Gaussian samples, float32 [n + 2**16]: per-frame noise is a random slice of it.
+
+    Drawing fresh normals per frame costs ~7 ms at 640x360 (half the render time); a slice at a
+    random offset looks the same to a detector or a network and is still seed-deterministic.
+    """
+    return np.random.default_rng(12345).standard_normal(n + (1 << 16), dtype=np.float32)
+
+
 def _finish(canvas: np.ndarray, rng: np.random.Generator | None, noise: float) -> np.ndarray:
+    """Add sensor noise (std `noise` gray levels) and quantise to uint8."""
     if rng is not None and noise > 0:
-        canvas = canvas + rng.normal(0.0, noise, canvas.shape).astype(np.float32)
+        bank = _noise_bank(canvas.size)
+        off = int(rng.integers(0, 1 << 16))
+        canvas = canvas + noise * bank[off : off + canvas.size].reshape(canvas.shape)
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -1235,6 +1248,15 @@ MANIFEST_COLUMNS = (
 )
 
 
+def _corpus_video(job: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Render one corpus video (a top-level function so process pools can pickle it)."""
+    info = write_synthetic_video(
+        job["path"], job["seed"], job["seconds"], job["fps"], job["size"], 1, job["with_audio"],
+        identities=[job["identity"]], video_name=job["video"], lossless=job["lossless"],
+    )  # fmt: skip
+    return info["arousal"], info["valence"], info["n_frames"]
+
+
 def make_corpus(
     out_dir: str | os.PathLike,
     n_identities: int,
@@ -1247,54 +1269,87 @@ def make_corpus(
     size: tuple[int, int] = (360, 640),
     with_audio: bool = True,
     lossless: bool = False,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
-    """Write a synthetic corpus and return its manifest (one dict per video).
+    """Write a synthetic corpus and return its manifest (one dict per video, in file order).
 
-    Layout under `out_dir`::
+    Layout under `out_dir` (a local folder, or any fsspec URI: written to a local temporary
+    folder, then uploaded)::
 
         videos/id{III}_v{K}.mp4   one talking face per video (AAC audio with `with_audio`)
-        labels.csv                generic CSV, `video` = path relative to out_dir
+        labels.csv                generic CSV, `video` = path relative to out_dir, one row per
+                                  frame at the video rate
         manifest.csv              video, identity, split, seed, seconds, fps, n_frames, ...
         identities.json           the Identity parameters per identity id
 
     Identities (not videos) are split train/validation/test, so evaluation is on unseen
-    people. Deterministic from `seed`.
+    people. Deterministic from `seed` (also with `workers` > 1 processes). Cost: about 8 ms
+    per 640x360 frame on one core, render + encode.
     """
-    out = Path(out_dir)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    root = np.random.SeedSequence([seed, 202])
-    id_seqs = root.spawn(n_identities)
-    split_rng = np.random.default_rng([seed, 303])
-    splits = split_identities(n_identities, split_fractions, split_rng)
-    manifest: list[dict[str, Any]] = []
-    all_rows: list[dict[str, Any]] = []
-    ident_info = {}
-    for i in range(n_identities):
-        ident = sample_identity(np.random.default_rng(id_seqs[i]))
-        ident_id = f"id{i:03d}"
-        ident_info[ident_id] = ident.to_dict()
-        for k in range(videos_per_identity):
-            rel = f"videos/{ident_id}_v{k}.mp4"
-            vseed = int(np.random.SeedSequence([seed, 404, i, k]).generate_state(1)[0] >> 1)
-            info = write_synthetic_video(
-                out / rel, vseed, seconds, fps, size, 1, with_audio, identities=[ident],
-                video_name=rel, lossless=lossless,
+    if isinstance(out_dir, str) and "://" in out_dir and not out_dir.startswith("file://"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vaerr_corpus_") as tmp:
+            manifest = make_corpus(
+                tmp, n_identities, videos_per_identity, seconds, seed, split_fractions, fps=fps,
+                size=size, with_audio=with_audio, lossless=lossless, workers=workers,
             )  # fmt: skip
-            all_rows.extend(label_rows(rel, info["arousal"], info["valence"], fps))
+            _upload_tree(tmp, out_dir)
+        return manifest
+    out = Path(str(out_dir).removeprefix("file://"))
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    id_seqs = np.random.SeedSequence([seed, 202]).spawn(n_identities)
+    splits = split_identities(n_identities, split_fractions, np.random.default_rng([seed, 303]))
+    idents = [sample_identity(np.random.default_rng(q)) for q in id_seqs]
+    jobs, manifest = [], []
+    for i, ident in enumerate(idents):
+        for k in range(videos_per_identity):
+            rel = f"videos/id{i:03d}_v{k}.mp4"
+            vseed = int(np.random.SeedSequence([seed, 404, i, k]).generate_state(1)[0] >> 1)
+            jobs.append({
+                "path": str(out / rel), "video": rel, "seed": vseed, "seconds": seconds,
+                "fps": fps, "size": tuple(size), "with_audio": with_audio, "identity": ident,
+                "lossless": lossless,
+            })  # fmt: skip
             manifest.append({
-                "video": rel, "identity": ident_id, "split": splits[i], "seed": vseed,
-                "seconds": seconds, "fps": fps, "n_frames": info["n_frames"], "n_faces": 1,
+                "video": rel, "identity": f"id{i:03d}", "split": splits[i], "seed": vseed,
+                "seconds": seconds, "fps": fps, "n_frames": 0, "n_faces": 1,
                 "has_audio": bool(with_audio),
             })  # fmt: skip
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            results = list(pool.map(_corpus_video, jobs))
+    else:
+        results = [_corpus_video(j) for j in jobs]
+    all_rows: list[dict[str, Any]] = []
+    for row, (aro, val, n_frames) in zip(manifest, results):
+        row["n_frames"] = n_frames
+        all_rows.extend(label_rows(row["video"], aro, val, fps))
     write_labels_csv(out / "labels.csv", all_rows)
     with open(out / "manifest.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS))
         wr.writeheader()
         wr.writerows(manifest)
+    info = {
+        "seed": seed,
+        "split_fractions": list(split_fractions),
+        "identities": {f"id{i:03d}": ident.to_dict() for i, ident in enumerate(idents)},
+    }
     with open(out / "identities.json", "w") as f:
-        json.dump(
-            {"seed": seed, "split_fractions": list(split_fractions), "identities": ident_info},
-            f,
-            indent=1,
-        )
+        json.dump(info, f, indent=1)
     return manifest
+
+
+def _upload_tree(local_dir: str, uri: str) -> None:
+    """Copy every file under `local_dir` to the fsspec folder `uri`, keeping relative paths."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(local_dir).as_posix()
+            fs.makedirs(f"{root.rstrip('/')}/{Path(rel).parent.as_posix()}", exist_ok=True)
+            fs.put_file(str(path), f"{root.rstrip('/')}/{rel}")
