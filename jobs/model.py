@@ -33,17 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     """Build NAME with random weights and save it flagged untrained."""
-    from pipeline.model import (
-        init_checkpoint,
-        preprocessing_from_config,
-        save_checkpoint,
-        storage_options_from_config,
-    )
+    from pipeline.model import init_checkpoint, preprocessing_from_config, save_checkpoint
+    from pipeline.storage import storage_options
 
     cfg = config_from_args(args)
     model_cfg = type(cfg.model).model_validate({**cfg.model.model_dump(), "arch": args.name})
     ckpt = init_checkpoint(model_cfg, preprocessing_from_config(cfg), seed=args.seed)
-    save_checkpoint(ckpt, args.output, storage_options_from_config(cfg.storage))
+    save_checkpoint(ckpt, args.output, storage_options(cfg.storage, args.output))
     print_json_line(
         {"uri": args.output, "arch": ckpt.arch, "model_id": ckpt.model_id, "untrained": True}
     )
@@ -56,17 +52,15 @@ def _lines(title: str, record: dict[str, Any]) -> list[str]:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print architecture, parameter count, preprocessing, provenance and the untrained flag."""
-    from pipeline.model import (
-        load_checkpoint,
-        parameter_count,
-        resolve_checkpoint,
-        storage_options_from_config,
-    )
+    from pipeline.model import load_checkpoint, parameter_count, resolve_checkpoint
+    from pipeline.storage import storage_options
 
     cfg = config_from_args(args)
-    opts = storage_options_from_config(cfg.storage)
-    uri = resolve_checkpoint(args.uri, cfg.model.registry_file, cfg.cache_dir, opts)
-    ckpt = load_checkpoint(uri, opts)
+    registry = cfg.model.registry_file
+    # a name's registry file (and its remote entries) share the options of the registry's URI
+    opts = storage_options(cfg.storage, registry or args.uri)
+    uri = resolve_checkpoint(args.uri, registry, cfg.cache_dir, opts)
+    ckpt = load_checkpoint(uri, storage_options(cfg.storage, uri))
     lines = [
         f"checkpoint: {uri}",
         f"arch: {ckpt.arch}",

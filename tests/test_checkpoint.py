@@ -24,7 +24,8 @@ from pipeline.model import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from pipeline.model.checkpoint import FORMAT, storage_options_from_config
+from pipeline.model.checkpoint import FORMAT
+from pipeline.storage import storage_options
 from schemas.config import StorageConfig
 from schemas.model import ModelConfig
 
@@ -266,10 +267,9 @@ def test_round_trip_s3_bit_exact(s3, ckpt):
     back = load_checkpoint(uri, storage_options=opts)
     _same_weights(ckpt.state_dict, back.state_dict)
     assert back.model_id == ckpt.model_id
-    # the same storage options, derived from the run config
+    # storage options derived from the run config work the same
     storage = StorageConfig(endpoint_url=opts["client_kwargs"]["endpoint_url"], key="k", secret="s")
-    assert storage_options_from_config(storage) == opts
-    model, loaded = load_model(uri, storage_options=opts)
+    model, loaded = load_model(uri, storage_options=storage_options(storage, uri))
     assert loaded.model_id == ckpt.model_id and not model.training
 
 
@@ -366,3 +366,15 @@ def test_cli_init_and_info(tmp_path, capsys):
     assert "fps: 30.0" in text
     with pytest.raises(ValueError, match="unknown model arch"):
         _cli(["model", "init", "nope", "--output", str(tmp_path / "x.pt")])
+
+
+def test_cli_through_s3(s3, capsys):
+    bucket, opts, _ = s3
+    endpoint = opts["client_kwargs"]["endpoint_url"]
+    flags = ["--set", f"storage.endpoint_url={endpoint}", "--set", "storage.key=k"]
+    flags += ["--set", "storage.secret=s"]
+    uri = f"s3://{bucket}/cli/tiny.pt"
+    assert _cli(["model", "init", "ssvaerr_tiny", "--output", uri, *flags]) == 0
+    assert _cli(["model", "info", uri, *flags]) == 0
+    text = capsys.readouterr().out
+    assert f"checkpoint: {uri}" in text and "untrained: true" in text

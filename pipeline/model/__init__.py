@@ -23,7 +23,6 @@ from pipeline.model.checkpoint import (
     read_weights_file,
     resolve_checkpoint,
     save_checkpoint,
-    storage_options_from_config,
 )
 from pipeline.model.network import (
     SSVAERR,
@@ -71,6 +70,5 @@ __all__ = [
     "read_weights_file",
     "resolve_checkpoint",
     "save_checkpoint",
-    "storage_options_from_config",
     "uniform_bin_centres",
 ]

@@ -40,7 +40,7 @@ from pipeline.model.registry import arch_spec, build_model
 from schemas.model import ModelConfig
 
 if TYPE_CHECKING:
-    from schemas.config import StorageConfig, VaerrConfig
+    from schemas.config import VaerrConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ __all__ = [
     "read_weights_file",
     "resolve_checkpoint",
     "save_checkpoint",
-    "storage_options_from_config",
 ]
 
 FORMAT = "vaerr.ssvaerr"
@@ -340,27 +339,6 @@ def init_checkpoint(
 # Reading and writing through fsspec
 
 
-def storage_options_from_config(storage: StorageConfig | None) -> dict[str, Any]:
-    """s3fs storage options from the run's StorageConfig ({} = library defaults / AWS env)."""
-    if storage is None:
-        return {}
-    opts: dict[str, Any] = {}
-    if storage.key is not None:
-        opts["key"] = storage.key.get_secret_value()
-    if storage.secret is not None:
-        opts["secret"] = storage.secret.get_secret_value()
-    if storage.anon:
-        opts["anon"] = True
-    client: dict[str, Any] = {}
-    if storage.endpoint_url:
-        client["endpoint_url"] = storage.endpoint_url
-    if storage.region:
-        client["region_name"] = storage.region
-    if client:
-        opts["client_kwargs"] = client
-    return opts
-
-
 def _is_local(uri: str) -> bool:
     return urlparse(uri).scheme in ("", "file")
 
@@ -541,7 +519,11 @@ def resolve_checkpoint(
             return resolve_file(uri, str(cache), sha256=sha, storage_options=storage_options)
     if "://" in name_or_uri or _local_path(name_or_uri).exists():
         return name_or_uri
-    where = f"registry {reg}" if reg else f"any registry (none given; set {REGISTRY_ENV})"
+    where = (
+        f"registry {reg}"
+        if reg
+        else f"any registry (none given: --set model.registry_file=FILE or env {REGISTRY_ENV})"
+    )
     raise FileNotFoundError(
         f"{name_or_uri!r} is neither an existing checkpoint path/URI nor a name in {where}"
     )
