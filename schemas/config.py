@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from schemas.base import Section
 from schemas.model import LossConfig, ModelConfig
@@ -124,6 +124,73 @@ class FaceConfig(Section):
     align: AlignConfig = Field(default_factory=AlignConfig, description="Alignment and crop.")
 
 
+EMOTION_ANGLES = {
+    "Pleased": 10, "Happy": 30, "Excited": 50, "Surprised": 75, "Alarmed": 95, "Fear": 110,
+    "Angry": 125, "Disgust": 140, "Contempt": 155, "Miserable": 175, "Sad": 195,
+    "Depressed": 210, "Bored": 230, "Tired": 250, "Sleepy": 265, "Calm": 290, "Relaxed": 315,
+    "Content": 340,
+}  # fmt: skip
+
+
+class EmotionConfig(Section):
+    """Words on the valence (x) / arousal (y) circumplex (Russell 1980; METHOD.md)."""
+
+    angles: dict[str, float] = Field(
+        default_factory=lambda: dict(EMOTION_ANGLES),
+        description="Word -> angle in degrees, counter-clockwise from positive valence.",
+    )
+    neutral_radius: float = Field(
+        0.15, ge=0, le=1.5, description="Points closer than this to the origin are 'Neutral'."
+    )
+
+
+class InferConfig(Section):
+    """The batch job: windows, output rate, scheduling, what is stored."""
+
+    window_frames: int = Field(
+        200,
+        ge=1,
+        description="Frames per model window (200 = 8 s at 25 fps: the GRU sees "
+        "whole reactions, twice the 4 s training clips).",
+    )
+    hop_frames: int = Field(
+        100,
+        ge=1,
+        description="Frames between window starts (50% overlap: every frame is "
+        "scored twice, away from a window edge at least once).",
+    )
+    output_hz: float | None = Field(
+        10.0,
+        gt=0,
+        description="Timeline rows per second (10 Hz = the AVEC step); null: one "
+        "row per analysis frame.",
+    )
+    batch_size: int = Field(8, ge=1, description="Windows per model forward pass.")
+    face_actors: int = Field(1, ge=1, description="Face-stage actor pool size (max).")
+    model_actors: int = Field(1, ge=1, description="Model-stage actor pool size.")
+    face_num_cpus: float = Field(
+        0.5, gt=0, description="CPUs per face actor (fractional, or a 2-CPU node deadlocks)."
+    )
+    model_num_cpus: float = Field(0.5, gt=0, description="CPUs per model actor.")
+    face_num_gpus: float = Field(0.0, ge=0, description="GPU share per face actor.")
+    model_num_gpus: float = Field(0.0, ge=0, description="GPU share per model actor.")
+    store_crops: bool = Field(
+        False,
+        description="Also write aligned crops to OUT/crops/ (faces are personal data: "
+        "off by default).",
+    )
+    video_extensions: tuple[str, ...] = Field(
+        (".mp4", ".mov", ".mkv", ".avi", ".mpg", ".mpeg", ".webm", ".m4v", ".ts", ".wmv", ".flv"),
+        description="Files listed from folders/prefixes must end with one of these.",
+    )
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> InferConfig:
+        if self.hop_frames > self.window_frames:
+            raise ValueError("infer.hop_frames must not exceed infer.window_frames (gaps)")
+        return self
+
+
 class VaerrConfig(Section):
     """The root config: one YAML file, every section optional."""
 
@@ -135,6 +202,8 @@ class VaerrConfig(Section):
     faces: FaceConfig = Field(default_factory=FaceConfig, description="Face stage.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     loss: LossConfig = Field(default_factory=LossConfig, description="Training loss.")
+    infer: InferConfig = Field(default_factory=InferConfig, description="The batch job.")
+    emotion: EmotionConfig = Field(default_factory=EmotionConfig, description="Emotion words.")
 
     @field_validator("cache_dir")
     @classmethod
@@ -196,8 +265,30 @@ def config_yaml(cfg: VaerrConfig) -> str:
     return yaml.safe_dump(config_dump(cfg), sort_keys=False)
 
 
-def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = ("video", "faces", "model")) -> str:
+RESULT_SECTIONS = (
+    "video",
+    "faces",
+    "model",
+    "emotion",
+    "infer.window_frames",
+    "infer.hop_frames",
+    "infer.output_hz",
+)
+
+
+def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = RESULT_SECTIONS) -> str:
     """Short sha256 over the sections that change results (not storage or cache paths)."""
     dump = config_dump(cfg)
-    payload = json.dumps({k: dump[k] for k in sections if k in dump}, sort_keys=True)
+    picked: dict[str, Any] = {}
+    for key in sections:
+        node: Any = dump
+        for part in key.split("."):
+            node = node[part]
+        picked[key] = node
+    # Runtime-only fields (device, batch sizes, where weights live) do not change results;
+    # the checkpoint is identified separately by its model_id.
+    for runtime in ("device", "checkpoint", "registry_file", "encoder_checkpoint"):
+        picked.get("model", {}).pop(runtime, None)
+    picked.get("faces", {}).pop("device", None)
+    payload = json.dumps(picked, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -42,12 +42,13 @@ class FaceRun:
         self.frames = 0
         self.tracks = 0
         self.max_buffered = 0
+        self.stream: FaceStream | None = None
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         cfg = self.pipe.cfg
         with VideoReader(self.uri, cfg.storage) as reader:
             self.info = reader.info
-            stream = self.pipe.stream(cfg.video.fps)
+            stream = self.stream = self.pipe.stream(cfg.video.fps)
             v = cfg.video
             for chunk in reader.chunks(v.fps, v.start_s, v.end_s, v.chunk_frames):
                 self.frames += len(chunk.frame_index)

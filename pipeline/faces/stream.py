@@ -89,6 +89,7 @@ class FaceStream:
         self.gray: dict[int, np.ndarray] = {}
         self.last_frame = -1
         self.max_buffered = 0
+        self.ended: list[int] = []  # public ids of tracks fully emitted (see pop_ended)
 
     @property
     def tracks_emitted(self) -> int:
@@ -115,6 +116,11 @@ class FaceStream:
             self.last_frame = f
         self.max_buffered = max(self.max_buffered, len(self.gray))
         return self._finalise()
+
+    def pop_ended(self) -> list[int]:
+        """Public ids of tracks whose last row has been returned since the previous call."""
+        out, self.ended = self.ended, []
+        return out
 
     def finish(self) -> dict[str, np.ndarray]:
         """End of video: close all tracks and return the remaining rows."""
@@ -144,11 +150,14 @@ class FaceStream:
                 k = int(np.searchsorted(t.frames, lower, side="right")) - 1
                 if k > 0:
                     t.drop_before(t.frames[k])
-        self.closed = [
+        done = [
             t
             for t in self.closed
-            if self.next_final.get(t.track_id, t.first) <= self._ready_until(t)
+            if self.next_final.get(t.track_id, t.first) > self._ready_until(t)
         ]
+        self.ended += [self.out_id[t.track_id] for t in done if t.track_id in self.out_id]
+        done_ids = {t.track_id for t in done}
+        self.closed = [t for t in self.closed if t.track_id not in done_ids]
         needed = [
             self.next_final.get(t.track_id, t.first)
             for t in list(self.tracker.open.values()) + self.closed

@@ -1,0 +1,56 @@
+"""`vaerr infer INPUT... --output OUT --checkpoint NAME|URI`: the main batch job."""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs.common import add_config_args, config_from_args, print_json_line
+from pipeline.runner import run_inference
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `infer` subcommand."""
+    p = sub.add_parser(
+        "infer",
+        help="Score every face of every video: Parquet arousal/valence timelines.",
+        description=(
+            "List INPUTs (files, folders, globs, s3://bucket/prefix, or a manifest Parquet "
+            "with a `uri` column), run the face stage and the SS-VAERR model on Ray Data, and "
+            "write OUT/timelines/ (one row per track and output step), OUT/videos/ (one "
+            "status row per input) and OUT/run.json. Videos already done with the same "
+            "source version, checkpoint and config are skipped. Prints a JSON summary as the "
+            "last line; exit 0 when the run completed (failed videos included)."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="Videos, folders, globs, URIs.")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="Output folder/URI.")
+    p.add_argument(
+        "--checkpoint", required=True, help="Checkpoint path/URI or a name in the registry file."
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster (auto, ray://HOST:10001). Default: start a local Ray.",
+    )
+    p.add_argument(
+        "--local", action="store_true", help="Run the stages in this process, without Ray."
+    )
+    p.add_argument("--force", action="store_true", help="Recompute videos already done.")
+    add_config_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse -> build -> run."""
+    cfg = config_from_args(args)
+    summary = run_inference(
+        cfg,
+        args.inputs,
+        args.output,
+        args.checkpoint,
+        force=args.force,
+        runner="local" if args.local else "ray",
+        ray_address=args.ray_address,
+    )
+    print_json_line(summary)
+    return 0

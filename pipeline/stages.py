@@ -1,0 +1,258 @@
+"""The callable stages Ray Data runs (and the local runner loops in-process).
+
+A stage is a small class: `__init__` loads its models once, `__call__` maps a dict of numpy
+columns to dicts of numpy columns. No Ray imports here (DESIGN.md principle 1).
+
+Rows flowing between stages are of two kinds: `window` rows (one model window of one track) and
+one `end` row per video, carrying its status and the number of windows it produced, so the
+writer knows when a video is complete even when windows arrive out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from pipeline.faces.pipeline import FacePipeline
+from pipeline.status import FAILED, face_status
+from pipeline.video import VideoError
+from pipeline.windows import WindowCutter
+from schemas.config import VaerrConfig
+
+log = logging.getLogger(__name__)
+
+WINDOW, END = "window", "end"
+
+# Columns of every batch the face stage yields (shapes per row; W = infer.window_frames).
+FACE_STAGE_OUTPUT = {
+    "video_id": "str",
+    "uri": "str",
+    "source_etag": "str",
+    "kind": "str: window | end",
+    "track_id": "int32",
+    "start": "int32: window start, frames from the track's first frame",
+    "n": "int32: valid frames in this window (<= W)",
+    "crops": "uint8 [W, S, S]",
+    "frame_index": "int32 [W]",
+    "box_xyxy": "float32 [W, 4]",
+    "det_score": "float32 [W]",
+    "interpolated": "bool [W]",
+    "status": "str (end rows)",
+    "reason": "str (end rows; '' when none)",
+    "frames": "int64 (end rows)",
+    "tracks": "int32 (end rows)",
+    "windows": "int32 (end rows: windows this video produced)",
+    "duration_s": "float64 (end rows)",
+    "fps": "float64 (end rows: analysis rate)",
+    "processing_s": "float64 (end rows: face-stage seconds)",
+}
+MODEL_STAGE_INPUT = tuple(FACE_STAGE_OUTPUT)
+MODEL_STAGE_OUTPUT = {
+    **{k: v for k, v in FACE_STAGE_OUTPUT.items() if k != "crops"},
+    "arousal": "float32 [W] (NaN past n and on end rows)",
+    "valence": "float32 [W]",
+}
+
+
+def _s(x: Any) -> str:
+    return "" if x is None else str(x)
+
+
+class FaceStage:
+    """Videos -> model windows. Input columns: video_id, uri, source_etag (one row per video;
+    any number per batch). Yields batches of about `emit_rows` window rows as tracks grow,
+    then each video's end row, so downstream work starts before a video is finished."""
+
+    def __init__(
+        self, cfg: VaerrConfig, pipeline: FacePipeline | None = None, emit_rows: int = 4
+    ) -> None:
+        self.cfg = cfg
+        self.pipe = pipeline or FacePipeline(cfg)
+        self.emit_rows = emit_rows
+        w, s = cfg.infer.window_frames, cfg.faces.align.crop_size
+        self.window, self.size = w, s
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(batch["uri"])):
+            yield from self._video(
+                _s(batch["video_id"][i]), _s(batch["uri"][i]), _s(batch["source_etag"][i])
+            )
+
+    def _video(self, vid: str, uri: str, etag: str) -> Iterator[dict[str, np.ndarray]]:
+        t0 = time.perf_counter()
+        inf = self.cfg.infer
+        head = {"video_id": vid, "uri": uri, "source_etag": etag}
+        out: list[dict[str, Any]] = []
+        cutters: dict[int, WindowCutter] = {}
+        windows = 0
+        run = self.pipe.run(uri)
+        status, reason = FAILED, ""
+        try:
+            for rows in run:
+                for tid in np.unique(rows["track_id"]).tolist():
+                    sel = rows["track_id"] == tid
+                    sub = {
+                        k: rows[k][sel]
+                        for k in ("crop", "frame_index", "box_xyxy", "det_score", "interpolated")
+                    }
+                    cutter = cutters.setdefault(
+                        tid, WindowCutter(inf.window_frames, inf.hop_frames)
+                    )
+                    out += [self._window(head, tid, s, w) for s, w in cutter.add(sub)]
+                for tid in run.stream.pop_ended() if run.stream else []:
+                    out += [self._window(head, tid, s, w) for s, w in cutters.pop(tid).finish()]
+                if len(out) >= self.emit_rows:
+                    windows += len(out)
+                    yield self._stack(out)
+                    out = []
+            for tid, cutter in cutters.items():
+                out += [self._window(head, tid, s, w) for s, w in cutter.finish()]
+            status, reason = face_status(run.tracks)
+            reason = reason or ""
+        except VideoError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a bug or an unforeseen input: a status row, not a crash
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
+        if status == FAILED:
+            out = []  # the writer discards this video's windows anyway
+        windows += len(out)
+        info = run.info
+        end = {
+            **head,
+            "kind": END,
+            "status": status,
+            "reason": reason,
+            "frames": run.frames,
+            "tracks": run.tracks,
+            "windows": windows,
+            "duration_s": float(info.duration_s) if info else float("nan"),
+            "fps": float(self.cfg.video.fps),
+            "processing_s": time.perf_counter() - t0,
+        }
+        log.info(
+            "%s: %s (%d frames, %d tracks, %d windows) %s",
+            uri,
+            status,
+            run.frames,
+            run.tracks,
+            windows,
+            reason,
+        )
+        yield self._stack(out + [end])
+
+    def _window(
+        self, head: dict[str, str], tid: int, start: int, w: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        n = len(w["frame_index"])
+        pad = self.window - n
+
+        def padded(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+
+        return {
+            **head,
+            "kind": WINDOW,
+            "track_id": tid,
+            "start": start,
+            "n": n,
+            "crops": padded(w["crop"]),
+            "frame_index": padded(w["frame_index"]),
+            "box_xyxy": padded(w["box_xyxy"]),
+            "det_score": padded(w["det_score"]),
+            "interpolated": padded(w["interpolated"]),
+        }
+
+    def _stack(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        w, s = self.window, self.size
+        defaults: dict[str, Any] = {
+            "kind": WINDOW,
+            "track_id": -1,
+            "start": 0,
+            "n": 0,
+            "crops": np.zeros((w, s, s), np.uint8),
+            "frame_index": np.zeros(w, np.int32),
+            "box_xyxy": np.zeros((w, 4), np.float32),
+            "det_score": np.zeros(w, np.float32),
+            "interpolated": np.zeros(w, bool),
+            "status": "",
+            "reason": "",
+            "frames": 0,
+            "tracks": 0,
+            "windows": 0,
+            "duration_s": 0.0,
+            "fps": 0.0,
+            "processing_s": 0.0,
+        }
+        dtypes = {
+            "track_id": np.int32,
+            "start": np.int32,
+            "n": np.int32,
+            "frames": np.int64,
+            "tracks": np.int32,
+            "windows": np.int32,
+            "duration_s": np.float64,
+            "fps": np.float64,
+            "processing_s": np.float64,
+        }
+        cols: dict[str, np.ndarray] = {}
+        for k in FACE_STAGE_OUTPUT:
+            vals = [r.get(k, defaults.get(k)) for r in rows]
+            if k in dtypes:
+                cols[k] = np.asarray(vals, dtypes[k])
+            elif isinstance(defaults.get(k), np.ndarray):
+                cols[k] = np.stack(vals)
+            else:
+                cols[k] = np.asarray(vals, dtype=object)
+        return cols
+
+
+class ModelStage:
+    """Window rows -> per-frame arousal/valence. Runs the network on the window rows of a
+    batch (padded windows masked by `n`), passes end rows through, drops the crops unless
+    `infer.store_crops`."""
+
+    def __init__(self, cfg: VaerrConfig, checkpoint: str, model: Any = None) -> None:
+        from pipeline.model.checkpoint import load_model
+        from pipeline.storage import storage_options
+
+        self.cfg = cfg
+        device = cfg.model.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if model is None:
+            model, _ = load_model(
+                checkpoint,
+                cfg.model,
+                cache_dir=cfg.cache_dir,
+                storage_options=storage_options(cfg.storage, checkpoint),
+                device=device,
+            )
+        self.model = model
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.model.network import predict
+
+        kind = np.asarray(batch["kind"]).astype(str)
+        crops = batch["crops"]
+        n_rows, w = crops.shape[:2]
+        arousal = np.full((n_rows, w), np.nan, np.float32)
+        valence = np.full((n_rows, w), np.nan, np.float32)
+        sel = np.flatnonzero(kind == WINDOW)
+        if len(sel):
+            lengths = batch["n"][sel].astype(np.int64)
+            t = int(lengths.max())
+            res = predict(self.model, crops[sel, :t], lengths, self.cfg.model.dtype)
+            arousal[sel, :t] = res["arousal"]
+            valence[sel, :t] = res["valence"]
+        out = {k: v for k, v in batch.items() if k != "crops" or self.cfg.infer.store_crops}
+        out["arousal"] = arousal
+        out["valence"] = valence
+        return out
