@@ -128,6 +128,9 @@ def test_rebuild_uses_runtime_fields(ckpt):
     m = ckpt.build(runtime)  # architecture from the checkpoint, runtime from the config
     assert m.arch == "ssvaerr_tiny" and m.gru.hidden_size == 32
     assert m.finetune_mode == "frozen_encoder" and not m.training
+    auto = ckpt.build(device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(auto.parameters()).device.type == expected
 
 
 def test_kmeans_centres_travel(tmp_path):

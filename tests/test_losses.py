@@ -229,7 +229,7 @@ def test_tiny_model_overfits_tiny_batch():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     cfg = LossConfig()
     best = (-1.0, -1.0)
-    for _ in range(300):
+    for _step in range(300):
         out = model(x)
         loss, _ = losses.composite_loss(out, tgt, cfg, model.bin_centres)
         opt.zero_grad()

@@ -149,7 +149,7 @@ def test_tiny_forward_is_fast(tiny):
     x = _crops(2, 50)
     with torch.no_grad():
         tiny(x)
-        best = min(_timed(tiny, x) for _ in range(3))
+        best = min(_timed(tiny, x) for _ in range(5))
     assert best < 1.0, f"tiny forward of [2, 50, 96, 96] took {best:.2f} s"
 
 

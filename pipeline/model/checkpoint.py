@@ -173,15 +173,18 @@ class Checkpoint:
         return ModelConfig.model_validate({**base, **known, "arch": self.arch})
 
     def build(self, runtime: ModelConfig | None = None, device: str | None = None) -> SSVAERR:
-        """The network with these weights, on `device` (else runtime.device, else cpu), in
-        eval mode, fine-tune mode from `runtime`."""
+        """The network with these weights, on `device` (else runtime.device, else cpu; "auto":
+        cuda when available), in eval mode, fine-tune mode from `runtime`."""
         cfg = self.config(runtime)
         model = build_model(cfg)
         state = dict(self.state_dict)
         state.setdefault("bin_centres", self.bin_centres)
         model.load_state_dict(state, strict=True)
         model.set_bin_centres(self.bin_centres)
-        return model.to(device or cfg.device).eval()
+        target = device or cfg.device
+        if target == "auto":
+            target = "cuda" if torch.cuda.is_available() else "cpu"
+        return model.to(target).eval()
 
 
 def parameter_count(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> int:
