@@ -102,3 +102,26 @@ def s3_bucket(s3_server: str):
     name = f"b-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory, s3_server):
+    """One local Ray for the session (2 CPUs), its files inside the test temp dir. Started
+    after the S3 server so its workers inherit the AWS env vars, as cluster nodes would."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """An untrained ssvaerr_tiny checkpoint file (flagged untrained)."""
+    from pipeline.model.checkpoint import init_checkpoint, save_checkpoint
+    from schemas.model import ModelConfig
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(init_checkpoint(ModelConfig(arch="ssvaerr_tiny")), str(path))
+    return str(path)
