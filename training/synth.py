@@ -131,7 +131,7 @@ class Identity:
     shirt: tuple[float, float, float]
     background: tuple[tuple[float, float, float], tuple[float, float, float]]
     light: tuple[float, float, float]  # unit vector towards the light (x right, y down, z viewer)
-    scale: float  # face half-height as a fraction of the cell height (0.20..0.27)
+    scale: float  # face half-height as a fraction of the cell height (0.22..0.29)
     center: tuple[float, float]  # face centre as fractions of the cell (x, y)
     yaw0: float  # mean head pose, degrees
     roll0: float
@@ -183,7 +183,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         shirt=_rgb(shirt),
         background=(_rgb(bg_a), _rgb(bg_b)),
         light=_rgb(light),
-        scale=float(rng.uniform(0.20, 0.27)),
+        scale=float(rng.uniform(0.22, 0.29)),
         center=(float(rng.uniform(0.42, 0.58)), float(rng.uniform(0.44, 0.50))),
         yaw0=float(rng.uniform(-10, 10)),
         roll0=float(rng.uniform(-5, 5)),
@@ -668,7 +668,8 @@ def _draw_brow(
     upper = np.stack([xs, ys - th / 2], 1)
     lower = np.stack([xs, ys + th / 2], 1)
     pts = np.concatenate([upper, lower[::-1]])
-    color = np.asarray(ident.hair, np.float32) * 0.7 + np.asarray(ident.skin, np.float32) * 0.05
+    # always clearly darker than the skin, so brow motion reads on every skin/hair pairing
+    color = np.minimum(np.asarray(ident.hair, np.float32) * 0.7, np.asarray(ident.skin) * 0.45)
     _paint(canvas, proj(pts, dz=0.02), color, alpha=0.92, blur=0.35)
 
 
