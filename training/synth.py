@@ -318,7 +318,7 @@ def _paint(
     stroke: float = 0.0,
     clip: np.ndarray | None = None,
 ) -> None:
-    """Alpha-blend `color` (RGB, or a callable-free [h, w, 3] field over the bbox) into `canvas`.
+    """Alpha-blend `color` (RGB, or an [h, w, 3] field over the shape's bbox) into `canvas`.
 
     `clip` is an optional full-canvas coverage mask multiplied in (e.g. to keep teeth inside
     the mouth).
@@ -624,7 +624,7 @@ def _draw_eye(
     layer = np.empty_like(region)
     layer[:] = white
     # iris and pupil (looking roughly at the camera), clipped by the eye mask
-    ic = proj(np.array([[cx + 0.02 * -side * 0, cy]]), dz=0.01)[0] - [x0, y0]
+    ic = proj(np.array([[cx, cy]]), dz=0.01)[0] - [x0, y0]
     r_iris = h * 1.05 * proj.s
     iris_mask = np.zeros(em.shape, np.uint8)
     c = (int(round(ic[0] * _SCALE)), int(round(ic[1] * _SCALE)))
