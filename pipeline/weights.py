@@ -93,3 +93,23 @@ def resolve_file(
             f"no cached copy at {dest}. On an offline machine, copy the file there."
         ) from None
     return _check(dest, sha256, uri)
+
+
+# Files of a shared assets folder (../shared/assets layout) -> the cache names of their URLs.
+ASSET_CACHE_NAMES = {
+    "detectors/retinaface_mobilenet0.25_Final.pth": "retinaface_mobilenet0.25.pth",
+    "landmarks/20words_mean_face.npy": "20words_mean_face.npy",
+}
+
+
+def seed_cache(assets_dir: str | Path, cache: str | None = None) -> list[str]:
+    """Copy the weights found in an assets folder into the cache under their URL names, so
+    the default URLs resolve offline. Existing cache files are kept. Returns what was copied."""
+    dest = cache_dir(cache)
+    copied = []
+    for rel, name in ASSET_CACHE_NAMES.items():
+        src = Path(assets_dir) / rel
+        if src.is_file() and not (dest / name).is_file():
+            shutil.copyfile(src, dest / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,85 @@
+"""CLI surface, config loading, and the demo's code path with tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import build_parser, main
+from schemas.config import config_hash, config_yaml, load_config
+from tests.conftest import asset
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert {"infer", "faces", "model", "demo"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert "--help" in text and len(text) > 200
+
+
+def test_config_overrides_types_and_errors(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("video:\n  fps: 30\ninfer:\n  output_hz: 5\n")
+    cfg = load_config(f, ["faces.landmarks.kind=retina5", "infer.output_hz=null"])
+    assert cfg.video.fps == 30.0 and cfg.infer.output_hz is None
+    with pytest.raises(ValueError, match="faces.bogus"):
+        load_config(None, ["faces.bogus=1"])
+    with pytest.raises(ValueError, match="video.fps"):
+        load_config(None, ["video.fps=-3"])
+    with pytest.raises(ValueError, match="hop_frames"):
+        load_config(None, ["infer.window_frames=10", "infer.hop_frames=20"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        load_config(None, ["novalue"])
+    # Frozen: configs cannot be mutated after validation.
+    with pytest.raises(ValueError):
+        cfg.video.fps = 12  # type: ignore[misc]
+
+
+def test_config_hash_tracks_results_not_runtime():
+    base = config_hash(load_config())
+    assert config_hash(load_config(None, ["model.device=cuda", "faces.device=cuda"])) == base
+    assert config_hash(load_config(None, ["infer.hop_frames=50"])) != base
+    assert config_hash(load_config(None, ["faces.landmarks.kind=retina5"])) != base
+
+
+def test_secrets_never_in_saved_config():
+    cfg = load_config(None, ["storage.secret=hunter2-very-secret", "storage.key=AKIAEXAMPLE"])
+    assert "hunter2" not in config_yaml(cfg) and "AKIAEXAMPLE" not in config_yaml(cfg)
+    assert "hunter2" not in repr(cfg)
+
+
+def test_demo_code_path_with_tiny_settings(tmp_path, monkeypatch, capsys):
+    asset("detectors/retinaface_mobilenet0.25_Final.pth")
+    monkeypatch.setenv("VAERR_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    code = main(
+        [
+            "demo",
+            "-o",
+            str(out),
+            "--videos",
+            "1",
+            "--seconds",
+            "2",
+            "--local",
+            "--set",
+            "infer.window_frames=25",
+            "--set",
+            "infer.hop_frames=10",
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["ok"] == 1 and summary["untrained"] is True
+    assert set(summary["ccc"]) == {"arousal", "valence"}
+    assert any("UNTRAINED" in line for line in lines)
+    t = pq.read_table(out / "run" / "timelines").to_pandas()
+    assert len(t) == 20 and t.untrained.all()  # 2 s at 10 Hz
