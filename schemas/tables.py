@@ -97,3 +97,24 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"table lacks columns {missing} required by the schema")
     return table.select(schema.names).cast(schema)
+
+# Training clip shards (`vaerr preprocess`): one row per (track, analysis frame) of one labelled
+# (or unlabelled, pretext) video. Labels are resampled to the frame times; null = no label.
+# audio_feat is the pretext target of that frame (e.g. 4 stacked 80-d log-mel frames = 320
+# floats for 25 fps video), null when the video has no audio or features were not requested.
+CLIP_SHARD = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("track_id", pa.int32()),
+        ("split", pa.string()),  # train | validation | test | pretext
+        ("subject", pa.string()),
+        ("frame_index", pa.int32()),
+        ("time_s", pa.float64()),
+        ("crop", pa.binary()),  # crop_size^2 gray uint8, row-major
+        ("arousal", pa.float32()),
+        ("valence", pa.float32()),
+        ("audio_feat", pa.list_(pa.float32())),
+    ]
+)
