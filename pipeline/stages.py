@@ -222,18 +222,12 @@ class ModelStage:
         from pipeline.storage import storage_options
 
         self.cfg = cfg
-        device = cfg.model.device
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         if model is None:
             model, _ = load_model(
                 checkpoint,
                 cfg.model,
                 cache_dir=cfg.cache_dir,
                 storage_options=storage_options(cfg.storage, checkpoint),
-                device=device,
             )
         self.model = model
 

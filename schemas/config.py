@@ -118,6 +118,9 @@ class FaceConfig(Section):
     """The whole face stage."""
 
     device: str = Field("cpu", description="torch device for face networks (cpu, cuda, cuda:1).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Autocast precision of the face networks (half on GPUs)."
+    )
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Detector.")
     landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig, description="Landmarks.")
     track: TrackConfig = Field(default_factory=TrackConfig, description="Tracker.")

@@ -30,6 +30,12 @@ VARIANCE = (0.1, 0.2)
 BGR_MEAN = np.array([104.0, 117.0, 123.0], np.float32)
 
 
+def autocast(device: str, dtype: str) -> torch.autocast:
+    """Mixed precision for a face network: a no-op for float32."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+
+
 class Detections(NamedTuple):
     """Faces of one frame, strongest first. boxes: float32 [M, 4] xyxy source px; scores:
     float32 [M]; landmarks: float32 [M, 5, 2] (eye on image left, eye on image right, nose
@@ -95,9 +101,11 @@ class RetinaFaceDetector:
         device: str = "cpu",
         cache: str | None = None,
         net: torch.nn.Module | None = None,
+        dtype: str = "float32",
     ) -> None:
         self.cfg = cfg
         self.device = device
+        self.dtype = dtype
         self.net = net if net is not None else load_retinaface(cfg.weights, device, cache)
 
     def _prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, float]:
@@ -121,7 +129,9 @@ class RetinaFaceDetector:
     def _detect(self, frames: np.ndarray) -> list[Detections]:
         x, scale = self._prepare(frames)
         h, w = x.shape[2:]
-        loc, conf, landm = self.net(x.to(self.device))
+        with autocast(self.device, self.dtype):
+            loc, conf, landm = self.net(x.to(self.device))
+        loc, conf, landm = loc.float(), conf.float(), landm.float()
         priors = torch.from_numpy(prior_boxes(h, w)).to(loc.device)
         size = torch.tensor([w, h], dtype=torch.float32, device=loc.device) / scale
         results = []

@@ -1,5 +1,5 @@
-"""Landmark models behind one call: `__call__(frame RGB [H, W, 3], boxes [M, 4], points5
-[M, 5, 2]) -> landmarks [M, K, 2]` in source pixels.
+"""Landmark models behind one call: `batch(frames: list of RGB [H, W, 3], boxes: list of
+[M, 4], points5: list of [M, 5, 2]) -> list of landmarks [M, K, 2]`, source pixels.
 
 `retina5` returns the detector's own 5 points (no second network: the fast CPU choice);
 `fan68` runs FAN 2D (face-alignment's network) on 256x256 crops around each box, batched.
@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.faces.detect import autocast
 from pipeline.weights import resolve_file
 from schemas.config import LandmarkConfig
 
@@ -28,9 +29,6 @@ class Retina5:
 
     kind = "retina5"
     points = 5
-
-    def __call__(self, frame: np.ndarray, boxes: np.ndarray, points5: np.ndarray) -> np.ndarray:
-        return points5.astype(np.float32)
 
     def batch(
         self, frames: list[np.ndarray], boxes: list[np.ndarray], points5: list[np.ndarray]
@@ -91,13 +89,12 @@ class Fan68:
         device: str = "cpu",
         cache: str | None = None,
         net: torch.nn.Module | None = None,
+        dtype: str = "float32",
     ) -> None:
         self.cfg = cfg
         self.device = device
+        self.dtype = dtype
         self.net = net if net is not None else load_fan(cfg.fan_weights, device, cache)
-
-    def __call__(self, frame: np.ndarray, boxes: np.ndarray, points5: np.ndarray) -> np.ndarray:
-        return self.batch([frame], [boxes], [points5])[0]
 
     @torch.inference_mode()
     def batch(
@@ -122,7 +119,8 @@ class Fan68:
         x = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2)).float().div_(255.0)
         heat = []
         for s in range(0, len(x), self.cfg.batch_size):
-            y = self.net(x[s : s + self.cfg.batch_size].to(self.device))
+            with autocast(self.device, self.dtype):
+                y = self.net(x[s : s + self.cfg.batch_size].to(self.device))
             y = y[-1] if isinstance(y, (list, tuple)) else y
             heat.append(y.float().cpu().numpy())
         pts = heatmap_points(np.concatenate(heat))
@@ -136,7 +134,7 @@ class Fan68:
 
 
 def build_landmarker(
-    cfg: LandmarkConfig, device: str = "cpu", cache: str | None = None
+    cfg: LandmarkConfig, device: str = "cpu", cache: str | None = None, dtype: str = "float32"
 ) -> Retina5 | Fan68:
     """The landmark model the config names."""
-    return Fan68(cfg, device, cache) if cfg.kind == "fan68" else Retina5()
+    return Fan68(cfg, device, cache, dtype=dtype) if cfg.kind == "fan68" else Retina5()

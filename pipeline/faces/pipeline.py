@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.device import resolve_device
 from pipeline.faces.detect import RetinaFaceDetector
 from pipeline.faces.landmarks import build_landmarker
 from pipeline.faces.stream import FaceStream
@@ -78,8 +79,13 @@ class FacePipeline:
     ) -> None:
         self.cfg = cfg
         f = cfg.faces
-        self.detector = detector or RetinaFaceDetector(f.detector, f.device, cfg.cache_dir)
-        self.landmarker = landmarker or build_landmarker(f.landmarks, f.device, cfg.cache_dir)
+        device = resolve_device(f.device)
+        self.detector = detector or RetinaFaceDetector(
+            f.detector, device, cfg.cache_dir, dtype=f.dtype
+        )
+        self.landmarker = landmarker or build_landmarker(
+            f.landmarks, device, cfg.cache_dir, f.dtype
+        )
         self.mean_face = (
             mean_face if mean_face is not None else load_mean_face(f.align.mean_face, cfg.cache_dir)
         )

@@ -35,6 +35,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from pipeline.device import resolve_device
 from pipeline.model.network import SSVAERR
 from pipeline.model.registry import arch_spec, build_model
 from schemas.model import ModelConfig
@@ -181,10 +182,7 @@ class Checkpoint:
         state.setdefault("bin_centres", self.bin_centres)
         model.load_state_dict(state, strict=True)
         model.set_bin_centres(self.bin_centres)
-        target = device or cfg.device
-        if target == "auto":
-            target = "cuda" if torch.cuda.is_available() else "cpu"
-        return model.to(target).eval()
+        return model.to(resolve_device(device or cfg.device)).eval()
 
 
 def parameter_count(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> int:
