@@ -54,3 +54,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print_json_line(summary)
     return 0
+
+
+if __name__ == "__main__":  # `python -m jobs.infer ...`: what `vaerr submit infer` runs
+    import sys
+
+    from jobs.cli import main
+
+    sys.exit(main(["infer", *sys.argv[1:]]))
