@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class _Video:
     accs: dict[int, TrackAccumulator] = field(default_factory=dict)
     crops: list[pa.Table] = field(default_factory=list)
-    received: int = 0
+    seen: set[tuple[int, int]] = field(default_factory=set)  # (track_id, start) received
     end: dict[str, Any] | None = None
 
 
@@ -75,6 +75,10 @@ class TimelineWriter:
             if kind == WINDOW:
                 n = int(batch["n"][i])
                 tid = int(batch["track_id"][i])
+                key = (tid, int(batch["start"][i]))
+                if key in state.seen:
+                    continue  # a retried task re-sent it (a worker died): count it once
+                state.seen.add(key)
                 state.accs.setdefault(tid, TrackAccumulator()).add(
                     batch["frame_index"][i][:n],
                     batch["arousal"][i][:n],
@@ -85,10 +89,9 @@ class TimelineWriter:
                 )
                 if "crops" in batch:
                     state.crops.append(self._crops(tid, batch, i, n))
-                state.received += 1
             elif kind == END:
                 state.end = {k: batch[k][i] for k in batch if k not in ("crops",)}
-            if state.end is not None and state.received >= int(state.end["windows"]):
+            if state.end is not None and len(state.seen) >= int(state.end["windows"]):
                 self._commit(vid, self.videos.pop(vid))
 
     def _crops(self, tid: int, batch: dict[str, np.ndarray], i: int, n: int) -> pa.Table:
@@ -172,6 +175,7 @@ class TimelineWriter:
             "model_id": self.model_id,
             "config_hash": self.config_hash,
             "source_etag": str(end["source_etag"]) or None,
+            "warnings": str(end["warnings"]) or None,
         }
         _table_write(
             join(self.out, "videos", f"{vid}.parquet"),

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.status import FAILED, face_status
-from pipeline.video import VideoError
+from pipeline.video import VideoError, decode_warnings
 from pipeline.windows import WindowCutter
 from schemas.config import VaerrConfig
 
@@ -50,6 +50,7 @@ FACE_STAGE_OUTPUT = {
     "duration_s": "float64 (end rows)",
     "fps": "float64 (end rows: analysis rate)",
     "processing_s": "float64 (end rows: face-stage seconds)",
+    "warnings": "str (end rows: decode damage; '' when clean)",
 }
 MODEL_STAGE_INPUT = tuple(FACE_STAGE_OUTPUT)
 MODEL_STAGE_OUTPUT = {
@@ -134,6 +135,7 @@ class FaceStage:
             "duration_s": float(info.duration_s) if info else float("nan"),
             "fps": float(self.cfg.video.fps),
             "processing_s": time.perf_counter() - t0,
+            "warnings": decode_warnings(info) or "",
         }
         log.info(
             "%s: %s (%d frames, %d tracks, %d windows) %s",
@@ -188,6 +190,7 @@ class FaceStage:
             "duration_s": 0.0,
             "fps": 0.0,
             "processing_s": 0.0,
+            "warnings": "",
         }
         dtypes = {
             "track_id": np.int32,

@@ -97,6 +97,10 @@ class VideoReader:
         if not self._container.streams.video:
             self.close()
             raise VideoError("no video stream (audio-only or not a video)")
+        fmt = self._container.format.name
+        if fmt == "image2" or fmt.endswith("_pipe"):
+            self.close()
+            raise VideoError(f"a still image ({fmt}), not a video")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
@@ -237,6 +241,18 @@ class VideoReader:
         buf.clear()
         idx.clear()
         return FrameChunk(frames, fi, fi.astype(np.float64) / fps)
+
+
+def decode_warnings(info: VideoInfo | None) -> str | None:
+    """One line on damage seen while decoding (None when clean): corrupt packets skipped and
+    the gaps they left, seconds from the first frame."""
+    if info is None or not info.decode_errors:
+        return None
+    gaps = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in info.gaps[:10])
+    more = f" (+{len(info.gaps) - 10} more)" if len(info.gaps) > 10 else ""
+    return f"{info.decode_errors} undecodable packets skipped" + (
+        f"; gaps at {gaps}{more}" if gaps else ""
+    )
 
 
 def read_audio(

@@ -52,6 +52,9 @@ class VideoConfig(Section):
     chunk_frames: int = Field(
         32, ge=1, le=4096, description="Frames decoded and detected per chunk (bounds memory)."
     )
+    chunk_mb: int = Field(
+        256, ge=8, description="Cap on one chunk's decoded RGB, MiB (4K video: fewer frames)."
+    )
 
 
 class DetectorConfig(Section):

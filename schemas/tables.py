@@ -43,6 +43,7 @@ VIDEOS = pa.schema(
         ("model_id", pa.string()),
         ("config_hash", pa.string()),
         ("source_etag", pa.string()),
+        ("warnings", pa.string()),  # decode damage (corrupt packets, gaps); null when clean
     ]
 )
 
@@ -97,6 +98,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     if missing:
         raise ValueError(f"table lacks columns {missing} required by the schema")
     return table.select(schema.names).cast(schema)
+
 
 # Training clip shards (`vaerr preprocess`): one row per (track, analysis frame) of one labelled
 # (or unlabelled, pretext) video. Labels are resampled to the frame times; null = no label.

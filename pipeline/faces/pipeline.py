@@ -51,7 +51,9 @@ class FaceRun:
             self.info = reader.info
             stream = self.stream = self.pipe.stream(cfg.video.fps)
             v = cfg.video
-            for chunk in reader.chunks(v.fps, v.start_s, v.end_s, v.chunk_frames):
+            frame_bytes = max(1, reader.info.width * reader.info.height * 3)
+            per_chunk = max(1, min(v.chunk_frames, (v.chunk_mb << 20) // frame_bytes))
+            for chunk in reader.chunks(v.fps, v.start_s, v.end_s, per_chunk):
                 self.frames += len(chunk.frame_index)
                 rows = stream.push(chunk)
                 if len(rows["track_id"]):

@@ -90,6 +90,8 @@ class FaceStream:
         self.last_frame = -1
         self.max_buffered = 0
         self.ended: list[int] = []  # public ids of tracks fully emitted (see pop_ended)
+        self.frames_seen = 0
+        self.finished = False
 
     @property
     def tracks_emitted(self) -> int:
@@ -99,6 +101,7 @@ class FaceStream:
     def push(self, chunk: FrameChunk) -> dict[str, np.ndarray]:
         """Process one chunk of analysis frames; return newly final rows."""
         frames, idx = chunk.frames, chunk.frame_index
+        self.frames_seen += len(idx)
         every = self.cfg.detector.every_k
         sel = np.flatnonzero(idx % every == 0)
         dets: list[Detections] = self.detector(frames[sel]) if len(sel) else []
@@ -125,12 +128,16 @@ class FaceStream:
     def finish(self) -> dict[str, np.ndarray]:
         """End of video: close all tracks and return the remaining rows."""
         self.closed += self.tracker.close_all()
+        self.finished = True
         rows = self._finalise()
         self.gray.clear()
         return rows
 
     def _ready_until(self, t: Track) -> int:
-        confirmed = t.last - t.first + 1 >= self.cfg.track.min_length
+        min_length = self.cfg.track.min_length
+        if self.finished:  # a video shorter than min_length keeps its faces
+            min_length = min(min_length, self.frames_seen)
+        confirmed = t.last - t.first + 1 >= min_length
         if t.closed:
             return t.last if confirmed else t.first - 1
         return t.last - self.half if confirmed else t.first - 1
