@@ -173,16 +173,27 @@ def events_table(rows: list[dict[str, Any]]) -> pa.Table:
     )
 
 
-def _event(seg: Segment, kind: str, track_ids: list[int], start_s: float, end_s: float, a: np.ndarray, v: np.ndarray, peak_a: float, peak_v: float, score: float) -> dict[str, Any]:  # fmt: skip
+def _event(
+    seg: Segment,
+    kind: str,
+    track_ids: list[int],
+    span: tuple[float, float],
+    a: np.ndarray,
+    v: np.ndarray,
+    peaks: tuple[float, float],
+    score: float,
+) -> dict[str, Any]:
+    """One EVENTS row: `span` (start_s, end_s); `a`, `v` the event's smoothed rows; `peaks`
+    (arousal, valence) extremes."""
     return {
         "video_id": seg.video_id,
         "uri": seg.uri,
         "kind": kind,
         "track_ids": sorted(set(track_ids)),
-        "start_s": float(start_s),
-        "end_s": float(end_s),
-        "peak_arousal": float(peak_a),
-        "peak_valence": float(peak_v),
+        "start_s": float(span[0]),
+        "end_s": float(span[1]),
+        "peak_arousal": float(peaks[0]),
+        "peak_valence": float(peaks[1]),
         "mean_arousal": float(np.mean(a)),
         "mean_valence": float(np.mean(v)),
         "score": float(score),
@@ -227,7 +238,8 @@ def find_happy(timelines: Any, cfg: HappyConfig | None = None) -> pa.Table:
                 continue
             a, v = q.a[s:e], q.v[s:e]
             score = (e - s) * q.seg.step * float(np.mean((a + v) / 2))
-            rows.append(_event(q.seg, "happy", [q.seg.track_id], t[s], t[e - 1], a, v, a.max(), v.max(), score))  # fmt: skip
+            span, peaks = (t[s], t[e - 1]), (a.max(), v.max())
+            rows.append(_event(q.seg, "happy", [q.seg.track_id], span, a, v, peaks, score))
     return events_table(rows)
 
 
@@ -258,7 +270,8 @@ def _group_happy(quals: list[_Qualified], cfg: HappyConfig) -> list[dict[str, An
                     v_parts.append(q.v[sel])
             a, v = np.concatenate(a_parts), np.concatenate(v_parts)
             score = len(a) * step * float(np.mean((a + v) / 2))
-            rows.append(_event(group[0].seg, "happy", tracks, lo * step, hi * step, a, v, a.max(), v.max(), score))  # fmt: skip
+            span, peaks = (lo * step, hi * step), (a.max(), v.max())
+            rows.append(_event(group[0].seg, "happy", tracks, span, a, v, peaks, score))
     return rows
 
 
@@ -347,7 +360,8 @@ def _spike_event(group: list[Onset]) -> dict[str, Any]:
         a_parts.append(o.a[sel])
         v_parts.append(o.v[sel])
     a, v = np.concatenate(a_parts), np.concatenate(v_parts)
-    return _event(group[0].seg, "spike", list(best), start, end, a, v, a.max(), v.min(), sum(best.values()))  # fmt: skip
+    peaks = (a.max(), v.min())
+    return _event(group[0].seg, "spike", list(best), (start, end), a, v, peaks, sum(best.values()))
 
 
 def find_spikes(timelines: Any, cfg: SpikeConfig | None = None) -> pa.Table:
