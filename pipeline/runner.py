@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
+from pipeline.retry import with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import filesystem, join
@@ -47,8 +48,22 @@ class _Video:
 
 
 def _table_write(uri: str, table: pa.Table, cfg: VaerrConfig) -> None:
-    with atomic_write(uri, cfg.storage) as f:
-        pq.write_table(table, f, compression="zstd")
+    def write() -> None:
+        with atomic_write(uri, cfg.storage) as f:
+            pq.write_table(table, f, compression="zstd")
+
+    with_retries(write, cfg.storage.retry_s, f"writing {uri}")
+
+
+def _remove(uri: str, cfg: VaerrConfig) -> None:
+    """Delete a file if it exists (a stale result of an earlier run), retrying outages."""
+
+    def rm() -> None:
+        fs, path = filesystem(uri, cfg.storage)
+        if fs.exists(path):
+            fs.rm(path)
+
+    with_retries(rm, cfg.storage.retry_s, f"removing {uri}")
 
 
 class TimelineWriter:
@@ -152,16 +167,13 @@ class TimelineWriter:
         status = str(end["status"])
         tl_uri = join(self.out, "timelines", f"{vid}.parquet")
         crops_uri = join(self.out, "crops", f"{vid}.parquet")
-        fs, tl_path = filesystem(tl_uri, self.cfg.storage)
         if status == OK:
             _table_write(tl_uri, self._timeline(vid, uri, state), self.cfg)
             if state.crops:
                 _table_write(crops_uri, pa.concat_tables(state.crops), self.cfg)
         else:
             for stale in (tl_uri, crops_uri):
-                sfs, spath = filesystem(stale, self.cfg.storage)
-                if sfs.exists(spath):
-                    sfs.rm(spath)
+                _remove(stale, self.cfg)
         row = {
             "video_id": vid,
             "uri": uri,
@@ -314,12 +326,20 @@ def run_inference(
     ckpt = load_checkpoint(ckpt_uri, opts)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
-    manifest = list_inputs(list(inputs), cfg.storage, cfg.infer)
+    budget = cfg.storage.retry_s
+    manifest = with_retries(
+        lambda: list_inputs(list(inputs), cfg.storage, cfg.infer), budget, "listing inputs"
+    )
     chash = config_hash(cfg)
-    todo = pending_rows(manifest, read_status(out, cfg), ckpt.model_id, chash, force)
+    done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
+    todo = pending_rows(manifest, done, ckpt.model_id, chash, force)
     skipped = manifest.num_rows - len(todo)
     log.info("%d videos listed, %d to do, %d already done", manifest.num_rows, len(todo), skipped)
-    write_text(join(out, "config.yaml"), config_yaml(cfg), cfg.storage)
+    with_retries(
+        lambda: write_text(join(out, "config.yaml"), config_yaml(cfg), cfg.storage),
+        budget,
+        "writing config.yaml",
+    )
     writer = TimelineWriter(cfg, out, ckpt.model_id, ckpt.untrained)
     with tqdm(total=len(todo), desc="videos", unit="video", disable=None) as bar:
         writer.on_done = lambda row: bar.update(1)
@@ -354,5 +374,6 @@ def run_inference(
         "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
         "config": config_dump(cfg),
     }
-    write_text(join(out, "run.json"), json.dumps(run, indent=2, default=str), cfg.storage)
+    text = json.dumps(run, indent=2, default=str)
+    with_retries(lambda: write_text(join(out, "run.json"), text, cfg.storage), budget, "run.json")
     return summary

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.pipeline import FacePipeline, FaceRun
+from pipeline.retry import is_transient
 from pipeline.status import FAILED, face_status
 from pipeline.video import VideoError, decode_warnings
 from pipeline.windows import WindowCutter
@@ -60,6 +61,9 @@ MODEL_STAGE_OUTPUT = {
 }
 
 
+_WINDOW_COLUMNS = ("crop", "frame_index", "box_xyxy", "det_score", "interpolated")
+
+
 def _s(x: Any) -> str:
     return "" if x is None else str(x)
 
@@ -85,50 +89,42 @@ class FaceStage:
             )
 
     def _video(self, vid: str, uri: str, etag: str) -> Iterator[dict[str, np.ndarray]]:
+        """One video, retried from the start on a transient storage fault (windows re-sent
+        by a retry are counted once by the writer); always ends with its end row."""
         t0 = time.perf_counter()
-        inf = self.cfg.infer
         head = {"video_id": vid, "uri": uri, "source_etag": etag}
-        out: list[dict[str, Any]] = []
-        cutters: dict[int, WindowCutter] = {}
-        windows = 0
-        run = self.pipe.run(uri)
-        status, reason = FAILED, ""
-        try:
-            for rows in run:
-                for tid in np.unique(rows["track_id"]).tolist():
-                    sel = rows["track_id"] == tid
-                    sub = {
-                        k: rows[k][sel]
-                        for k in ("crop", "frame_index", "box_xyxy", "det_score", "interpolated")
-                    }
-                    cutter = cutters.setdefault(
-                        tid, WindowCutter(inf.window_frames, inf.hop_frames)
-                    )
-                    out += [self._window(head, tid, s, w) for s, w in cutter.add(sub)]
-                for tid in run.stream.pop_ended() if run.stream else []:
-                    out += [self._window(head, tid, s, w) for s, w in cutters.pop(tid).finish()]
-                if len(out) >= self.emit_rows:
-                    windows += len(out)
-                    yield self._stack(out)
-                    out = []
-            for tid, cutter in cutters.items():
-                out += [self._window(head, tid, s, w) for s, w in cutter.finish()]
-            status, reason = face_status(run.tracks)
-            reason = reason or ""
-        except VideoError as exc:
-            reason = str(exc)
-        except Exception as exc:  # a bug or an unforeseen input: a status row, not a crash
-            reason = f"{type(exc).__name__}: {exc}"
-            log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
-        if status == FAILED:
-            out = []  # the writer discards this video's windows anyway
-        windows += len(out)
+        start, delay = time.monotonic(), 0.5
+        while True:
+            state: dict[str, Any] = {"windows": 0, "tail": []}
+            run = self.pipe.run(uri)
+            try:
+                yield from self._windows(head, run, state)
+                status, reason = face_status(run.tracks)
+                break
+            except Exception as exc:
+                waited = time.monotonic() - start
+                if is_transient(exc) and waited + delay <= self.cfg.storage.retry_s:
+                    log.warning("%s: transient error (%s), retrying in %.1f s", uri, exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 8.0)
+                    continue
+                status, state["tail"] = FAILED, []
+                if isinstance(exc, VideoError):
+                    reason = str(exc)
+                elif is_transient(exc):
+                    reason = f"storage unreachable for {waited:.0f} s ({type(exc).__name__})"
+                else:  # a bug or an unforeseen input: a status row, not a crash
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
+                break
+        tail = state["tail"]
+        windows = state["windows"] + len(tail)
         info = run.info
         end = {
             **head,
             "kind": END,
             "status": status,
-            "reason": reason,
+            "reason": reason or "",
             "frames": run.frames,
             "tracks": run.tracks,
             "windows": windows,
@@ -144,9 +140,33 @@ class FaceStage:
             run.frames,
             run.tracks,
             windows,
-            reason,
+            reason or "",
         )
-        yield self._stack(out + [end])
+        yield self._stack(tail + [end])
+
+    def _windows(
+        self, head: dict[str, str], run: FaceRun, state: dict[str, Any]
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Cut the video's tracks into windows; yield full batches as they fill, leave the
+        rest in state["tail"] and the count yielded in state["windows"]."""
+        inf = self.cfg.infer
+        out: list[dict[str, Any]] = []
+        cutters: dict[int, WindowCutter] = {}
+        for rows in run:
+            for tid in np.unique(rows["track_id"]).tolist():
+                sel = rows["track_id"] == tid
+                sub = {k: rows[k][sel] for k in _WINDOW_COLUMNS}
+                cutter = cutters.setdefault(tid, WindowCutter(inf.window_frames, inf.hop_frames))
+                out += [self._window(head, tid, s, w) for s, w in cutter.add(sub)]
+            for tid in run.stream.pop_ended() if run.stream else []:
+                out += [self._window(head, tid, s, w) for s, w in cutters.pop(tid).finish()]
+            if len(out) >= self.emit_rows:
+                state["windows"] += len(out)
+                yield self._stack(out)
+                out = []
+        for tid, cutter in cutters.items():
+            out += [self._window(head, tid, s, w) for s, w in cutter.finish()]
+        state["tail"] = out
 
     def _window(
         self, head: dict[str, str], tid: int, start: int, w: dict[str, np.ndarray]

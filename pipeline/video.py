@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import av
 import numpy as np
 
+from pipeline.retry import is_transient
 from pipeline.storage import open_uri
 from schemas.config import StorageConfig
 
@@ -93,6 +94,8 @@ class VideoReader:
             raise
         except Exception as exc:
             self.close()
+            if is_transient(exc):
+                raise  # the caller retries outages; they are not a property of the video
             raise _map_error(exc, uri) from None
         if not self._container.streams.video:
             self.close()

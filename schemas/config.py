@@ -40,6 +40,12 @@ class StorageConfig(Section):
     block_size_mb: int = Field(
         8, ge=1, le=512, description="Read-ahead block size for remote reads, MiB."
     )
+    retry_s: float = Field(
+        120.0,
+        ge=0,
+        description="How long reads and writes retry a storage outage, s, "
+        "before the video (read) or the run (write) fails with a clear message.",
+    )
 
 
 class VideoConfig(Section):
