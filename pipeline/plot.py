@@ -3,9 +3,10 @@
 Each panel: arousal (red) and valence (blue) in [-1, 1] against seconds; happy episodes shaded
 green and spikes red (from an EVENTS table, only on the faces they involve; a spike shorter than
 a readable width is widened to it and marked with a triangle at its start); along the top, a
-strip coloured by the emotion word (the most frequent word of each 1/240 of the time axis; hue = the word's angle on the circumplex, so neighbours on
-the circle get neighbouring colours, grey for Neutral) with the word written on every stretch
-long enough to hold it. Matplotlib's object API on the Agg canvas: no pyplot state, no display.
+strip coloured by the emotion word (the most frequent word of each 1/240 of the time axis; hue =
+the word's angle on the circumplex, so neighbours on the circle get neighbouring colours, grey
+for Neutral) with the word written on every stretch long enough to hold it. Matplotlib's object
+API on the Agg canvas: no pyplot state, no display.
 """
 
 from __future__ import annotations
