@@ -10,7 +10,14 @@ import sys
 from jobs.common import setup_logging
 
 # Order is the order shown by `vaerr --help`.
-COMMAND_MODULES = ("jobs.infer", "jobs.faces", "jobs.model", "jobs.demo", "jobs.submit")
+COMMAND_MODULES = (
+    "jobs.infer",
+    "jobs.verify",
+    "jobs.faces",
+    "jobs.model",
+    "jobs.demo",
+    "jobs.submit",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

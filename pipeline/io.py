@@ -25,7 +25,10 @@ def atomic_write(uri: str, storage: StorageConfig | None = None) -> Iterator[Any
         fs.makedirs(parent, exist_ok=True)
     protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     local = "file" in protos  # S3 and other object stores commit on close; no rename needed
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if local else path
+    # Hidden temporary name: Parquet dataset readers skip names starting with "." or "_",
+    # so a file left by a killed writer is never read as data.
+    name = path.rsplit("/", 1)[-1]
+    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if local and parent else path
     try:
         with fs.open(tmp, "wb") as f:
             yield f

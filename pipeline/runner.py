@@ -340,6 +340,8 @@ def run_inference(
         budget,
         "writing config.yaml",
     )
+    # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
+    _table_write(join(out, "manifest.parquet"), manifest, cfg)
     writer = TimelineWriter(cfg, out, ckpt.model_id, ckpt.untrained)
     with tqdm(total=len(todo), desc="videos", unit="video", disable=None) as bar:
         writer.on_done = lambda row: bar.update(1)
