@@ -13,6 +13,8 @@ from jobs.common import setup_logging
 COMMAND_MODULES = (
     "jobs.infer",
     "jobs.verify",
+    "jobs.query",
+    "jobs.render",
     "jobs.faces",
     "jobs.model",
     "jobs.demo",

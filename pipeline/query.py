@@ -44,8 +44,8 @@ class QueryRefused(ValueError):
 
 def timeline_files(uri: str, storage: StorageConfig | None = None) -> tuple[Any, list[str]]:
     """(fsspec filesystem, sorted Parquet file paths) of TIMELINES: a job's output folder OUT
-    (its `timelines/` is used), the `timelines/` folder itself, or one Parquet file. Temporary
-    files of a write in progress (`*.parquet.tmp-*`) are not Parquet names and are skipped."""
+    (its `timelines/` is used), the `timelines/` folder itself, or one Parquet file. Hidden
+    names (a write in progress, `.x.parquet.tmp-*`) are skipped."""
     fs, path = filesystem(uri, storage)
     path = path.rstrip("/")
     if fs.isfile(path):
@@ -55,10 +55,17 @@ def timeline_files(uri: str, storage: StorageConfig | None = None) -> tuple[Any,
         path = sub
     elif not fs.isdir(path):
         raise FileNotFoundError(f"no timelines at {uri}")
-    files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+    files = sorted(f for f in fs.find(path) if _is_data_file(f))
     if not files:
         raise FileNotFoundError(f"no Parquet files under {uri} (expected OUT or OUT/timelines)")
     return fs, files
+
+
+def _is_data_file(path: str) -> bool:
+    """A Parquet name that is not hidden (`.x`, `_x`: temporary writes, metadata), as pyarrow
+    datasets skip them."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
 def open_timelines(uri: str, storage: StorageConfig | None = None) -> ds.Dataset:
