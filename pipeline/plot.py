@@ -160,21 +160,26 @@ def plot_timelines(
         ax.set_ylabel(f"face {tid}", fontsize=10)
     axes[-1].set_xlabel("time (s)")
 
-    untrained = "untrained" in table.column_names and any(table["untrained"].to_pylist())
-    head = title or f"{uri}  ({video_id})"
-    if untrained:
-        head += "   UNTRAINED model: values are not predictions"
+    h_in = h / dpi
+    fig.text(0.01, 1 - 0.22 / h_in, title or f"{uri}  ({video_id})", fontsize=11, va="baseline")
+    if "untrained" in table.column_names and any(table["untrained"].to_pylist()):
+        note = "UNTRAINED model: values are not predictions of emotion"
+        fig.text(0.01, 1 - 0.45 / h_in, note, fontsize=9, color="#d62728", va="baseline")
     handles = [
         Patch(color=AROUSAL_COLOR, label="arousal"),
         Patch(color=VALENCE_COLOR, label="valence"),
         Patch(color=EVENT_COLORS["happy"], alpha=0.3, label="happy"),
         Patch(color=EVENT_COLORS["spike"], alpha=0.3, label="spike"),
     ]
-    fig.suptitle(head, fontsize=11, x=0.01, ha="left", y=1 - 0.18 / (h / dpi))
-    fig.legend(handles=handles, loc="upper right", ncol=4, fontsize=9, frameon=False)
-    fig.subplots_adjust(
-        left=0.07, right=0.99, bottom=0.55 / (h / dpi), top=1 - HEADER_IN * 0.6 / (h / dpi)
+    fig.legend(
+        handles=handles,
+        loc="upper right",
+        bbox_to_anchor=(0.99, 1 - 0.28 / h_in),
+        ncol=4,
+        fontsize=9,
+        frameon=False,
     )
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.55 / h_in, top=1 - HEADER_IN * 0.62 / h_in)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     png = buf.getvalue()
