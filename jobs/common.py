@@ -29,12 +29,19 @@ def config_from_args(args: argparse.Namespace) -> VaerrConfig:
     return load_config(args.config, args.overrides)
 
 
+QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "fsspec", "urllib3", "s3transfer")
+
+
 def setup_logging(verbose: int = 0) -> None:
     """Log to stderr so stdout stays machine-readable (tables, the JSON status line)."""
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Storage clients log request headers (the access key id among them) at DEBUG: keep them
+    # at WARNING whatever the verbosity, so credentials never reach a log.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def print_json_line(record: dict[str, Any]) -> None:

@@ -86,8 +86,9 @@ def list_inputs(
             continue
         try:
             info = fs.info(path)
-        except FileNotFoundError:
-            log.warning("input not found: %s", item)
+        except (FileNotFoundError, PermissionError) as exc:
+            # Kept: the face stage gives it a `failed` status row with the reason.
+            log.warning("input %s: %s", item, type(exc).__name__)
             rows.setdefault(item, _entry(item, None))
             continue
         if info.get("type") == "directory":

@@ -56,6 +56,8 @@ class VideoInfo:
     emitted_frames: int = 0
     decode_errors: int = 0
     gaps: list[tuple[float, float]] = field(default_factory=list)
+    last_time_s: float = 0.0  # timestamp of the last decoded frame
+    range_end_s: float = float("inf")  # end of the requested time range
 
 
 def _upright(img: np.ndarray, rotation: int) -> np.ndarray:
@@ -180,7 +182,7 @@ class VideoReader:
                     info.rotation = int(round(frame.rotation or 0))
                     if info.rotation % 180:
                         info.width, info.height = info.height, info.width
-                last_t = t
+                last_t = info.last_time_s = t
                 yield t, frame
 
     def chunks(
@@ -192,6 +194,8 @@ class VideoReader:
     ) -> Iterator[FrameChunk]:
         """Yield the analysis frames in chunks of at most `chunk_frames` (see module doc)."""
         info = self.info
+        if end_s is not None:
+            info.range_end_s = end_s
         start = start_s or 0.0
         k = max(0, math.ceil(start * fps - _EPS))
         end = end_s if end_s is not None else math.inf
@@ -249,13 +253,23 @@ class VideoReader:
 def decode_warnings(info: VideoInfo | None) -> str | None:
     """One line on damage seen while decoding (None when clean): corrupt packets skipped and
     the gaps they left, seconds from the first frame."""
-    if info is None or not info.decode_errors:
+    if info is None:
         return None
-    gaps = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in info.gaps[:10])
-    more = f" (+{len(info.gaps) - 10} more)" if len(info.gaps) > 10 else ""
-    return f"{info.decode_errors} undecodable packets skipped" + (
-        f"; gaps at {gaps}{more}" if gaps else ""
-    )
+    notes = []
+    if info.decode_errors:
+        gaps = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in info.gaps[:10])
+        more = f" (+{len(info.gaps) - 10} more)" if len(info.gaps) > 10 else ""
+        notes.append(f"{info.decode_errors} undecodable packets skipped")
+        if gaps:
+            notes.append(f"gaps at {gaps}{more}")
+    frame_s = 1.0 / info.src_fps if info.src_fps > 0 else 0.1
+    expected_end = min(info.duration_s, info.range_end_s)
+    if info.decoded_frames and expected_end - info.last_time_s > 2 * frame_s + 0.5:
+        notes.append(
+            f"decoding stopped at {info.last_time_s:.2f} s of {info.duration_s:.2f} s "
+            "(damaged or truncated)"
+        )
+    return "; ".join(notes) or None
 
 
 def read_audio(
