@@ -80,15 +80,23 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     return priors[:, None, :2] + pts * VARIANCE[0] * priors[:, None, 2:]
 
 
+def load_weights(
+    net: torch.nn.Module, weights: str, device: str, cache: str | None = None
+) -> torch.nn.Module:
+    """Load a state dict (path, URI or URL; plain, or under "state_dict"; DataParallel's
+    "module." prefix removed) into `net` with weights_only=True; return it on `device`, eval."""
+    state = torch.load(resolve_file(weights, cache), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    return net.to(device).eval()
+
+
 def load_retinaface(weights: str, device: str, cache: str | None = None) -> torch.nn.Module:
     """face-alignment's RetinaFace network with weights from a path, URI or URL."""
     from face_alignment.detection.retinaface.net_retinaface import RetinaFace, cfg_mnet
 
-    net = RetinaFace(cfg=cfg_mnet)
-    state = torch.load(resolve_file(weights, cache), map_location="cpu", weights_only=True)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    net.load_state_dict(state)
-    return net.to(device).eval()
+    return load_weights(RetinaFace(cfg=cfg_mnet), weights, device, cache)
 
 
 class RetinaFaceDetector:

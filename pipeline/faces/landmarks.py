@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.faces.detect import autocast
-from pipeline.weights import resolve_file
+from pipeline.faces.detect import autocast, load_weights
 from schemas.config import LandmarkConfig
 
 # face-alignment's crop convention for RetinaFace boxes: window side = 200 * scale px with
@@ -69,12 +68,7 @@ def load_fan(weights: str, device: str, cache: str | None = None) -> torch.nn.Mo
     """FAN 2D (4 stacked hourglasses) from a state dict at a path, URI or URL."""
     from face_alignment.models import FAN
 
-    net = FAN(4)
-    state = torch.load(resolve_file(weights, cache), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    return net.to(device).eval()
+    return load_weights(FAN(4), weights, device, cache)
 
 
 class Fan68:
