@@ -209,7 +209,7 @@ def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
     tables = []
     for p in files:
         with fs.open(p, "rb") as f:
-            tables.append(conform(pq.read_table(f), VIDEOS))
+            tables.append(conform(pq.read_table(f), VIDEOS, fill_missing=("warnings",)))
     return pa.concat_tables(tables) if tables else VIDEOS.empty_table()
 
 

@@ -92,8 +92,12 @@ CLIPS = pa.schema(
 STATUS_FIELDS = ("video_id", "uri", "status", "reason", "tracks", "frames")
 
 
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Select and cast `table` to `schema`'s columns; missing or uncastable columns raise."""
+def conform(table: pa.Table, schema: pa.Schema, fill_missing: tuple[str, ...] = ()) -> pa.Table:
+    """Select and cast `table` to `schema`'s columns; missing or uncastable columns raise,
+    except those named in `fill_missing` (columns added later: read back as nulls)."""
+    for name in fill_missing:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise ValueError(f"table lacks columns {missing} required by the schema")
