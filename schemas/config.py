@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from schemas.base import Section
 from schemas.model import LossConfig, ModelConfig
+from schemas.train import AugmentConfig, DataConfig, EvalConfig, PretrainConfig, TrainConfig
 
 RETINAFACE_URL = "https://www.adrianbulat.com/downloads/python-fan/retinaface_mobilenet0.25.pth"
 FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar"
@@ -216,6 +217,11 @@ class VaerrConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig, description="Training loss.")
     infer: InferConfig = Field(default_factory=InferConfig, description="The batch job.")
     emotion: EmotionConfig = Field(default_factory=EmotionConfig, description="Emotion words.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Datasets and clip shards.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentations.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training run.")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Pretext task.")
+    evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
 
     @field_validator("cache_dir")
     @classmethod
