@@ -17,12 +17,13 @@ starts a new segment, so nothing is smoothed or differenced across a gap), then:
 * `spike`: after light smoothing, a row is an *onset row* when arousal has risen by at least
   `min_rise` above its minimum of the last `window_seconds`, valence has fallen by at least
   `min_drop` below its maximum of the same window, and the face is now high-arousal
-  (>= `min_arousal`) and negative (<= `max_valence`). Each run of onset rows is one onset; its
-  boundaries are the 10 % and 90 % points of the arousal rise (the usual rise time), so a ramp
-  planted from t0 to t1 is reported as about [t0, t1]. Steepness = arousal gained between those
-  points / their distance (1/s, the distance at least one output step). Onsets of different faces
-  of one video starting within `together_seconds` of the first are one event; score = the sum of
-  the faces' steepness (steeper and more faces together rank first).
+  (>= `min_arousal`) and negative (<= `max_valence`). Each run of onset rows is one onset (runs
+  joined while arousal stays up between them: a gate flickering mid-rise); its
+  span is the least-squares flat-ramp-flat fit of the raw arousal around the rise (`rise_span`),
+  so a ramp planted from t0 to t1 is reported as [t0, t1] to the row, noise averaged out.
+  Steepness = the fitted rise / that span (1/s; the span at least one output step). Onsets of
+  different faces of one video starting within `together_seconds` of the first are one event;
+  score = the sum of the faces' steepness (steeper and more faces together rank first).
 
 All statistics (`peak_*`, `mean_*`) are of the smoothed values the detector thresholded: for
 happy the maxima, for spikes the highest arousal and the lowest valence, means over the event's
@@ -42,7 +43,7 @@ from schemas.tables import EVENTS, conform
 
 COLUMNS = ("video_id", "uri", "track_id", "time_s", "arousal", "valence")
 GAP_STEPS = 1.5  # a jump in time over this many output steps starts a new segment
-RISE_LO, RISE_HI = 0.1, 0.9  # rise time between the 10 % and 90 % points of the rise
+RISE_LO, RISE_HI = 0.1, 0.9  # a rise is measured between its 10 % and 90 % crossings
 _EPS = 1e-6
 
 
@@ -90,6 +91,22 @@ def runs(mask: np.ndarray) -> np.ndarray:
     m = np.concatenate([[False], np.asarray(mask, bool), [False]])
     edges = np.flatnonzero(m[1:] != m[:-1])
     return edges.reshape(-1, 2)
+
+
+def merge_runs(spans: np.ndarray, values: np.ndarray, tol: float) -> np.ndarray:
+    """[R, 2] (start, stop) runs over values [N], a run joined to the previous one when the
+    values between them never fall more than `tol` below the previous run's highest value:
+    a gate flickering on a threshold in the middle of one rise must not cut it in two, while
+    a fall back to rest separates two reactions."""
+    out: list[list[int]] = []
+    for s, e in spans.tolist():
+        if out and values[out[-1][1] : s].min(initial=np.inf) >= (
+            values[out[-1][0] : out[-1][1]].max() - tol
+        ):
+            out[-1][1] = e
+        else:
+            out.append([s, e])
+    return np.asarray(out, np.int64).reshape(-1, 2)
 
 
 def rolling_extreme(values: np.ndarray, width: int, kind: str) -> np.ndarray:
@@ -280,34 +297,74 @@ def _group_happy(quals: list[_Qualified], cfg: HappyConfig) -> list[dict[str, An
 
 
 class Onset(NamedTuple):
-    """One face's abrupt rise: rows [start, end] of its segment (10 % and 90 % points)."""
+    """One face's abrupt rise (see `rise_span`); a, v: its segment's smoothed values [N]."""
 
     seg: Segment
-    start: int
-    end: int
-    a: np.ndarray  # smoothed arousal of the segment [N]
-    v: np.ndarray  # smoothed valence of the segment [N]
-    steepness: float  # arousal gained per second between start and end
-
-    @property
-    def start_s(self) -> float:
-        return float(self.seg.time_s[self.start])
-
-    @property
-    def end_s(self) -> float:
-        return float(self.seg.time_s[self.end])
+    start_s: float
+    end_s: float
+    a: np.ndarray
+    v: np.ndarray
+    steepness: float  # arousal gained per second over [start_s, end_s]
 
 
-def rise_bounds(a: np.ndarray, base: int, apex: int) -> tuple[int, int]:
-    """(start, end) rows of a rise from row `base` (its minimum) to row `apex` (its maximum) of
-    arousal [N]: the last row at or under 10 % of the rise and the first at or over 90 %."""
+def crossing_rows(a: np.ndarray, base: int, apex: int) -> tuple[int, int]:
+    """(i10, i90): the last row of a [N] at or under 10 % of the rise from row `base` to row
+    `apex`, and the first row after it at or over 90 %."""
     lo, hi = a[base], a[apex]
-    seg = a[base : apex + 1]
-    below = np.flatnonzero(seg <= lo + RISE_LO * (hi - lo))
-    start = base + int(below[-1]) if len(below) else base
-    above = np.flatnonzero(a[start : apex + 1] >= lo + RISE_HI * (hi - lo))
-    end = start + int(above[0]) if len(above) else apex
-    return start, max(end, start)
+    below = np.flatnonzero(a[base : apex + 1] <= lo + RISE_LO * (hi - lo))
+    i10 = base + int(below[-1]) if len(below) else base
+    above = np.flatnonzero(a[i10 : apex + 1] >= lo + RISE_HI * (hi - lo))
+    return i10, (i10 + int(above[0]) if len(above) else apex)
+
+
+def fit_ramp(
+    t: np.ndarray, y: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[int, int, float, float]:
+    """Least-squares flat-ramp-flat fit of y [N] at times t [N]: y = lo before t[k1], a straight
+    line from lo to hi between t[k1] and t[k2], hi after. Every knot pair in starts x ends
+    (row indices, k1 < k2) is tried, and (lo, hi) solved in closed form for each, so noise on
+    the rows averages out instead of moving a threshold crossing. Returns (k1, k2, lo, hi)."""
+    k1, k2 = np.meshgrid(starts, ends, indexing="ij")
+    ok = k1 < k2
+    k1, k2 = k1[ok], k2[ok]
+    t1, t2 = t[k1][:, None], t[k2][:, None]
+    r = np.clip((t[None, :] - t1) / (t2 - t1), 0.0, 1.0)  # [pairs, N], 0 = lo, 1 = hi
+    q = 1.0 - r
+    # Normal equations of y ~ lo * q + hi * r, per pair.
+    sqq, srr, sqr = (q * q).sum(1), (r * r).sum(1), (q * r).sum(1)
+    sqy, sry = q @ y, r @ y
+    det = np.maximum(sqq * srr - sqr * sqr, 1e-12)
+    lo = (srr * sqy - sqr * sry) / det
+    hi = (sqq * sry - sqr * sqy) / det
+    sse = ((lo[:, None] * q + hi[:, None] * r - y[None, :]) ** 2).sum(1)
+    best = int(np.argmin(sse))
+    return int(k1[best]), int(k2[best]), float(lo[best]), float(hi[best])
+
+
+def rise_span(
+    seg: Segment, a: np.ndarray, base: int, apex: int, last: int, w: int, half: int
+) -> tuple[float, float, float]:
+    """(start_s, end_s, steepness 1/s) of the rise of smoothed arousal a [N] from row `base` to
+    row `apex` of a segment (`last`: the last onset row of the run): the flat-ramp-flat
+    least-squares fit (`fit_ramp`) of the *raw* arousal over the rise and as many rows of
+    plateau on each side as the rise is long (3 to `w`; never before the base nor after the
+    run), its knots searched before the 10 % crossing and after the 90 % crossing of the
+    smoothed rise (widened by the smoothing half-width `half`, which moves crossings by up to
+    that many rows). A planted linear ramp from t0 to t1 comes back as [t0, t1] to the row for
+    sub-second onsets; slow ramps have soft corners and are found to within a few rows."""
+    i10, i90 = crossing_rows(a, base, apex)
+    n = len(a)
+    # Plateau context: as long as the rise itself (at least 3 rows, at most the window), so
+    # whatever the face does a while later does not pull the fit.
+    ctx = min(w, max(3, i90 - i10))
+    left = max(0, max(i10 - ctx, base) - half)  # before the base (the minimum): another event
+    right = min(n - 1, i90 + ctx + half, last + half)  # after the run: the reaction is over
+    starts = np.arange(left, min(i10 + half + 1, n - 1) + 1)
+    ends = np.arange(max(i90 - half - 1, left + 1), right + 1)
+    rows = slice(left, right + 1)
+    k1, k2, lo, hi = fit_ramp(seg.time_s[rows], seg.arousal[rows], starts - left, ends - left)
+    start, end = float(seg.time_s[left + k1]), float(seg.time_s[left + k2])
+    return start, end, (hi - lo) / max(end - start, seg.step)
 
 
 def find_onsets(seg: Segment, cfg: SpikeConfig) -> list[Onset]:
@@ -315,6 +372,7 @@ def find_onsets(seg: Segment, cfg: SpikeConfig) -> list[Onset]:
     a = moving_average(seg.arousal, seg.step, cfg.smooth_seconds)
     v = moving_average(seg.valence, seg.step, cfg.smooth_seconds)
     w = max(1, int(round(cfg.window_seconds / seg.step)))
+    half = int(np.floor(cfg.smooth_seconds / 2 / seg.step + _EPS))
     rise = a - rolling_extreme(a, w, "min")
     drop = rolling_extreme(v, w, "max") - v
     hit = (
@@ -324,16 +382,14 @@ def find_onsets(seg: Segment, cfg: SpikeConfig) -> list[Onset]:
         & (v <= cfg.max_valence)
     )
     found: list[Onset] = []
-    for s, e in runs(hit):
+    for s, e in merge_runs(runs(hit), a, cfg.min_rise / 2):
         apex = s + int(np.argmax(a[s:e]))
         lo = max(0, s - w)
-        back = a[lo : apex + 1][::-1]
-        base = apex - int(np.argmin(back))  # the latest minimum before the apex
-        start, end = rise_bounds(a, base, apex)
-        if found and start <= found[-1].end:  # the same rise seen twice (a flickering gate)
+        base = apex - int(np.argmin(a[lo : apex + 1][::-1]))  # the latest minimum before apex
+        start, end, steep = rise_span(seg, a, base, apex, e - 1, w, half)
+        if found and start <= found[-1].end_s:  # the same rise seen twice (a flickering gate)
             continue
-        dt = max(seg.time_s[end] - seg.time_s[start], seg.step)
-        found.append(Onset(seg, start, end, a, v, float((a[end] - a[start]) / dt)))
+        found.append(Onset(seg, start, end, a, v, steep))
     return found
 
 
@@ -357,6 +413,8 @@ def _spike_event(group: list[Onset]) -> dict[str, Any]:
         tid = o.seg.track_id
         best[tid] = max(best.get(tid, 0.0), o.steepness)
         sel = (o.seg.time_s >= start - _EPS) & (o.seg.time_s <= end + _EPS)
+        if not sel.any():  # a span between two rows: take the nearest row
+            sel = np.arange(len(o.seg.time_s)) == np.argmin(np.abs(o.seg.time_s - end))
         a_parts.append(o.a[sel])
         v_parts.append(o.v[sel])
     a, v = np.concatenate(a_parts), np.concatenate(v_parts)
