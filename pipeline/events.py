@@ -45,6 +45,7 @@ COLUMNS = ("video_id", "uri", "track_id", "time_s", "arousal", "valence")
 GAP_STEPS = 1.5  # a jump in time over this many output steps starts a new segment
 RISE_LO, RISE_HI = 0.1, 0.9  # a rise is measured between its 10 % and 90 % crossings
 _EPS = 1e-6
+FIT_BUDGET = 2_000_000  # at most this many (knot pair, row) cells per ramp fit (~16 MB each)
 
 
 class Segment(NamedTuple):
@@ -323,9 +324,15 @@ def fit_ramp(
     """Least-squares flat-ramp-flat fit of y [N] at times t [N]: y = lo before t[k1], a straight
     line from lo to hi between t[k1] and t[k2], hi after. Every knot pair in starts x ends
     (row indices, k1 < k2) is tried, and (lo, hi) solved in closed form for each, so noise on
-    the rows averages out instead of moving a threshold crossing. Returns (k1, k2, lo, hi)."""
-    k1, k2 = np.meshgrid(starts, ends, indexing="ij")
+    the rows averages out instead of moving a threshold crossing (knots thinned evenly, the
+    last start and first end kept, when pairs x rows exceed FIT_BUDGET). Returns (k1, k2, lo,
+    hi)."""
+    # Bound the work ([pairs, N] arrays) for very long windows: thin the knot candidates.
+    stride = max(1, int(np.ceil(np.sqrt(len(starts) * len(ends) * len(t) / FIT_BUDGET))))
+    k1, k2 = np.meshgrid(starts[::-1][::stride][::-1], ends[::stride], indexing="ij")
     ok = k1 < k2
+    if not ok.any():
+        return int(starts[0]), int(ends[-1]), float(y[starts[0]]), float(y[ends[-1]])
     k1, k2 = k1[ok], k2[ok]
     t1, t2 = t[k1][:, None], t[k2][:, None]
     r = np.clip((t[None, :] - t1) / (t2 - t1), 0.0, 1.0)  # [pairs, N], 0 = lo, 1 = hi
