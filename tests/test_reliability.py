@@ -343,23 +343,21 @@ def test_thirty_minute_video_streams_in_bounded_memory(tmp_path, face_cfg):
     cfg = load_config(
         None, face_overrides() + ["faces.detector.every_k=5", "video.chunk_frames=64"]
     )
-    run = FacePipeline(cfg).run(str(path))
 
     def rss_mb():
         return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    samples = []
-    for _ in run:
-        pass
-    # FaceRun yields nothing without faces: sample while decoding through the stream directly.
     from pipeline.video import VideoReader
 
+    samples, frames = [], 0
     stream = FacePipeline(cfg).stream(25)
     with VideoReader(str(path)) as r:
         for i, chunk in enumerate(r.chunks(25, chunk_frames=64)):
             stream.push(chunk)
+            frames += len(chunk.frame_index)
             if i % 50 == 0:
                 samples.append(rss_mb())
-    assert run.frames == 45000
+    stream.finish()
+    assert frames == 45000
     assert stream.max_buffered <= 64 + 40
     assert max(samples[2:]) - samples[2] < 60, samples
