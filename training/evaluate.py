@@ -1,0 +1,264 @@
+"""Scoring a checkpoint on labelled shards, by the two protocols (`vaerr evaluate`), and the
+whole-sequence scoring the training loop validates with.
+
+- `sequence` (the paper's): each labelled sequence through the network in one piece (the
+  encoder in chunks with 2 frames of context - exact, since only its 5-frame Conv3d looks
+  across time - then the bidirectional GRU over the whole sequence).
+- `windows` (what users of the batch job get): the sequence cut into the batch job's windows
+  (`pipeline.windows.window_starts` with infer.window_frames / hop_frames), each scored
+  alone, blended per frame by `pipeline.timeline.TrackAccumulator` (raised-sine weights).
+
+Both are reported pooled (CCC of all sequences concatenated: the AVEC convention) and per
+sequence (and their mean), to Parquet and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.io import atomic_write, write_text
+from pipeline.model.checkpoint import load_model
+from pipeline.model.network import SSVAERR, predict
+from pipeline.storage import join, storage_options
+from pipeline.timeline import TrackAccumulator
+from pipeline.windows import window_starts
+from schemas.config import VaerrConfig, config_dump
+from training.datasets.shards import read_sequence, read_sequences
+from training.metrics import ccc, evaluate_sequences, pearson, rmse
+
+log = logging.getLogger(__name__)
+TARGETS = ("arousal", "valence")
+
+
+@torch.inference_mode()
+def predict_whole(
+    model: SSVAERR, crops: np.ndarray, chunk_frames: int = 256
+) -> dict[str, np.ndarray]:  # noqa: E501
+    """One whole sequence: crops uint8 [T, S, S] -> {"arousal", "valence"} float32 [T].
+
+    Equals `model(crops[None])` (a test checks it) with memory bounded by chunk_frames.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.as_tensor(crops).to(device)
+    t = x.shape[0]
+    ctx = model.encoder.frontend.conv.kernel_size[0] // 2
+    parts = []
+    for s in range(0, t, chunk_frames):
+        e = min(t, s + chunk_frames)
+        a, b = max(0, s - ctx), min(t, e + ctx)
+        f = model.encoder(x[None, a:b])[0]
+        parts.append(f[s - a : s - a + (e - s)])
+    seq, _ = model.gru(torch.cat(parts)[None])
+    z = model.head(seq)[0]
+    k = model.bins
+    if was_training:
+        model.train()
+    return {
+        "arousal": (2 * torch.sigmoid(z[:, k]) - 1).float().cpu().numpy(),
+        "valence": (2 * torch.sigmoid(z[:, 2 * k + 1]) - 1).float().cpu().numpy(),
+    }
+
+
+def predict_windows(
+    model: SSVAERR,
+    crops: np.ndarray,
+    window: int,
+    hop: int,
+    batch_size: int = 8,
+    dtype: str = "float32",
+) -> dict[str, np.ndarray]:
+    """The batch job's protocol on one sequence: windows scored alone, blended per frame.
+
+    crops uint8 [T, S, S] -> {"arousal", "valence"} float32 [T].
+    """
+    t = len(crops)
+    starts = window_starts(t, window, hop)
+    acc = TrackAccumulator()
+    frames = np.arange(t)
+    for i in range(0, len(starts), batch_size):
+        group = starts[i : i + batch_size]
+        n = [min(window, t - s) for s in group]
+        w = max(n)
+        x = np.zeros((len(group), w) + crops.shape[1:], np.uint8)
+        for j, s in enumerate(group):
+            x[j, : n[j]] = crops[s : s + n[j]]
+        res = predict(model, x, n, dtype)
+        for j, s in enumerate(group):
+            fi = frames[s : s + n[j]]
+            z = np.zeros(n[j], np.float32)
+            acc.add(
+                fi,
+                res["arousal"][j, : n[j]],
+                res["valence"][j, : n[j]],
+                np.zeros((n[j], 4), np.float32),
+                z,
+                np.zeros(n[j], bool),
+            )
+    pf = acc.per_frame()
+    return {k: pf[k].astype(np.float32) for k in TARGETS}
+
+
+def score_sequences(
+    model: SSVAERR,
+    sequences: Iterable[dict[str, Any]],
+    cfg: VaerrConfig,
+    protocols: tuple[str, ...] = ("sequence",),
+) -> list[dict[str, Any]]:
+    """Predictions for each labelled sequence: one dict per sequence with its row fields,
+    `labels` {arousal, valence} [T] and, per protocol, {arousal, valence} [T]."""
+    out = []
+    for seq in sequences:
+        if not seq["labelled_frames"]:
+            continue
+        fr = read_sequence(seq, cfg.storage, crop_size=cfg.model.crop_size)
+        rec = {**seq, "frame_index": fr["frame_index"], "labels": {k: fr[k] for k in TARGETS}}
+        if "sequence" in protocols:
+            rec["sequence"] = predict_whole(model, fr["crops"], cfg.train.eval_chunk_frames)
+        if "windows" in protocols:
+            rec["windows"] = predict_windows(
+                model,
+                fr["crops"],
+                cfg.infer.window_frames,
+                cfg.infer.hop_frames,
+                cfg.infer.batch_size,
+            )
+        out.append(rec)
+    return out
+
+
+def pooled_metrics(scored: list[dict[str, Any]], protocol: str) -> dict[str, dict[str, float]]:
+    """{target: evaluate_sequences(...)} over all scored sequences (AVEC pooled CCC, mean
+    per-sequence CCC, Pearson, RMSE, counts)."""
+    return {
+        k: evaluate_sequences([r[protocol][k] for r in scored], [r["labels"][k] for r in scored])
+        for k in TARGETS
+    }
+
+
+def validation_metrics(scored: list[dict[str, Any]], prefix: str = "val/") -> dict[str, float]:
+    """The numbers the training loop logs and selects on: pooled CCC per target, their mean
+    (`ccc_mean`, the selection metric) and the mean per-sequence CCC."""
+    m = pooled_metrics(scored, "sequence")
+    out = {f"{prefix}ccc_{k}": m[k]["ccc"] for k in TARGETS}
+    out[f"{prefix}ccc_mean"] = float(np.mean([m[k]["ccc"] for k in TARGETS]))
+    out.update({f"{prefix}ccc_seq_{k}": m[k]["ccc_seq_mean"] for k in TARGETS})
+    return out
+
+
+def _write_parquet(uri: str, table: pa.Table, cfg: VaerrConfig) -> None:
+    with atomic_write(uri, cfg.storage) as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def run_evaluate(
+    cfg: VaerrConfig, checkpoint: str, output: str | None = None, device: str | None = None
+) -> dict[str, Any]:
+    """Score `checkpoint` on the labelled sequences of `evaluate.splits` of `data.shards`
+    by `evaluate.protocols`; write OUT/summary.json, OUT/metrics.parquet (pooled and mean
+    per-sequence, per protocol and target), OUT/per_sequence.parquet and (optionally)
+    OUT/predictions.parquet. Returns the summary."""
+    ev = cfg.evaluate
+    out = (
+        output
+        or ev.output
+        or join(checkpoint.rsplit("/", 1)[0] if "/" in checkpoint else ".", "eval")
+    )
+    opts = storage_options(cfg.storage, checkpoint)
+    model, ckpt = load_model(
+        checkpoint,
+        cfg.model,
+        cache_dir=cfg.cache_dir,
+        storage_options=opts,
+        device=device or cfg.model.device,
+    )
+    seqs = read_sequences(cfg.data.shards, cfg.storage, tuple(ev.splits))
+    scored = score_sequences(model, seqs, cfg, tuple(ev.protocols))
+    if not scored:
+        raise ValueError(f"no labelled sequences of splits {list(ev.splits)} in {cfg.data.shards}")
+    metrics_rows, per_seq_rows, pred_parts = [], [], []
+    summary: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "model_id": ckpt.model_id,
+        "untrained": ckpt.untrained,
+        "shards": cfg.data.shards,
+        "splits": list(ev.splits),
+        "sequences": len(scored),
+        "frames": int(sum(len(r["frame_index"]) for r in scored)),
+        "windows": {"window_frames": cfg.infer.window_frames, "hop_frames": cfg.infer.hop_frames},
+        "protocols": {},
+        "output": out,
+    }
+    for proto in ev.protocols:
+        pooled = pooled_metrics(scored, proto)
+        summary["protocols"][proto] = pooled
+        for k in TARGETS:
+            m = pooled[k]
+            metrics_rows.append(
+                {
+                    "protocol": proto,
+                    "target": k,
+                    "scope": "pooled",
+                    "ccc": m["ccc"],
+                    "pearson": m["pearson"],
+                    "rmse": m["rmse"],
+                    "frames": int(m["frames"]),
+                    "sequences": int(m["sequences"]),
+                }
+            )
+            metrics_rows.append(
+                {
+                    "protocol": proto,
+                    "target": k,
+                    "scope": "mean_per_sequence",
+                    "ccc": m["ccc_seq_mean"],
+                    "pearson": None,
+                    "rmse": None,
+                    "frames": int(m["frames"]),
+                    "sequences": int(m["sequences"]),
+                }
+            )
+        for r in scored:
+            row = {
+                "protocol": proto,
+                "video_id": r["video_id"],
+                "uri": r["uri"],
+                "track_id": int(r["track_id"]),
+                "subject": r["subject"],
+                "split": r["split"],
+                "frames": int(np.isfinite(r["labels"]["arousal"]).sum()),
+            }
+            for k in TARGETS:
+                p, y = r[proto][k], r["labels"][k]
+                row.update(
+                    {f"ccc_{k}": ccc(p, y), f"pearson_{k}": pearson(p, y), f"rmse_{k}": rmse(p, y)}
+                )
+            per_seq_rows.append(row)
+    if ev.write_predictions:
+        for r in scored:
+            n = len(r["frame_index"])
+            cols = {
+                "video_id": [r["video_id"]] * n,
+                "track_id": np.full(n, r["track_id"], np.int32),
+                "frame_index": r["frame_index"].astype(np.int32),
+            }
+            for k in TARGETS:
+                cols[f"{k}_true"] = r["labels"][k]
+                for proto in ev.protocols:
+                    cols[f"{k}_{proto}"] = r[proto][k]
+            pred_parts.append(pa.table(cols))
+        _write_parquet(join(out, "predictions.parquet"), pa.concat_tables(pred_parts), cfg)
+    _write_parquet(join(out, "metrics.parquet"), pa.Table.from_pylist(metrics_rows), cfg)
+    _write_parquet(join(out, "per_sequence.parquet"), pa.Table.from_pylist(per_seq_rows), cfg)
+    record = {**summary, "config": config_dump(cfg)}
+    write_text(join(out, "summary.json"), json.dumps(record, indent=2, default=float), cfg.storage)
+    return summary

@@ -1,0 +1,874 @@
+"""The training loop of `vaerr finetune` and `vaerr pretrain`, on Ray Train or in-process.
+
+What runs (one function per worker, `fit_worker`): build the task's network, AdamW with a
+per-epoch cosine schedule, epochs of random clips (each a batch of `train.batch_size` clips
+of `train.clip_seconds`, `train.clips_per_file` per sequence and epoch, augmented), then on
+rank 0 validation on whole sequences, the best model kept by the task's score (fine-tuning:
+mean of arousal and valence CCC, AVEC convention), per-epoch metrics appended to
+RUN/metrics.jsonl, and a resume checkpoint (model, optimiser, epoch, best, RNG) reported.
+
+How it is scheduled (`run_training`): `runner="ray"` is a Ray Train `TorchTrainer` (DDP over
+`train.num_workers` workers, CPU/gloo or one GPU each/NCCL), fed by a Ray Data dataset of
+clip specs that `get_dataset_shard` splits equally across workers and whose clips are read
+from the shards by Ray Data tasks (`ClipLoader`); checkpoints go to `train.storage_path`
+(local or S3) under `train.name`; `FailureConfig(max_failures)` restarts a failed worker
+group from the last checkpoint, and a new run with the same name resumes from it too.
+`runner="local"` loops the same `fit_worker` in this process, with the same checkpoints
+(tests, one machine without Ray).
+
+RUN = storage_path/name holds: config.yaml, metrics.jsonl (one JSON record per epoch),
+best.pt (fine-tuning: an SS-VAERR checkpoint `vaerr infer` loads), encoder.pt (pretraining,
+unless pretrain.output says otherwise), result.json, and Ray Train's checkpoint_* folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.io import write_text
+from pipeline.model.checkpoint import (
+    checkpoint_from_model,
+    load_encoder_weights,
+    preprocessing_from_config,
+    read_weights_file,
+    save_checkpoint,
+)
+from pipeline.model.registry import build_encoder, build_model
+from pipeline.storage import filesystem, join, protocol, storage_options
+from schemas.config import VaerrConfig, config_dump, config_yaml
+from training.augment import augment_clips, make_view
+from training.datasets.shards import ClipLoader, clip_specs, read_frames, read_sequences
+from training.evaluate import score_sequences, validation_metrics
+from training.losses import composite_loss, kmeans_bin_centres
+from training.pretext import encoder_checkpoint
+from training.pretext.byol import ByolModel, ema_momentum
+from training.pretext.dino import DinoModel
+from training.pretext.lira import LiraModel, lira_loss, shift_targets
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def run_dir(cfg: VaerrConfig) -> str:
+    """storage_path/name: where a run's files and checkpoints live."""
+    return join(cfg.train.storage_path, cfg.train.name)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+def _batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    out = {}
+    for k, v in batch.items():
+        arr = np.asarray(v)
+        if arr.dtype == object:
+            continue
+        out[k] = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks: what is trained, its loss, validation and product
+
+
+class Task(ABC):
+    """One kind of training. `extras` carries what the driver computed (validation
+    sequences, audio width, k-means bin centres)."""
+
+    name: str = ""
+    needs_audio = False
+    labelled_only = False
+
+    def __init__(self, cfg: VaerrConfig, extras: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.extras = extras
+
+    @abstractmethod
+    def build(self) -> nn.Module:
+        """The module to optimise (randomly initialised or from a pretext checkpoint)."""
+
+    @abstractmethod
+    def loss(
+        self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        """One batch (clips uint8 [B, T, S, S], length [B], labels / audio) -> (loss, parts)."""
+
+    def after_step(self, module: nn.Module, progress: float) -> None:  # noqa: B027
+        """Called after each optimiser step (EMA targets); progress in [0, 1]."""
+
+    def validate(self, module: nn.Module) -> dict[str, float]:
+        """Rank 0, end of epoch: validation metrics ({} when there is nothing to validate)."""
+        return {}
+
+    def score(self, metrics: dict[str, float]) -> float | None:
+        """Higher is better; None: no validation (the last epoch is kept)."""
+        return None
+
+    @abstractmethod
+    def product(self, module: nn.Module, epoch: int, metrics: dict[str, float]) -> Any:
+        """What the run delivers for this state: a Checkpoint or an encoder-checkpoint dict."""
+
+    @property
+    def product_name(self) -> str:
+        """File name of the product under RUN."""
+        return "best.pt"
+
+
+class FinetuneTask(Task):
+    """SS-VAERR fine-tuning: composite loss on labelled clips, whole-sequence validation."""
+
+    name = "finetune"
+    labelled_only = True
+
+    def build(self) -> nn.Module:
+        cfg = self.cfg
+        model = build_model(cfg.model)
+        if self.extras.get("bin_centres") is not None:
+            model.set_bin_centres(np.asarray(self.extras["bin_centres"], np.float32))
+        if cfg.model.encoder_checkpoint:
+            uri = cfg.model.encoder_checkpoint
+            state = read_weights_file(uri, storage_options(cfg.storage, uri))
+            report = load_encoder_weights(model, state)
+            if not report.complete:
+                raise ValueError(f"{uri}: encoder weights incomplete\n{report}")
+        return model
+
+    def loss(
+        self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        x = augment_clips(batch["crops"].cpu(), self.cfg.augment, gen, batch["length"].cpu())
+        out = module(x.to(batch["crops"].device), batch["length"])
+        targets = {"arousal": batch["arousal"], "valence": batch["valence"]}
+        valid = torch.isfinite(batch["arousal"]) & torch.isfinite(batch["valence"])
+        if out.mask is not None:
+            valid = valid & out.mask
+        if not bool(valid.any()):  # keep every DDP rank's step: a zero loss on the graph
+            return (out.arousal.sum() + out.valence.sum()) * 0.0, {}
+        model = _unwrap(module)
+        params = [p for p in model.parameters() if p.requires_grad] if self.cfg.loss.l2 else None
+        total, parts = composite_loss(out, targets, self.cfg.loss, model.bin_centres, valid, params)
+        return total, {k: float(v) for k, v in parts.items()}
+
+    def validate(self, module: nn.Module) -> dict[str, float]:
+        seqs = self.extras.get("val_sequences") or []
+        if not seqs:
+            return {}
+        scored = score_sequences(_unwrap(module), seqs, self.cfg, ("sequence",))
+        return validation_metrics(scored) if scored else {}
+
+    def score(self, metrics: dict[str, float]) -> float | None:
+        v = metrics.get("val/ccc_mean")
+        return None if v is None or not math.isfinite(v) else float(v)
+
+    def product(self, module: nn.Module, epoch: int, metrics: dict[str, float]) -> Any:
+        cfg = self.cfg
+        prov = {
+            "by": "vaerr finetune",
+            "data": f"{cfg.data.dataset}:{cfg.data.shards}",
+            "splits": list(cfg.train.train_splits),
+            "epochs": epoch + 1,
+            "seed": cfg.train.seed,
+            "run": cfg.train.name,
+            "encoder_checkpoint": cfg.model.encoder_checkpoint,
+            "finetune": cfg.model.finetune,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+        }
+        return checkpoint_from_model(
+            _unwrap(module), cfg.model, preprocessing_from_config(cfg), prov, untrained=False
+        )
+
+
+class _PretextTask(Task):
+    method = ""
+
+    def encoder_of(self, module: nn.Module) -> nn.Module:
+        return _unwrap(module).encoder
+
+    def product(self, module: nn.Module, epoch: int, metrics: dict[str, float]) -> Any:
+        cfg = self.cfg
+        prov = {
+            "data": f"{cfg.data.dataset}:{cfg.data.shards}",
+            "epochs": epoch + 1,
+            "seed": cfg.train.seed,
+            "run": cfg.train.name,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+        }
+        return encoder_checkpoint(self.encoder_of(module), cfg.model, self.method, prov)
+
+    @property
+    def product_name(self) -> str:
+        return "encoder.pt"
+
+
+class LiraTask(_PretextTask):
+    """LiRA: L1 between predicted and true per-frame audio features."""
+
+    name = method = "lira"
+    needs_audio = True
+
+    def build(self) -> nn.Module:
+        return LiraModel(
+            build_encoder(self.cfg.model), int(self.extras["audio_dim"]), self.cfg.pretrain.lira
+        )
+
+    def loss(
+        self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        x, lengths, target = batch["crops"], batch["length"], batch["audio_feat"]
+        if self.cfg.pretrain.lira.control == "shift":
+            target = shift_targets(target.cpu(), lengths.cpu(), gen).to(target.device)
+        x = augment_clips(x.cpu(), self.cfg.augment, gen, lengths.cpu()).to(x.device)
+        pred = module(x, lengths)
+        mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
+        loss = lira_loss(pred, target, mask)
+        return loss, {"l1": float(loss)}
+
+    def validate(self, module: nn.Module) -> dict[str, float]:
+        seqs = [s for s in self.extras.get("val_sequences") or [] if s["has_audio"]]
+        if not seqs:
+            return {}
+        model = _unwrap(module)
+        was = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total, n = 0.0, 0
+        with torch.inference_mode():
+            for s in seqs:
+                fr = read_frames(
+                    s["shard_uri"],
+                    s["track_id"],
+                    s["first_frame"],
+                    s["n_frames"],
+                    self.cfg.storage,
+                    True,
+                    self.cfg.model.crop_size,
+                )
+                if "audio_feat" not in fr:
+                    continue
+                pred = model(torch.from_numpy(fr["crops"])[None].to(device))
+                err = (pred[0].float().cpu() - torch.from_numpy(fr["audio_feat"])).abs().mean()
+                total += float(err) * len(fr["crops"])
+                n += len(fr["crops"])
+        model.train(was)
+        return {"val/l1": total / n} if n else {}
+
+    def score(self, metrics: dict[str, float]) -> float | None:
+        return -metrics["val/l1"] if "val/l1" in metrics else None
+
+
+class ByolTask(_PretextTask):
+    """Video-BYOL: two views per clip, EMA target."""
+
+    name = method = "byol"
+
+    def build(self) -> nn.Module:
+        c = self.cfg.pretrain.byol
+        return ByolModel(build_encoder(self.cfg.model), c.proj_dim, c.hidden_dim)
+
+    def loss(
+        self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg.pretrain.byol
+        x = batch["crops"].cpu()
+        v1 = make_view(x, c.view1, gen).to(batch["crops"].device)
+        v2 = make_view(x, c.view2, gen).to(batch["crops"].device)
+        loss = module(v1, v2, batch["length"])
+        return loss, {"byol": float(loss)}
+
+    def after_step(self, module: nn.Module, progress: float) -> None:
+        _unwrap(module).update_target(ema_momentum(self.cfg.pretrain.byol.ema, progress))
+
+
+class DinoTask(_PretextTask):
+    """DINO: 2 global + k local views per clip, EMA teacher, centring."""
+
+    name = method = "dino"
+
+    def build(self) -> nn.Module:
+        c = self.cfg.pretrain.dino
+        return DinoModel(
+            build_encoder(self.cfg.model),
+            c.out_dim,
+            c.hidden_dim,
+            c.bottleneck_dim,
+            c.teacher_temp,
+            c.student_temp,
+            c.center_momentum,
+        )
+
+    def loss(
+        self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        c = self.cfg.pretrain.dino
+        x = batch["crops"].cpu()
+        dev = batch["crops"].device
+        globals_ = [make_view(x, c.global_view, gen).to(dev) for _ in range(2)]
+        locals_ = [make_view(x, c.local_view, gen).to(dev) for _ in range(c.local_crops)]
+        loss = module(globals_, locals_, batch["length"])
+        return loss, {"dino": float(loss)}
+
+    def after_step(self, module: nn.Module, progress: float) -> None:
+        _unwrap(module).update_teacher(ema_momentum(self.cfg.pretrain.dino.ema, progress))
+
+    def encoder_of(self, module: nn.Module) -> nn.Module:
+        return _unwrap(module).export_encoder
+
+
+TASKS: dict[str, type[Task]] = {
+    "finetune": FinetuneTask,
+    "lira": LiraTask,
+    "byol": ByolTask,
+    "dino": DinoTask,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: where batches, ranks and checkpoints come from
+
+
+class Session(ABC):
+    """What `fit_worker` needs from its scheduler."""
+
+    rank = 0
+    world_size = 1
+
+    @abstractmethod
+    def device(self) -> torch.device:
+        """The torch device of this worker."""
+
+    @abstractmethod
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Move to the device (and wrap in DDP when distributed)."""
+
+    @abstractmethod
+    def batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """This worker's training batches of one epoch (ClipLoader columns)."""
+
+    @abstractmethod
+    def restore(self) -> dict[str, Any] | None:
+        """The last checkpoint's state, or None for a fresh run."""
+
+    @abstractmethod
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
+        """End of an epoch: metrics from every rank, the state from rank 0 (else None)."""
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Mean of each value over ranks (identity on one worker)."""
+        return values
+
+
+def _save_state(state: dict[str, Any], folder: str) -> None:
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tmp = Path(folder) / f".{STATE_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, Path(folder) / STATE_FILE)
+
+
+def _load_state(folder: str) -> dict[str, Any]:
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+class LocalSession(Session):
+    """In-process: clips read by ClipLoader here, checkpoints in RUN/local_checkpoints/."""
+
+    def __init__(self, cfg: VaerrConfig, specs: list[dict[str, Any]], loader: ClipLoader) -> None:
+        self.cfg = cfg
+        self.specs = specs
+        self.loader = loader
+        self.ckpt_root = join(run_dir(cfg), "local_checkpoints")
+
+    def device(self) -> torch.device:
+        use = self.cfg.train.use_gpu and torch.cuda.is_available()
+        return torch.device("cuda" if use else "cpu")
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        return module.to(self.device())
+
+    def batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        rng = np.random.default_rng([self.cfg.train.seed, 7, epoch])
+        order = rng.permutation(len(self.specs))
+        bs = self.cfg.train.batch_size
+        for i in range(0, len(order), bs):
+            rows = [self.specs[j] for j in order[i : i + bs]]
+            yield self.loader({k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]})
+
+    def restore(self) -> dict[str, Any] | None:
+        fs, path = filesystem(self.ckpt_root)
+        if protocol(self.ckpt_root) != "file" or not fs.exists(path):
+            return None
+        names = sorted(p for p in os.listdir(path) if p.startswith("epoch_"))
+        return _load_state(os.path.join(path, names[-1])) if names else None
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
+        if state is None or protocol(self.ckpt_root) != "file":
+            return
+        _save_state(state, os.path.join(self.ckpt_root, f"epoch_{epoch:04d}"))
+        names = sorted(p for p in os.listdir(self.ckpt_root) if p.startswith("epoch_"))
+        for old in names[: -self.cfg.train.keep_checkpoints]:
+            import shutil
+
+            shutil.rmtree(os.path.join(self.ckpt_root, old), ignore_errors=True)
+
+
+class RaySession(Session):
+    """Inside a Ray Train worker: DDP via ray.train.torch, batches from the dataset shard."""
+
+    def __init__(self, cfg: VaerrConfig) -> None:
+        import ray.train
+
+        self.cfg = cfg
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(module)
+
+    def batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("train")
+        bs = self.cfg.train.batch_size
+        yield from shard.iter_batches(
+            batch_size=bs,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * bs,
+            local_shuffle_seed=self.cfg.train.seed + 1000 * epoch + self.rank,
+        )
+
+    def restore(self) -> dict[str, Any] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return _load_state(d)
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
+        import ray.train
+
+        if state is None:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_state(state, tmp)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
+            )
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size < 2 or not torch.distributed.is_initialized():
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-worker function
+
+
+def lr_at(epoch: int, cfg: VaerrConfig) -> float:
+    """Learning rate of an epoch: cosine from train.lr down to train.min_lr over the run
+    (stepped per epoch), or constant."""
+    t = cfg.train
+    if t.scheduler == "constant" or t.epochs <= 1:
+        return t.lr
+    return t.min_lr + (t.lr - t.min_lr) * (1 + math.cos(math.pi * epoch / t.epochs)) / 2
+
+
+def _append_metrics(uri: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
+    """Rewrite RUN/metrics.jsonl with this epoch's record replacing any earlier one of the same
+    or a later epoch (a resumed run re-does the epochs after its checkpoint)."""
+    fs, path = filesystem(uri, cfg.storage)
+    lines: list[dict[str, Any]] = []
+    if fs.exists(path):
+        with fs.open(path, "rb") as f:
+            lines = [json.loads(s) for s in f.read().decode().splitlines() if s.strip()]
+    lines = [r for r in lines if r.get("epoch", -1) < record["epoch"]] + [record]
+    text = "".join(json.dumps(r, default=float) + "\n" for r in lines)
+    write_text(uri, text, cfg.storage)
+
+
+def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session: Session) -> dict:
+    """Train for train.epochs (resuming from the session's checkpoint); returns the last
+    epoch's metrics. Every rank runs this; rank 0 validates and writes the run's files."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed % (2**32))
+    task = TASKS[task_name](cfg, extras)
+    module = task.build()
+    device = session.device()
+    module.to(device)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
+    start, best, restarts = 0, None, 0
+    state = session.restore()
+    if state is not None:
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, best, restarts = int(state["epoch"]) + 1, state.get("best"), state["restarts"] + 1
+        log.info("rank %d: resumed after epoch %d (restart %d)", session.rank, start - 1, restarts)
+    wrapped = session.prepare(module)
+    rdir = run_dir(cfg)
+    opts_run = storage_options(cfg.storage, rdir)
+    est_steps = extras.get("steps_per_epoch") or 1
+    last: dict[str, Any] = {}
+    for epoch in range(start, t.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at(epoch, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        gen = torch.Generator().manual_seed(int(t.seed) * 100_003 + epoch * 1009 + session.rank)
+        wrapped.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in session.batches(epoch):
+            if t.max_steps_per_epoch and steps >= t.max_steps_per_epoch:
+                break
+            b = _batch_tensors(batch, device)
+            b["length"] = b["length"].clamp_min(1).long()
+            loss, parts = task.loss(wrapped, b, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            steps += 1
+            progress = (epoch + steps / max(est_steps, steps)) / t.epochs
+            task.after_step(wrapped, progress)
+            for k, v in {"loss": float(loss), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v
+        train = session.all_mean({f"train/{k}": v / max(steps, 1) for k, v in sums.items()})
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **train}
+        if session.rank == 0:
+            metrics.update(task.validate(wrapped))
+            score = task.score(metrics)
+            improved = (
+                best is None
+                or score is None
+                or (best.get("score") is not None and score > best["score"])
+            )
+            if improved:
+                best = {
+                    "epoch": epoch,
+                    "score": score,
+                    "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                }
+                uri = join(rdir, task.product_name)
+                product = task.product(wrapped, epoch, metrics)
+                save_checkpoint(product, uri, opts_run)
+            metrics.update(
+                {
+                    "best_epoch": best["epoch"],
+                    "best_score": best["score"],
+                    "time_s": round(time.perf_counter() - t0, 3),
+                    "restarts": restarts,
+                    "world_size": session.world_size,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "time": datetime.now(UTC).isoformat(),
+                }
+            )
+            _append_metrics(join(rdir, METRICS_FILE), metrics, cfg)
+            log.info("epoch %d: %s", epoch, {k: v for k, v in metrics.items() if "/" in k})
+            state = {
+                "model": {k: v.detach().cpu() for k, v in _unwrap(wrapped).state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "restarts": restarts,
+            }
+            session.report(_json_metrics(metrics), state, epoch)
+        else:
+            session.report(_json_metrics(metrics), None, epoch)
+        last = metrics
+    return last
+
+
+def _json_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if isinstance(v, int | float | str) or v is None}
+
+
+def _ray_train_fn(config: dict[str, Any]) -> None:
+    """The Ray Train per-worker entry point."""
+    cfg = config["cfg"]
+    torch.set_num_threads(max(1, int(round(cfg.train.cpus_per_worker))))
+    fit_worker(cfg, config["task"], config["extras"], RaySession(cfg))
+
+
+def load_clip_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
+    """Ray Data task: ClipLoader over one batch of clip specs (see ClipLoader)."""
+    return ClipLoader(**kwargs)(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def _absolute(uri: str) -> str:
+    """Local paths made absolute (Ray Train workers run in their own working directory)."""
+    if protocol(uri) != "file" or "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+def resolve_paths(cfg: VaerrConfig) -> VaerrConfig:
+    """The config with its local paths absolute."""
+    upd_train = {"storage_path": _absolute(cfg.train.storage_path)}
+    upd_data = {"shards": _absolute(cfg.data.shards)}
+    upd_model = {}
+    if cfg.model.encoder_checkpoint:
+        upd_model["encoder_checkpoint"] = _absolute(cfg.model.encoder_checkpoint)
+    upd_pre = {}
+    if cfg.pretrain.output:
+        upd_pre["output"] = _absolute(cfg.pretrain.output)
+    return cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(update=upd_train),
+            "data": cfg.data.model_copy(update=upd_data),
+            "model": cfg.model.model_copy(update=upd_model),
+            "pretrain": cfg.pretrain.model_copy(update=upd_pre),
+        }
+    )
+
+
+def _storage_fs(cfg: VaerrConfig) -> tuple[str, Any]:
+    """(storage_path, pyarrow filesystem or None) for RunConfig: S3 goes through s3fs with
+    the config's endpoint and credentials, like every other vaerr write."""
+    path = cfg.train.storage_path
+    if protocol(path) not in ("s3", "s3a"):
+        return path, None
+    import pyarrow.fs as pafs
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**storage_options(cfg.storage, path))
+    return path.split("://", 1)[1], pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], dict[str, Any]]:
+    """Driver side: the clip specs of the training sequences and the task's extras."""
+    t = cfg.train
+    root = cfg.data.shards
+    train_seqs = read_sequences(root, cfg.storage, tuple(t.train_splits))
+    val_seqs = read_sequences(root, cfg.storage, tuple(t.val_splits)) if t.val_splits else []
+    task_cls = TASKS[task_name]
+    specs = clip_specs(train_seqs, t.clips_per_file, task_cls.labelled_only, task_cls.needs_audio)
+    if not specs:
+        what = "labelled " if task_cls.labelled_only else "audio " if task_cls.needs_audio else ""
+        raise ValueError(
+            f"no {what}sequences of splits {list(t.train_splits)} in {root} "
+            "(run `vaerr preprocess` first?)"
+        )
+    extras: dict[str, Any] = {
+        "val_sequences": val_seqs,
+        "steps_per_epoch": math.ceil(len(specs) / max(1, t.num_workers) / t.batch_size),
+    }
+    if task_cls.needs_audio:
+        s = next(s for s in train_seqs if s["has_audio"])
+        fr = read_frames(s["shard_uri"], s["track_id"], s["first_frame"], 1, cfg.storage, True)
+        extras["audio_dim"] = int(fr["audio_feat"].shape[1])
+    if task_name == "finetune" and cfg.model.bin_edges == "kmeans":
+        labels = {"arousal": [], "valence": []}
+        for s in train_seqs:
+            fr = read_frames(
+                s["shard_uri"], s["track_id"], s["first_frame"], s["n_frames"], cfg.storage
+            )
+            for k in labels:
+                labels[k].append(fr[k])
+        extras["bin_centres"] = np.stack(
+            [kmeans_bin_centres(np.concatenate(labels[k]), cfg.model.bins) for k in labels]
+        ).tolist()
+    log.info(
+        "%s: %d training sequences (%d clip specs per epoch), %d validation sequences",
+        task_name,
+        len(train_seqs),
+        len(specs),
+        len(val_seqs),
+    )
+    return specs, extras
+
+
+def run_training(
+    cfg: VaerrConfig,
+    task: str = "finetune",
+    *,
+    runner: str = "ray",
+    ray_address: str | None = None,
+    ray_init: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune (`task="finetune"`) or pretrain (`"lira"`, `"byol"`, `"dino"`; `"pretrain"`
+    means cfg.pretrain.method). Returns the summary, also written to RUN/result.json."""
+    if task == "pretrain":
+        task = cfg.pretrain.method
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; one of {sorted(TASKS)}")
+    cfg = resolve_paths(cfg)
+    t = cfg.train
+    rdir = run_dir(cfg)
+    started = datetime.now(UTC).isoformat()
+    t0 = time.perf_counter()
+    specs, extras = prepare_run(cfg, task)
+    write_text(join(rdir, "config.yaml"), config_yaml(cfg), cfg.storage)
+    fps = float(cfg.video.fps)
+    loader_kwargs = {
+        "clip_frames": t.clip_frames_at(fps),
+        "storage": cfg.storage,
+        "audio": TASKS[task].needs_audio,
+        "crop_size": cfg.model.crop_size,
+        "seed": t.seed,
+        "audio_dim": int(extras.get("audio_dim", 0)),
+    }
+    if runner == "local":
+        last = fit_worker(cfg, task, extras, LocalSession(cfg, specs, ClipLoader(**loader_kwargs)))
+        error = None
+    else:
+        last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs, ray_address, ray_init)
+    product = join(rdir, TASKS[task](cfg, extras).product_name)
+    if task != "finetune" and cfg.pretrain.output:
+        _copy(product, cfg.pretrain.output, cfg)
+        product = cfg.pretrain.output
+    summary = {
+        "task": task,
+        "run": rdir,
+        "product": product,
+        "epochs": t.epochs,
+        "last": _json_metrics(last or {}),
+        "best": _read_best(rdir, cfg),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "runner": runner,
+        "num_workers": t.num_workers if runner == "ray" else 1,
+        "error": error,
+    }
+    record = {
+        **summary,
+        "started": started,
+        "ended": datetime.now(UTC).isoformat(),
+        "config": config_dump(cfg),
+    }
+    write_text(join(rdir, "result.json"), json.dumps(record, indent=2, default=str), cfg.storage)
+    if error:
+        raise RuntimeError(f"training failed: {error}")
+    return summary
+
+
+def _fit_ray(
+    cfg: VaerrConfig,
+    task: str,
+    specs: list[dict],
+    extras: dict[str, Any],
+    loader_kwargs: dict[str, Any],
+    address: str | None,
+    ray_init: dict[str, Any] | None,
+) -> tuple[dict[str, Any], str | None]:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+        started = True
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        rows = list(specs)
+        np.random.default_rng(t.seed).shuffle(rows)
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
+        ds = ds.randomize_block_order().map_batches(
+            load_clip_batch,
+            fn_kwargs=loader_kwargs,
+            batch_size=t.batch_size,
+            batch_format="numpy",
+            num_cpus=t.loader_num_cpus,
+        )
+        storage_path, storage_fs = _storage_fs(cfg)
+        resources = {"CPU": t.cpus_per_worker}
+        if t.use_gpu:
+            resources["GPU"] = 1
+        trainer = TorchTrainer(
+            _ray_train_fn,
+            train_loop_config={"cfg": cfg, "task": task, "extras": extras},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+            ),
+            run_config=ray.train.RunConfig(
+                name=t.name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            ),
+            datasets={"train": ds},
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # surfaced in result.json, then raised by run_training
+            log.error("Ray Train run failed: %s", exc)
+            return {}, f"{type(exc).__name__}: {exc}"
+        return dict(result.metrics or {}), None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _read_best(rdir: str, cfg: VaerrConfig) -> dict[str, Any] | None:
+    fs, path = filesystem(join(rdir, METRICS_FILE), cfg.storage)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        rows = [json.loads(s) for s in f.read().decode().splitlines() if s.strip()]
+    if not rows:
+        return None
+    best_epoch = rows[-1].get("best_epoch")
+    return next((r for r in rows if r.get("epoch") == best_epoch), rows[-1])
+
+
+def _copy(src: str, dst: str, cfg: VaerrConfig) -> None:
+    sfs, spath = filesystem(src, cfg.storage)
+    with sfs.open(spath, "rb") as f:
+        data = f.read()
+    from pipeline.io import atomic_write
+
+    with atomic_write(dst, cfg.storage) as f:
+        f.write(data)
+
+
+def read_metrics(cfg: VaerrConfig) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (RUN/metrics.jsonl), oldest first."""
+    uri = join(run_dir(resolve_paths(cfg)), METRICS_FILE)
+    fs, path = filesystem(uri, cfg.storage)
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "rb") as f:
+        return [json.loads(s) for s in f.read().decode().splitlines() if s.strip()]

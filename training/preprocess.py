@@ -1,0 +1,507 @@
+"""`vaerr preprocess`: videos (+ annotations, + audio) -> clip shards, on Ray Data.
+
+The face stage is the batch job's own (`pipeline.faces.FacePipeline`: decode, detect,
+landmarks, track, align), so the crops a model trains on are made exactly as the crops it
+will score. Per video (`ShardStage`, a callable class without Ray imports, run by Ray Data
+actors or in-process):
+
+1. every face track's aligned 96x96 gray crops, boxes and frame times;
+2. the labelled person: per annotated person, one track (data.face_rule: largest mean box by
+   default; a named face - generic `face` index, Aff-Wild2 left/right - by horizontal order
+   among the major tracks); unlabelled data keeps the rule's track (or all with `all`);
+3. labels resampled to the frames' times (linear, NaN where no annotation is near);
+4. audio features per frame (training.audio), when the video has sound;
+5. shard, sequence and status files written from the actor (shards.py's layout), status
+   last, so a killed run never leaves a half-committed video.
+
+Resumable: a video whose status row matches (source version, config hash) is skipped;
+`force` redoes everything. Outputs go to any fsspec URI (S3 included).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.faces.pipeline import FacePipeline
+from pipeline.io import atomic_write, write_text
+from pipeline.manifest import list_inputs
+from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.storage import filesystem, join
+from pipeline.video import VideoError, read_audio
+from schemas.config import VaerrConfig, config_dump, config_yaml
+from schemas.tables import CLIP_SHARD, conform
+from schemas.train import PREPROCESS_STATUS, SEQUENCES
+from training.audio import Extractor, build_extractor, frame_features
+from training.datasets import read_dataset
+from training.datasets.common import LabelTrack, VideoItem, resample_labels
+from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_status
+
+log = logging.getLogger(__name__)
+
+ITEM_COLUMNS = ("video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels")
+# Data fields that only schedule or place the work (they do not change the shards).
+_RUNTIME_DATA = ("shards", "actors", "num_cpus", "num_gpus", "row_group_frames")
+
+
+def preprocess_hash(cfg: VaerrConfig) -> str:
+    """Short sha256 over what changes the shards: decoding, faces (not the device) and the
+    dataset/labels/audio settings (not where shards go or how the job is scheduled)."""
+    dump = config_dump(cfg)
+    faces = dict(dump["faces"])
+    faces.pop("device", None)
+    data = {k: v for k, v in dump["data"].items() if k not in _RUNTIME_DATA}
+    payload = json.dumps({"video": dump["video"], "faces": faces, "data": data}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the labelled person
+
+
+def track_stats(tracks: dict[int, dict[str, np.ndarray]]) -> dict[int, dict[str, float]]:
+    """Per track: frames, mean box area (px^2) and mean box centre x (px)."""
+    out = {}
+    for tid, t in tracks.items():
+        box = t["box_xyxy"].astype(np.float64)
+        area = (box[:, 2] - box[:, 0]).clip(0) * (box[:, 3] - box[:, 1]).clip(0)
+        out[tid] = {
+            "n": float(len(box)),
+            "area": float(area.mean()),
+            "cx": float(((box[:, 0] + box[:, 2]) / 2).mean()),
+        }
+    return out
+
+
+def choose_tracks(
+    stats: dict[int, dict[str, float]],
+    faces: list[str | None],
+    rule: str = "largest",
+    major_fraction: float = 0.5,
+) -> list[int | None]:
+    """The track of each labelled face (None where none fits); for unlabelled data
+    (`faces` empty) the rule's track(s).
+
+    Rules: `largest` mean box area (ties: more frames), `longest` (ties: larger), `all`.
+    A named face ("0", "1"... left-to-right index, "left", "right") is looked up among the
+    major tracks (>= major_fraction of the longest) ordered by mean centre x; left/right
+    need at least two major tracks to mean anything.
+    """
+    if not stats:
+        return [None] * len(faces) if faces else []
+    largest = max(stats, key=lambda t: (stats[t]["area"], stats[t]["n"], -t))
+    longest = max(stats, key=lambda t: (stats[t]["n"], stats[t]["area"], -t))
+    if not faces:
+        if rule == "all":
+            return sorted(stats)
+        return [longest if rule == "longest" else largest]
+    longest_n = max(s["n"] for s in stats.values())
+    major = sorted(
+        (t for t in stats if stats[t]["n"] >= major_fraction * longest_n),
+        key=lambda t: stats[t]["cx"],
+    )
+    out: list[int | None] = []
+    for face in faces:
+        if face is None:
+            out.append(longest if rule == "longest" else largest)
+        elif face in ("left", "right"):
+            out.append((major[0] if face == "left" else major[-1]) if len(major) >= 2 else None)
+        else:
+            i = int(face)
+            out.append(major[i] if 0 <= i < len(major) else None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def _s(x: Any) -> str:
+    return "" if x is None else str(x)
+
+
+class ShardStage:
+    """Videos -> shard files (written here) -> status rows. Input columns: ITEM_COLUMNS (one
+    row per video; `labels` = VideoItem.labels_json()). Output: PREPROCESS_STATUS columns.
+
+    `pipeline` and `extractor` can be injected (tests); otherwise built from the config.
+    """
+
+    def __init__(
+        self,
+        cfg: VaerrConfig,
+        root: str,
+        pipeline: FacePipeline | None = None,
+        extractor: Extractor | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.pipe = pipeline or FacePipeline(cfg)
+        self.audio_cfg = cfg.data.audio
+        self.extractor = extractor or (
+            build_extractor(self.audio_cfg) if self.audio_cfg.enabled else None
+        )
+        self.hash = preprocess_hash(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = [
+            self.process({k: _s(batch[k][i]) for k in ITEM_COLUMNS})
+            for i in range(len(batch["uri"]))
+        ]
+        return {
+            f.name: np.asarray([r[f.name] for r in rows], dtype=object) for f in PREPROCESS_STATUS
+        }
+
+    def process(self, item: dict[str, str]) -> dict[str, Any]:
+        """One video end to end; returns its status row (also written)."""
+        t0 = time.perf_counter()
+        vid = item["video_id"]
+        row: dict[str, Any] = {
+            "video_id": vid,
+            "uri": item["uri"],
+            "dataset": item["dataset"],
+            "split": item["split"],
+            "subject": item["subject"],
+            "status": FAILED,
+            "reason": None,
+            "frames": 0,
+            "tracks": 0,
+            "sequences": 0,
+            "labelled_frames": 0,
+            "processing_s": 0.0,
+            "config_hash": self.hash,
+            "source_etag": item["source_etag"] or None,
+        }
+        try:
+            clips, seqs, frames, tracks, reason = self._video(item)
+            row.update(frames=frames, tracks=tracks, sequences=len(seqs))
+            row["labelled_frames"] = int(sum(s["labelled_frames"] for s in seqs))
+            if seqs:
+                row["status"] = OK
+                self._write(join(self.root, CLIPS_DIR, f"{vid}.parquet"), clips, CLIP_SHARD)
+                self._write(
+                    join(self.root, SEQUENCES_DIR, f"{vid}.parquet"),
+                    pa.Table.from_pylist(seqs, SEQUENCES),
+                    SEQUENCES,
+                )
+            else:
+                row["status"], row["reason"] = NO_FACE, reason
+                self._remove_stale(vid)
+        except VideoError as exc:
+            row["reason"] = str(exc)
+            self._remove_stale(vid)
+        except Exception as exc:  # a status row, not a crashed job (DESIGN principle 7)
+            row["reason"] = f"{type(exc).__name__}: {exc}"
+            log.error("%s: unexpected error\n%s", item["uri"], traceback.format_exc())
+            self._remove_stale(vid)
+        row["processing_s"] = time.perf_counter() - t0
+        self._write(
+            join(self.root, STATUS_DIR, f"{vid}.parquet"),
+            pa.Table.from_pylist([row], PREPROCESS_STATUS),
+            PREPROCESS_STATUS,
+        )
+        log.info(
+            "%s: %s (%d frames, %d tracks, %d sequences) %s",
+            item["uri"],
+            row["status"],
+            row["frames"],
+            row["tracks"],
+            row["sequences"],
+            row["reason"] or "",
+        )
+        return row
+
+    def _video(self, item: dict[str, str]) -> tuple[pa.Table | None, list[dict], int, int, str]:
+        cfg = self.cfg
+        fps = float(cfg.video.fps)
+        run = self.pipe.run(item["uri"])
+        parts: dict[int, list[dict[str, np.ndarray]]] = {}
+        cols = ("frame_index", "time_s", "crop", "box_xyxy")
+        for rows in run:
+            for tid in np.unique(rows["track_id"]).tolist():
+                sel = rows["track_id"] == tid
+                parts.setdefault(int(tid), []).append({k: rows[k][sel] for k in cols})
+        tracks = {
+            tid: {k: np.concatenate([p[k] for p in ps]) for k in cols} for tid, ps in parts.items()
+        }
+        for t in tracks.values():
+            order = np.argsort(t["frame_index"], kind="stable")
+            for k in cols:
+                t[k] = t[k][order]
+        if not tracks:
+            return None, [], run.frames, 0, "no face track found"
+        labels = VideoItem.labels_from_json(item["labels"])
+        faces = [lt.face for lt in labels]
+        chosen = choose_tracks(
+            track_stats(tracks), faces, cfg.data.face_rule, cfg.data.major_track_fraction
+        )
+        src_fps = run.info.src_fps if run.info else None
+        pairs: list[tuple[int, LabelTrack | None, str]] = []
+        if labels:
+            for lt, tid in zip(labels, chosen):
+                if tid is None:
+                    log.warning("%s: no track for labelled face %s", item["uri"], lt.face)
+                    continue
+                pairs.append((tid, lt, lt.face or cfg.data.face_rule))
+        else:
+            pairs = [(tid, None, cfg.data.face_rule) for tid in chosen if tid is not None]
+        if not pairs:
+            return None, [], run.frames, len(tracks), "no track matches the labelled face"
+        audio_all = (
+            self._audio(item["uri"], tracks, fps) if run.info and run.info.has_audio else None
+        )
+        tables, seqs = [], []
+        for tid, lt, how in pairs:
+            t = tracks[tid]
+            n = len(t["frame_index"])
+            if lt is not None:
+                lab_t = lt.times(src_fps)
+                aro = resample_labels(lab_t, lt.arousal, t["time_s"], cfg.data.label_gap_s)
+                val = resample_labels(lab_t, lt.valence, t["time_s"], cfg.data.label_gap_s)
+            else:
+                aro = val = np.full(n, np.nan, np.float32)
+            feats = None
+            if audio_all is not None:
+                feats = audio_all[np.clip(t["frame_index"], 0, len(audio_all) - 1)]
+            labelled = int(np.sum(np.isfinite(aro) & np.isfinite(val)))
+            tables.append(self._shard_table(item, tid, t, aro, val, feats))
+            first = int(t["frame_index"][0])
+            if int(t["frame_index"][-1]) - first + 1 != n:
+                log.warning("%s: track %d has holes; frames are read by range", item["uri"], tid)
+            seqs.append(
+                {
+                    "dataset": item["dataset"],
+                    "video_id": item["video_id"],
+                    "uri": item["uri"],
+                    "track_id": tid,
+                    "split": item["split"],
+                    "subject": item["subject"],
+                    "shard": f"{CLIPS_DIR}/{item['video_id']}.parquet",
+                    "first_frame": first,
+                    "n_frames": n,
+                    "labelled_frames": labelled,
+                    "has_audio": feats is not None,
+                    "fps": fps,
+                    "face": how,
+                }
+            )
+        return pa.concat_tables(tables), seqs, run.frames, len(tracks), ""
+
+    def _audio(self, uri: str, tracks: dict[int, dict[str, np.ndarray]], fps: float) -> Any:
+        if self.extractor is None:
+            return None
+        audio = read_audio(uri, self.audio_cfg.rate, self.cfg.storage)
+        if audio.size == 0:
+            return None
+        n_frames = 1 + max(int(t["frame_index"].max()) for t in tracks.values())
+        return frame_features(
+            audio, self.audio_cfg.rate, n_frames, fps, self.audio_cfg, self.extractor
+        )
+
+    def _shard_table(
+        self,
+        item: dict[str, str],
+        tid: int,
+        t: dict[str, np.ndarray],
+        aro: np.ndarray,
+        val: np.ndarray,
+        feats: np.ndarray | None,
+    ) -> pa.Table:
+        n = len(t["frame_index"])
+        if feats is None:
+            audio_col = pa.nulls(n, pa.list_(pa.float32()))
+        else:
+            d = feats.shape[1]
+            offsets = pa.array(np.arange(n + 1, dtype=np.int32) * d)
+            audio_col = pa.ListArray.from_arrays(offsets, pa.array(feats.reshape(-1), pa.float32()))
+        crops = np.ascontiguousarray(t["crop"])
+        size = crops.shape[1] * crops.shape[2]
+        crop_col = pa.Array.from_buffers(
+            pa.binary(),
+            n,
+            [
+                None,
+                pa.py_buffer(np.arange(n + 1, dtype=np.int32) * size),
+                pa.py_buffer(crops.tobytes()),
+            ],
+        )
+        return pa.table(
+            {
+                "dataset": [item["dataset"]] * n,
+                "video_id": [item["video_id"]] * n,
+                "uri": [item["uri"]] * n,
+                "track_id": np.full(n, tid, np.int32),
+                "split": [item["split"]] * n,
+                "subject": [item["subject"]] * n,
+                "frame_index": t["frame_index"].astype(np.int32),
+                "time_s": t["time_s"].astype(np.float64),
+                "crop": crop_col,
+                "arousal": np.asarray(aro, np.float32),
+                "valence": np.asarray(val, np.float32),
+                "audio_feat": audio_col,
+            }
+        )
+
+    def _write(self, uri: str, table: pa.Table, schema: pa.Schema) -> None:
+        with atomic_write(uri, self.cfg.storage) as f:
+            pq.write_table(
+                conform(table, schema),
+                f,
+                compression="zstd",
+                row_group_size=self.cfg.data.row_group_frames,
+            )
+
+    def _remove_stale(self, vid: str) -> None:
+        for sub in (CLIPS_DIR, SEQUENCES_DIR):
+            fs, path = filesystem(join(self.root, sub, f"{vid}.parquet"), self.cfg.storage)
+            if fs.exists(path):
+                fs.rm(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scheduling: in-process or Ray Data
+
+
+def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, str]]:
+    """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
+    items = list(items)
+    manifest = list_inputs([it.uri for it in items], cfg.storage, cfg.infer)
+    etag = {r["uri"]: r["source_etag"] for r in manifest.to_pylist()}
+    return [
+        {
+            "video_id": it.video_id,
+            "uri": it.uri,
+            "source_etag": etag.get(it.uri) or "",
+            "dataset": it.dataset,
+            "key": it.key,
+            "split": it.split,
+            "subject": it.subject,
+            "labels": it.labels_json(),
+        }
+        for it in items
+    ]
+
+
+def pending(rows: list[dict[str, str]], done: pa.Table, chash: str, force: bool) -> list[dict]:
+    """Rows without a status row for the same source version and config hash."""
+    if force:
+        return rows
+    key = {r["video_id"]: (r["source_etag"], r["config_hash"]) for r in done.to_pylist()}
+    return [
+        r
+        for r in rows
+        if not r["source_etag"] or key.get(r["video_id"]) != (r["source_etag"], chash)
+    ]  # noqa: E501
+
+
+def run_local_stage(rows: list[dict[str, str]], stage: ShardStage) -> list[dict[str, Any]]:
+    """The stage, looped in this process."""
+    return [stage.process(r) for r in rows]
+
+
+def run_ray_stage(
+    rows: list[dict[str, str]],
+    cfg: VaerrConfig,
+    root: str,
+    address: str | None = None,
+    ray_init: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The stage on a Ray Data actor pool (fractional CPUs, optional GPU share); starts a
+    local Ray unless one is running or `address` names a cluster."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+        started = True
+    try:
+        d = cfg.data
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+        ds = ds.map_batches(
+            ShardStage,
+            fn_constructor_kwargs={"cfg": cfg, "root": root},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=d.actors),
+            num_cpus=d.num_cpus,
+            num_gpus=d.num_gpus,
+        )
+        out = []
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            out += [{k: batch[k][i] for k in batch} for i in range(len(batch["video_id"]))]
+        return out
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_preprocess(
+    cfg: VaerrConfig,
+    *,
+    force: bool = False,
+    runner: str = "ray",
+    ray_address: str | None = None,
+    ray_init: dict[str, Any] | None = None,
+    items: list[VideoItem] | None = None,
+    stage: ShardStage | None = None,
+) -> dict[str, Any]:
+    """Read the dataset, shard what is not done yet, return the summary (also written to
+    R/preprocess.json). `items` / `stage` can be injected (tests)."""
+    t0 = time.perf_counter()
+    started = datetime.now(UTC).isoformat()
+    root = cfg.data.shards
+    items = read_dataset(cfg.data, cfg.storage) if items is None else items
+    rows = item_rows(items, cfg)
+    chash = preprocess_hash(cfg)
+    todo = pending(rows, read_status(root, cfg.storage), chash, force)
+    log.info("%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo))
+    write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage)
+    if todo:
+        if runner == "local":
+            run_local_stage(todo, stage or ShardStage(cfg, root))
+        else:
+            run_ray_stage(todo, cfg, root, ray_address, ray_init)
+    status = read_status(root, cfg.storage).to_pylist()
+    current = {r["video_id"] for r in rows}
+    status = [s for s in status if s["video_id"] in current]
+    counts = {k: sum(s["status"] == k for s in status) for k in (OK, NO_FACE, FAILED)}
+    splits: dict[str, int] = {}
+    for s in status:
+        if s["status"] == OK:
+            splits[s["split"]] = splits.get(s["split"], 0) + 1
+    summary = {
+        "videos": len(rows),
+        "processed": len(todo),
+        "skipped": len(rows) - len(todo),
+        **counts,
+        "sequences": int(sum(s["sequences"] for s in status)),
+        "frames": int(sum(s["frames"] for s in status)),
+        "labelled_frames": int(sum(s["labelled_frames"] for s in status)),
+        "splits": splits,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "config_hash": chash,
+        "output": root,
+    }
+    record = {
+        **summary,
+        "started": started,
+        "ended": datetime.now(UTC).isoformat(),
+        "runner": runner,
+        "config": config_dump(cfg),
+    }
+    write_text(
+        join(root, "preprocess.json"), json.dumps(record, indent=2, default=str), cfg.storage
+    )
+    return summary
