@@ -66,8 +66,8 @@ class SpikeConfig(Section):
     smooth_seconds: float = Field(
         0.3,
         ge=0,
-        description="Centred moving average before differencing, s (0: none). 0.3 s (3 steps "
-        "at 10 Hz) removes one-step jitter, which differencing would amplify, and keeps a "
+        description="Centred moving average before measuring rises, s (0: none). 0.3 s (3 steps "
+        "at 10 Hz) removes one-step jitter, which a rise over a window would pick up, and keeps a "
         "half-second onset sharp.",
     )
     window_seconds: float = Field(
