@@ -108,6 +108,28 @@ def test_cli_plot(tmp_path: Path, capsys):
     assert record["video_id"] == "spikes" and record["tracks"] == 3 and record["events"] == 3
     w, h = figure_size_px(3)
     assert decode_png(png.read_bytes()).shape == (h, w, 3)
+    # Episodes from a file written by `vaerr query ... -o` instead of the defaults.
+    events = tmp_path / "events.parquet"
+    assert (
+        main(["query", "spikes", str(tmp_path / "out"), "--min-faces", "2", "-o", str(events)]) == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "plot",
+                str(tmp_path / "out"),
+                "--video",
+                "spikes",
+                "-o",
+                str(png),
+                "--events",
+                str(events),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["events"] == 1
     # Several videos and no --video: one clear error, exit 2.
     assert main(["plot", str(tmp_path / "out"), "-o", str(png)]) == 2
     assert "--video" in capsys.readouterr().err
@@ -271,3 +293,25 @@ def test_cli_render_errors(tmp_path: Path, capsys):
     rc = main(["render", "/nope/clip.mp4", str(tmp_path / "out"), "-o", str(tmp_path / "y.mp4")])
     assert rc == 2
     assert "no timeline rows" in capsys.readouterr().err
+
+
+def test_render_from_and_to_s3(s3_server: str, s3_bucket: str, tmp_path: Path, capsys):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    fs.put(str(asset(GRID)), f"{s3_bucket}/videos/grid_bbaf2n.mpg")
+    uri = f"s3://{s3_bucket}/videos/grid_bbaf2n.mpg"
+    with fs.open(f"{s3_bucket}/out/timelines/grid.parquet", "wb") as f:
+        pq.write_table(grid_timelines(uri), f)
+    dest = f"s3://{s3_bucket}/renders/grid.mp4"
+    rc = main(
+        ["render", uri, f"s3://{s3_bucket}/out", "-o", dest, "--scale", "1"]
+        + ["--set", f"storage.endpoint_url={s3_server}"]
+    )
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["status"] == "ok" and record["video_id"] == "grid"
+    local = tmp_path / "grid.mp4"
+    fs.get(f"{s3_bucket}/renders/grid.mp4", str(local))
+    frames = decode_all(local)
+    assert len(frames) == 75 and frames[0].shape == (288, 360, 3)
