@@ -22,8 +22,11 @@ Geometry (`layout_for`, `inset_center`, `va_point`) is pure and public so tests 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import posixpath
+import uuid
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -495,6 +498,29 @@ def rendered_frames(
             yield img
 
 
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+
+
+@contextlib.contextmanager
+def _local_temp(output: str) -> Iterator[str]:
+    """A hidden sibling name for a local output, renamed to `output` only when the block
+    succeeds, so a failed render leaves no half-written video. Remote URIs pass through
+    (write_video uploads them only once complete)."""
+    if "://" in output and not output.startswith("file://"):
+        yield output
+        return
+    path = output[len("file://") :] if output.startswith("file://") else output
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def render_video(
     video_uri: str,
     timelines: pa.Table,
@@ -529,13 +555,15 @@ def render_video(
         frames = rendered_frames(
             reader, tracks, truth, rate, scale, blur_faces, emotion, counter, banner
         )
-        write_video(
-            output,
-            frames,
-            rate,
-            crf=crf,
-            storage_options=storage_options(storage, output),
-        )
+        with _local_temp(output) as target:
+            write_video(
+                target,
+                frames,
+                rate,
+                crf=crf,
+                container_format=_FORMATS.get(posixpath.splitext(output)[1].lower()),
+                storage_options=storage_options(storage, output),
+            )
     return {
         "video_id": vid,
         "uri": uri,

@@ -315,3 +315,24 @@ def test_render_from_and_to_s3(s3_server: str, s3_bucket: str, tmp_path: Path, c
     fs.get(f"{s3_bucket}/renders/grid.mp4", str(local))
     frames = decode_all(local)
     assert len(frames) == 75 and frames[0].shape == (288, 360, 3)
+
+
+def test_a_failed_render_leaves_no_file(tmp_path: Path):
+    clip = str(asset(GRID))
+    t = np.arange(10, 21) / 10  # the face appears at 1 s, with a box that cannot be drawn
+    bad = make_timelines(
+        [
+            dict(
+                video_id="grid",
+                uri=clip,
+                track_id=0,
+                time_s=t,
+                arousal=t * 0,
+                valence=t * 0,
+                box=(np.nan, 0.0, 10.0, 10.0),
+            )
+        ]
+    )
+    with pytest.raises(ValueError):
+        render_video(clip, bad, str(tmp_path / "half.mp4"), scale=1.0)
+    assert list(tmp_path.iterdir()) == []  # neither the video nor its temporary file
