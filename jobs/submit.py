@@ -265,17 +265,21 @@ async def _tail(client: JobsClient, sid: str, out: TextIO) -> None:
 
 
 def wait_for_job(
-    client: JobsClient, sid: str, follow: bool, out: TextIO = sys.stdout, poll_s: float = POLL_S
+    client: JobsClient,
+    sid: str,
+    follow: bool,
+    out: TextIO | None = None,
+    poll_s: float | None = None,
 ) -> str:
     """Block until the job is terminal; returns its final status name. With `follow`, the
-    job's logs are streamed to `out` first (the stream ends when the job does)."""
+    job's logs are streamed to `out` (default stdout) first; the stream ends with the job."""
     if follow:
-        asyncio.run(_tail(client, sid, out))
+        asyncio.run(_tail(client, sid, out or sys.stdout))
     while True:
         status = client.get_job_status(sid)
         if status.is_terminal():
             return str(status.value)
-        time.sleep(poll_s)
+        time.sleep(POLL_S if poll_s is None else poll_s)
 
 
 def submit(
