@@ -306,10 +306,13 @@ def submit(
 
 
 def _connect(address: str) -> JobsClient:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError as exc:  # a token cluster: RAY_AUTH_MODE/RAY_AUTH_TOKEN here
+        raise ValueError(f"the Ray Jobs API at {address} refused us: {exc}") from None
     except (ConnectionError, RuntimeError) as exc:
         raise ValueError(f"cannot reach the Ray Jobs API at {address}: {exc}") from None
 
@@ -322,17 +325,20 @@ def run(args: argparse.Namespace, client: JobsClient | None = None) -> int:
     address = resolve_address(opts.address)
     env_vars = job_env(opts.env)
     client = client or _connect(address)
-    sid = submit(
-        client,
-        opts.job,
-        job_args,
-        working_dir=working_dir,
-        env_vars=env_vars,
-        excludes=opts.exclude,
-        submission_id=opts.submission_id,
-        python=opts.python,
-        entrypoint_num_cpus=opts.entrypoint_num_cpus,
-    )
+    try:
+        sid = submit(
+            client,
+            opts.job,
+            job_args,
+            working_dir=working_dir,
+            env_vars=env_vars,
+            excludes=opts.exclude,
+            submission_id=opts.submission_id,
+            python=opts.python,
+            entrypoint_num_cpus=opts.entrypoint_num_cpus,
+        )
+    except (ConnectionError, RuntimeError) as exc:  # upload too big, id taken, server error
+        raise ValueError(f"the cluster at {address} did not accept the job: {exc}") from None
     print(
         f"submitted {sid} to {address}: {entrypoint(opts.job, job_args, opts.python)}\n"
         f"  logs: ray job logs {sid} --address {address} --follow\n"

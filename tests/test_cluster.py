@@ -64,14 +64,14 @@ def _marked_pids(marker: str, sid: int | None = None) -> list[int]:
 
 
 def _kill_marked(marker: str, sid: int | None = None) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         pids = _marked_pids(marker, sid)
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 10
+        deadline = time.time() + grace_s
         while pids and time.time() < deadline:
             pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
             time.sleep(0.2)
