@@ -293,7 +293,8 @@ def run_ray(
             fn_constructor_kwargs={"cfg": cfg, "checkpoint": checkpoint},
             batch_size=inf.batch_size,
             batch_format="numpy",
-            compute=ActorPoolStrategy(size=inf.model_actors),
+            # Starts with one actor so a cluster still scaling up its GPU nodes makes progress.
+            compute=ActorPoolStrategy(min_size=1, max_size=inf.model_actors),
             num_cpus=inf.model_num_cpus,
             num_gpus=inf.model_num_gpus,
         )

@@ -44,6 +44,12 @@ def storage_options(cfg: StorageConfig | None, uri: str) -> dict[str, Any]:
     if cfg.secret is not None:
         opts["secret"] = cfg.secret.get_secret_value()
     opts["default_block_size"] = cfg.block_size_mb << 20
+    # Fail fast at the client; outages are retried by pipeline.retry within storage.retry_s.
+    opts["config_kwargs"] = {
+        "connect_timeout": 10,
+        "read_timeout": 60,
+        "retries": {"max_attempts": 2, "mode": "standard"},
+    }
     return opts
 
 
