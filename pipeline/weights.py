@@ -7,6 +7,7 @@ network, so an air-gapped cluster works once its cache is seeded by copying file
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -84,14 +85,18 @@ def resolve_file(
     dest = cache_dir(cache) / name
     if dest.is_file():
         return _check(dest, sha256, uri)
-    log.info("downloading %s -> %s", uri, dest)
-    try:
-        _download(uri, dest, storage_options)
-    except Exception as exc:  # network down, 403, no such key: one clear message
-        raise FileNotFoundError(
-            f"cannot fetch {uri} ({type(exc).__name__}: {exc}); "
-            f"no cached copy at {dest}. On an offline machine, copy the file there."
-        ) from None
+    # One download per node: actors sharing the cache wait for the first one's file.
+    with open(dest.with_name(f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not dest.is_file():
+            log.info("downloading %s -> %s", uri, dest)
+            try:
+                _download(uri, dest, storage_options)
+            except Exception as exc:  # network down, 403, no such key: one clear message
+                raise FileNotFoundError(
+                    f"cannot fetch {uri} ({type(exc).__name__}: {exc}); "
+                    f"no cached copy at {dest}. On an offline machine, copy the file there."
+                ) from None
     return _check(dest, sha256, uri)
 
 
