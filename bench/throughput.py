@@ -465,6 +465,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE override")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of inputs")
     p.add_argument("--timeout", type=float, default=3600, help="per measurement, s")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall budget of the whole run, s: measurements that would start after it are "
+        "skipped and the table is printed with what was measured",
+    )
     p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to append to")
     p.add_argument("--no-append", action="store_true", help="print only")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -544,13 +551,24 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     a.import_mib = run_worker(MODULE, task("imports", None, [], []), a.timeout)["peak_mib"]
 
-    def measure(group: str, kind: str | None, stage: str, t: dict, knobs: str = "") -> None:
-        log(f"{group} {kind or ''} {stage} {knobs}".strip() + " ...")
+    def left() -> float:
+        if a.budget_s is None:
+            return a.timeout
+        return min(a.timeout, a.budget_s - (time.perf_counter() - t_all))
+
+    def attempt(t: dict) -> dict[str, Any]:
+        if left() <= 5:
+            log("skipped: --budget-s spent")
+            return {"error": "skipped (--budget-s spent)"}
         try:
-            r = run_worker(MODULE, t, a.timeout)
+            return run_worker(MODULE, t, left())
         except RuntimeError as exc:
             log(f"FAILED: {exc}")
-            r = {"error": str(exc).splitlines()[0]}
+            return {"error": str(exc).splitlines()[0]}
+
+    def measure(group: str, kind: str | None, stage: str, t: dict, knobs: str = "") -> None:
+        log(f"{group} {kind or ''} {stage} {knobs}".strip() + " ...")
+        r = attempt(t)
         r.update(group=group, kind=kind or "-", stage=stage, knobs=knobs, end_s=t.get("end_s"))
         if "frames" in r:
             timed = r.get("frames_timed", r["frames"])
@@ -585,11 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             (uri,) = synth_videos(a.workdir, "long", 1, secs, (h, w), 1, 300)
             t = task("long", "retina5", [uri], _split(a.long_knobs), checkpoint=lck)
             log(f"memory: {secs:g} s {h}x{w} video ...")
-            try:
-                r = run_worker(MODULE, t, a.timeout)
-            except RuntimeError as exc:
-                log(f"FAILED: {exc}")
-                r = {"error": str(exc).splitlines()[0]}
+            r = attempt(t)
             r.update(seconds=secs, size=f"{w}x{h}")
             long_rows.append(r)
 
