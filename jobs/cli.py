@@ -19,6 +19,10 @@ COMMAND_MODULES = (
     "jobs.model",
     "jobs.demo",
     "jobs.submit",
+    "jobs.preprocess",
+    "jobs.pretrain",
+    "jobs.finetune",
+    "jobs.evaluate",
 )
 
 

@@ -131,6 +131,12 @@ class DataConfig(Section):
     row_group_frames: int = Field(
         250, ge=16, description="Frames per Parquet row group (clip reads skip other groups)."
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of an in-process preprocess run (None: torch's "
+        "default; Ray actors get their CPU share).",
+    )
     actors: int = Field(1, ge=1, description="Face-stage actors of the Ray Data preprocess job.")
     num_cpus: float = Field(0.5, gt=0, description="CPUs per preprocess actor (fractional).")
     num_gpus: float = Field(0.0, ge=0, description="GPU share per preprocess actor.")
@@ -210,6 +216,12 @@ class TrainConfig(Section):
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL); else CPU (gloo).")
     cpus_per_worker: float = Field(
         1.0, gt=0, description="CPUs reserved per worker (fractional on small machines)."
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads per worker (None: round(cpus_per_worker) on Ray, "
+        "torch's default in-process). More threads than free cores thrash.",
     )
     loader_num_cpus: float = Field(
         0.25, gt=0, description="CPUs per Ray Data clip-loading task (fractional)."

@@ -165,7 +165,7 @@ class FinetuneTask(Task):
         model = _unwrap(module)
         params = [p for p in model.parameters() if p.requires_grad] if self.cfg.loss.l2 else None
         total, parts = composite_loss(out, targets, self.cfg.loss, model.bin_centres, valid, params)
-        return total, {k: float(v) for k, v in parts.items()}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def validate(self, module: nn.Module) -> dict[str, float]:
         seqs = self.extras.get("val_sequences") or []
@@ -239,7 +239,7 @@ class LiraTask(_PretextTask):
         pred = module(x, lengths)
         mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
         loss = lira_loss(pred, target, mask)
-        return loss, {"l1": float(loss)}
+        return loss, {"l1": float(loss.detach())}
 
     def validate(self, module: nn.Module) -> dict[str, float]:
         seqs = [s for s in self.extras.get("val_sequences") or [] if s["has_audio"]]
@@ -291,7 +291,7 @@ class ByolTask(_PretextTask):
         v1 = make_view(x, c.view1, gen).to(batch["crops"].device)
         v2 = make_view(x, c.view2, gen).to(batch["crops"].device)
         loss = module(v1, v2, batch["length"])
-        return loss, {"byol": float(loss)}
+        return loss, {"byol": float(loss.detach())}
 
     def after_step(self, module: nn.Module, progress: float) -> None:
         _unwrap(module).update_target(ema_momentum(self.cfg.pretrain.byol.ema, progress))
@@ -323,7 +323,7 @@ class DinoTask(_PretextTask):
         globals_ = [make_view(x, c.global_view, gen).to(dev) for _ in range(2)]
         locals_ = [make_view(x, c.local_view, gen).to(dev) for _ in range(c.local_crops)]
         loss = module(globals_, locals_, batch["length"])
-        return loss, {"dino": float(loss)}
+        return loss, {"dino": float(loss.detach())}
 
     def after_step(self, module: nn.Module, progress: float) -> None:
         _unwrap(module).update_teacher(ema_momentum(self.cfg.pretrain.dino.ema, progress))
@@ -523,6 +523,8 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session
     """Train for train.epochs (resuming from the session's checkpoint); returns the last
     epoch's metrics. Every rank runs this; rank 0 validates and writes the run's files."""
     t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed % (2**32))
     task = TASKS[task_name](cfg, extras)
@@ -566,7 +568,7 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session
             steps += 1
             progress = (epoch + steps / max(est_steps, steps)) / t.epochs
             task.after_step(wrapped, progress)
-            for k, v in {"loss": float(loss), **parts}.items():
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
         train = session.all_mean({f"train/{k}": v / max(steps, 1) for k, v in sums.items()})
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **train}
@@ -622,7 +624,7 @@ def _json_metrics(m: dict[str, Any]) -> dict[str, Any]:
 def _ray_train_fn(config: dict[str, Any]) -> None:
     """The Ray Train per-worker entry point."""
     cfg = config["cfg"]
-    torch.set_num_threads(max(1, int(round(cfg.train.cpus_per_worker))))
+    torch.set_num_threads(cfg.train.threads or max(1, int(round(cfg.train.cpus_per_worker))))
     fit_worker(cfg, config["task"], config["extras"], RaySession(cfg))
 
 

@@ -146,6 +146,10 @@ class ShardStage:
     ) -> None:
         self.cfg = cfg
         self.root = root
+        if cfg.data.threads:
+            import torch
+
+            torch.set_num_threads(cfg.data.threads)
         self.pipe = pipeline or FacePipeline(cfg)
         self.audio_cfg = cfg.data.audio
         self.extractor = extractor or (

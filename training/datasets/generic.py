@@ -6,6 +6,8 @@ video's first frame; `face` (optional) the labelled face's left-to-right index (
 leftmost) when a video shows several people. Empty or `nan` values are missing. Splits and
 subjects come from `data.manifest` (`video,split[,subject|identity]`, as the synthetic
 corpus's manifest.csv), else split by subject = video stem (`data.split_fractions`).
+Without `data.labels`, every video under `data.videos` is an unlabelled `pretext` item (any
+folder of talking faces with sound, for the pretext tasks).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import numpy as np
 from schemas.config import StorageConfig
 from schemas.train import DataConfig
 from training.datasets.common import (
+    VIDEO_EXTS,
     LabelTrack,
     VideoItem,
     index_videos,
     list_files,
     read_text,
+    relative,
     split_by_subject,
     stem,
 )
@@ -58,10 +62,26 @@ def parse_generic(text: str) -> dict[tuple[str, str | None], LabelTrack]:
     return out
 
 
+def read_unlabelled(cfg: DataConfig, storage: StorageConfig | None = None) -> list[VideoItem]:
+    """Every video under `data.videos`, unlabelled, split `pretext` (talking faces with
+    audio for the pretext tasks); subject = the parent folder's name."""
+    if not cfg.videos:
+        raise ValueError("generic needs data.videos")
+    items = []
+    for uri in list_files(cfg.videos, VIDEO_EXTS, storage):
+        rel = relative(uri, cfg.videos)
+        parent = rel.rsplit("/", 2)[-2] if "/" in rel else stem(rel)
+        items.append(VideoItem("generic", rel, uri, "pretext", parent))
+    return items
+
+
 def read(cfg: DataConfig, storage: StorageConfig | None = None) -> list[VideoItem]:
-    """Videos named in the generic CSV(s) under `data.labels`."""
-    if not cfg.labels or not cfg.videos:
-        raise ValueError("generic needs data.labels (CSV file or folder) and data.videos")
+    """Videos named in the generic CSV(s) under `data.labels`; without `data.labels`, every
+    video under `data.videos`, unlabelled (`read_unlabelled`)."""
+    if not cfg.labels:
+        return read_unlabelled(cfg, storage)
+    if not cfg.videos:
+        raise ValueError("generic needs data.videos")
     tracks: dict[str, list[LabelTrack]] = defaultdict(list)
     for uri in list_files(cfg.labels, (".csv",), storage):
         for (video, _face), tr in parse_generic(read_text(uri, storage)).items():
