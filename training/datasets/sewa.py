@@ -50,7 +50,7 @@ def parse_sewa_csv(text: str) -> tuple[np.ndarray, np.ndarray, int]:
         if not line:
             continue
         delim = _delimiter(line)
-        cells = [c.strip() for c in line.rstrip(delim).split(delim)]
+        cells = [c.strip() for c in line.split(delim)]  # empty cell = annotator missing
         if not cells or not all(is_number(c) for c in cells if c):
             continue  # header or comment row
         vals = [float(c) if c else np.nan for c in cells]
