@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -310,7 +311,9 @@ class Naive:
                 for frame in chunk.frames:
                     boxes, pts = self.detect(frame)
                     if self.kind == "fan68" and len(boxes):
-                        lms = self.fa.get_landmarks_from_image(frame, detected_faces=list(boxes))
+                        # plain float lists, as face-alignment's detectors return them
+                        dets = [[float(v) for v in b] for b in boxes]
+                        lms = self.fa.get_landmarks_from_image(frame, detected_faces=dets)
                         pts = np.stack(lms)[:, list(self.cfg.faces.align.stable_points)]
                     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
                     order = np.argsort(boxes[:, 0]) if len(boxes) else []
@@ -397,6 +400,8 @@ def worker_main(spec: str) -> None:
             raise SystemExit("--device cuda: torch sees no CUDA device")
     res = WORKERS[task["mode"]](task)
     res.setdefault("peak_mib", peak_rss_mib())
+    if "torch" in sys.modules:
+        res["threads"] = sys.modules["torch"].get_num_threads()
     report(res)
 
 
@@ -464,6 +469,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE override")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of inputs")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds over all measurements; the table shows the median and range "
+        "(default 3 on cpu, 2 with --quick, 1 on cuda)",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="per measurement, s")
     p.add_argument(
         "--budget-s",
@@ -483,6 +495,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if a.knobs is None:
         a.knobs = ["faces.detector.every_k=3"]
     a.knobs = [k for k in a.knobs if k.strip()]
+    if a.repeat is None:
+        a.repeat = 1 if a.device == "cuda" else 2 if a.quick else 3
     return a
 
 
@@ -547,7 +561,6 @@ def main(argv: list[str] | None = None) -> int:
             **kw,
         }
 
-    rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     a.import_mib = run_worker(MODULE, task("imports", None, [], []), a.timeout)["peak_mib"]
 
@@ -566,34 +579,38 @@ def main(argv: list[str] | None = None) -> int:
             log(f"FAILED: {exc}")
             return {"error": str(exc).splitlines()[0]}
 
-    def measure(group: str, kind: str | None, stage: str, t: dict, knobs: str = "") -> None:
-        log(f"{group} {kind or ''} {stage} {knobs}".strip() + " ...")
-        r = attempt(t)
-        r.update(group=group, kind=kind or "-", stage=stage, knobs=knobs, end_s=t.get("end_s"))
-        if "frames" in r:
-            timed = r.get("frames_timed", r["frames"])
-            r["fps"] = timed / r["wall_s"] if r["wall_s"] > 0 else float("nan")
-            log(f"  {r['frames']} frames in {r['wall_s']:.1f} s = {r['fps']:.2f} frames/s")
-        rows.append(r)
-
+    # The plan: (group, kind, stage, knobs) -> task; run in rounds so that a change of the
+    # machine's load hits every measurement alike.
+    plan: list[tuple[tuple[str, str, str, str], dict[str, Any]]] = []
     for g, (_, uris) in groups.items():
         if "decode" in stages:
-            measure(g, None, "decode", task("decode", None, uris, []))
+            plan.append(((g, "-", "decode", ""), task("decode", None, uris, [])))
         for kind in kinds:
             end = a.fan_seconds if kind == "fan68" else None
             lim = [f"video.end_s={end}"] if end else []
             for stage in ("face", "local", "ray"):
                 if stage in stages:
-                    measure(g, kind, stage, task(stage, kind, uris, lim, end_s=end))
+                    plan.append(((g, kind, stage, ""), task(stage, kind, uris, lim, end_s=end)))
             if "naive" in stages:
                 caps = [x for x in (end, a.naive_seconds) if x]
                 nend = min(caps) if caps else None
                 nlim = [f"video.end_s={nend}"] if nend else []
-                measure(g, kind, "naive", task("naive", kind, uris, nlim, end_s=nend))
+                plan.append(((g, kind, "naive", ""), task("naive", kind, uris, nlim, end_s=nend)))
             if "local" in stages and g in _split(a.knobs_inputs):
                 for knobs in a.knobs:
-                    ov = lim + _split(knobs)
-                    measure(g, kind, "local", task("local", kind, uris, ov, end_s=end), knobs)
+                    t = task("local", kind, uris, lim + _split(knobs), end_s=end)
+                    plan.append(((g, kind, "local", knobs), t))
+    runs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {k: [] for k, _ in plan}
+    for rnd in range(a.repeat):
+        for key, t in plan:
+            log(f"round {rnd + 1}/{a.repeat}: {' '.join(x for x in key if x and x != '-')} ...")
+            r = attempt(t)
+            if "frames" in r:
+                timed = r.get("frames_timed", r["frames"])
+                r["fps"] = timed / r["wall_s"] if r["wall_s"] > 0 else float("nan")
+                log(f"  {r['frames']} frames in {r['wall_s']:.1f} s = {r['fps']:.2f} frames/s")
+            runs[key].append(r)
+    rows = [aggregate(key, rs, t.get("end_s")) for (key, t), rs in zip(plan, runs.values())]
 
     long_rows: list[dict[str, Any]] = []
     if a.long:
@@ -615,6 +632,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def aggregate(
+    key: tuple[str, str, str, str], runs: list[dict[str, Any]], end_s: float | None
+) -> dict[str, Any]:
+    """One table row from the repeats of a measurement: median frames/s (and its range),
+    median faces/frame and steady rate, the largest peak memory, all load readings."""
+    group, kind, stage, knobs = key
+    row: dict[str, Any] = {"group": group, "kind": kind, "stage": stage, "knobs": knobs}
+    row["end_s"] = end_s
+    ok = [r for r in runs if "fps" in r]
+    row["n"], row["n_runs"] = len(ok), len(runs)
+    if not ok:
+        row["error"] = runs[0].get("error", "no result") if runs else "not run"
+        return row
+    fps = [r["fps"] for r in ok]
+    row["fps"] = statistics.median(fps)
+    row["fps_min"], row["fps_max"] = min(fps), max(fps)
+    row["frames"] = ok[0]["frames"]
+    row["wall_s"] = statistics.median(r["wall_s"] for r in ok)
+    if all("faces" in r for r in ok):
+        row["faces_per_frame"] = statistics.median(r["faces"] / max(r["frames"], 1) for r in ok)
+    steady = [r["steady_fps"] for r in ok if r.get("steady_fps")]
+    row["steady_fps"] = statistics.median(steady) if steady else None
+    row["peak_mib"] = max(r["peak_mib"] for r in ok)
+    loads = [x for r in ok for x in r["load"]]
+    row["load"] = [min(loads), max(loads)]
+    row["threads"] = ok[0].get("threads")
+    return row
+
+
 def render(
     a: argparse.Namespace,
     groups: dict[str, tuple[str, list[str]]],
@@ -630,12 +676,21 @@ def render(
                 return r if "fps" in r else None
         return None
 
+    def fps_cell(r: dict[str, Any]) -> str:
+        if "fps" not in r:
+            return f"FAILED: {r.get('error', '')[:60]}"
+        cell = num(r["fps"], 2)
+        if r["n"] > 1:
+            cell += f" ({num(r['fps_min'], 1)}-{num(r['fps_max'], 1)})"
+        if r["n"] < r["n_runs"]:
+            cell += f" [{r['n_runs'] - r['n']} failed]"
+        return cell
+
     table = []
     for r in rows:
         dec = find(r["group"], "-", "decode")
         nav = find(r["group"], r["kind"], "naive")
         ok = "fps" in r
-        fpf = r["faces"] / r["frames"] if ok and "faces" in r and r["frames"] else None
         x_naive = r["fps"] / nav["fps"] if ok and nav and r["stage"] != "decode" else None
         of_dec = r["fps"] / dec["fps"] if ok and dec and r["stage"] != "decode" else None
         lim = f" (first {r['end_s']:g} s)" if r.get("end_s") else ""
@@ -646,9 +701,9 @@ def render(
                 r["stage"] + lim,
                 r["knobs"] or "defaults",
                 r.get("frames", "-"),
-                num(fpf, 2),
+                num(r.get("faces_per_frame"), 2),
                 num(r.get("wall_s")),
-                num(r.get("fps"), 2) if ok else f"FAILED: {r.get('error', '')[:60]}",
+                fps_cell(r),
                 num(x_naive, 2),
                 f"{100 * of_dec:.2f}%" if of_dec else "-",
                 num(r.get("steady_fps"), 2),
@@ -664,7 +719,7 @@ def render(
         "frames",
         "faces/frame",
         "wall s",
-        "frames/s",
+        "frames/s (range)",
         "x naive",
         "of decode",
         "steady fps",
@@ -715,6 +770,9 @@ def render(
         "config: detection every frame, window 200, hop 100, detector input 640 px)."
         + (f" Extra overrides on every row: `{' '.join(a.sets)}`." if a.sets else "")
         + (" GPU rows add: `" + " ".join(CUDA_OVERRIDES) + "`." if a.device == "cuda" else ""),
+        f"* Each measurement ran {a.repeat} time(s), in rounds over all rows (a change of "
+        "load hits every row alike); `frames/s` is the median, with the range of the "
+        "repeats; `x naive` and `of decode` compare medians.",
         f"* `frames` = analysis frames (25 fps) processed (decode: one pass; passes repeat "
         f"for at least {MIN_DECODE_S:g} s and `wall s` covers them all); `faces/frame` = "
         "tracked face rows per frame (face stage) or detections per frame (naive).",
