@@ -365,25 +365,61 @@ def pss_mib(pid: int) -> float:
     return 0.0
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a live process has used; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line (Ray actors show their title, e.g. ray::MapWorker(...))."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 class TreeMemory:
     """Samples the summed PSS of this process and all its descendants every `interval_s`
     seconds in a thread; `peak_mib` is the largest sum seen (a sampled peak: spikes shorter
-    than the interval can be missed)."""
+    than the interval can be missed). Also sums the CPU seconds the tree used while sampled
+    (`cpu_s`; a process that exits loses at most its last interval)."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
         self.peak_mib = 0.0
+        self._cpu0: dict[int, float] = {}
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
-            total = sum(pss_mib(p) for p in tree_pids(me))
+            pids = tree_pids(me)
+            for p in pids:
+                c = proc_cpu_s(p)
+                if c:
+                    self._cpu[p] = c
+            total = sum(pss_mib(p) for p in pids)
             self.peak_mib = max(self.peak_mib, total)
             self._stop.wait(self.interval_s)
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds used by the tree since `__enter__`."""
+        return sum(c - self._cpu0.get(p, 0.0) for p, c in self._cpu.items())
+
     def __enter__(self) -> TreeMemory:
+        self._cpu0 = {p: proc_cpu_s(p) for p in tree_pids(os.getpid())}
         self._thread.start()
         return self
 

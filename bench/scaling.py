@@ -31,6 +31,7 @@ from bench.common import (
     RESULTS,
     CommitWatcher,
     append_results,
+    cmdline,
     command_line,
     face_overrides,
     fmt_load,
@@ -54,14 +55,6 @@ CONFIGS = {
     "2w": ("1 node (2 CPUs), 2 workers", 2, 1),
     "2n": ("2-node local cluster (1 CPU each), 2 workers", 2, 2),
 }
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _ppid(pid: int) -> int:
@@ -88,7 +81,7 @@ class ActorCensus:
             p = _ppid(p)
             if p <= 1:
                 break
-            if "raylet" in _cmdline(p):
+            if "raylet" in cmdline(p):
                 return p
         return 0
 
@@ -98,7 +91,7 @@ class ActorCensus:
             for pid in tree_pids(me):
                 if pid in self.actors:
                     continue
-                cmd = _cmdline(pid)
+                cmd = cmdline(pid)  # an actor is renamed once it runs a stage: re-read
                 for stage in ("FaceStage", "ModelStage"):
                     if stage in cmd and "ray::" in cmd:
                         self.actors[pid] = (stage, self._raylet(pid))
@@ -331,6 +324,8 @@ def render(a: argparse.Namespace, results: dict[str, dict[str, Any]], total_s: f
             "`infer.face_actors` (an autoscaling pool, min 1).",
             "* `load1`: 1-minute load average at start/end of the timed region (machine shared "
             "with other engineers' test suites).",
+            "* Each actor runs torch with 1 CPU thread: Ray sets OMP_NUM_THREADS = "
+            "max(floor(num_cpus), 1) for actors of 0.5 CPU.",
             f"* Whole run: {total_s / 60:.1f} min.",
         ]
     )

@@ -98,11 +98,12 @@ CUDA_OVERRIDES = [
 
 
 def _timed(fn: Any) -> dict[str, Any]:
-    """Run fn() -> dict between two load readings and a clock; add wall_s and load."""
-    l0, t0 = load1(), time.perf_counter()
+    """Run fn() -> dict between two load readings, a clock and this process's CPU clock
+    (all threads); add wall_s, cpu_s and load."""
+    l0, t0, c0 = load1(), time.perf_counter(), time.process_time()
     out = fn()
-    wall = time.perf_counter() - t0
-    return {**out, "wall_s": wall, "load": [l0, load1()]}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {**out, "wall_s": wall, "cpu_s": cpu, "load": [l0, load1()]}
 
 
 def _cfg(task: dict[str, Any]) -> Any:
@@ -190,6 +191,7 @@ def work_ray(task: dict[str, Any]) -> dict[str, Any]:
         with TreeMemory() as mem:
             res = _job(task, "ray")
         res["peak_mib"] = mem.peak_mib
+        res["cpu_s"] = mem.cpu_s  # driver + every Ray process, not only this one
     finally:
         ray.shutdown()
     return res
@@ -393,6 +395,10 @@ def worker_main(spec: str) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     task = json.loads(spec)
+    if task.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(task["threads"]))
     if task["device"] == "cuda":
         import torch
 
@@ -443,7 +449,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=None,
         help="extra `local` row per group and mode with these comma-separated overrides "
-        "(cost knobs, e.g. faces.detector.every_k=3); repeatable",
+        "(cost knobs, e.g. faces.detector.every_k=3; `threads=N` sets torch's CPU threads, "
+        "as OMP_NUM_THREADS=N would); repeatable",
     )
     p.add_argument("--knobs-inputs", default="360p", help="input groups that get the --knobs rows")
     p.add_argument("--arch", default="ssvaerr_r18", help="model of the full job (untrained)")
@@ -474,7 +481,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=None,
         help="rounds over all measurements; the table shows the median and range "
-        "(default 3 on cpu, 2 with --quick, 1 on cuda)",
+        "(default 3 on cpu, 1 with --quick or on cuda)",
     )
     p.add_argument("--timeout", type=float, default=3600, help="per measurement, s")
     p.add_argument(
@@ -493,10 +500,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if a.fan_seconds is None and a.quick:
         a.fan_seconds = 1.0
     if a.knobs is None:
-        a.knobs = ["faces.detector.every_k=3"]
+        a.knobs = ["threads=1", "faces.detector.every_k=3", "faces.detector.every_k=3,threads=1"]
     a.knobs = [k for k in a.knobs if k.strip()]
     if a.repeat is None:
-        a.repeat = 1 if a.device == "cuda" else 2 if a.quick else 3
+        a.repeat = 1 if a.device == "cuda" or a.quick else 3
     return a
 
 
@@ -598,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append(((g, kind, "naive", ""), task("naive", kind, uris, nlim, end_s=nend)))
             if "local" in stages and g in _split(a.knobs_inputs):
                 for knobs in a.knobs:
-                    t = task("local", kind, uris, lim + _split(knobs), end_s=end)
+                    ov = [k for k in _split(knobs) if not k.startswith("threads=")]
+                    th = [int(k.split("=")[1]) for k in _split(knobs) if k.startswith("threads=")]
+                    t = task("local", kind, uris, lim + ov, end_s=end, threads=th[-1] if th else 0)
                     plan.append(((g, kind, "local", knobs), t))
     runs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {k: [] for k, _ in plan}
     for rnd in range(a.repeat):
@@ -650,6 +659,8 @@ def aggregate(
     row["fps_min"], row["fps_max"] = min(fps), max(fps)
     row["frames"] = ok[0]["frames"]
     row["wall_s"] = statistics.median(r["wall_s"] for r in ok)
+    cpu = [r.get("frames_timed", r["frames"]) / r["cpu_s"] for r in ok if r.get("cpu_s")]
+    row["cpu_fps"] = statistics.median(cpu) if cpu else None
     if all("faces" in r for r in ok):
         row["faces_per_frame"] = statistics.median(r["faces"] / max(r["frames"], 1) for r in ok)
     steady = [r["steady_fps"] for r in ok if r.get("steady_fps")]
@@ -659,6 +670,16 @@ def aggregate(
     row["load"] = [min(loads), max(loads)]
     row["threads"] = ok[0].get("threads")
     return row
+
+
+def threads_note(rows: list[dict[str, Any]]) -> str:
+    """Which torch CPU thread counts the rows ran with (processes and Ray actors)."""
+    procs = sorted({r["threads"] for r in rows if r.get("threads") and not r["knobs"]})
+    return (
+        f"{'/'.join(map(str, procs)) or '-'} in the measuring processes (unless a `threads` "
+        "knob); Ray actors get OMP_NUM_THREADS = max(floor(num_cpus), 1), i.e. 1 thread for "
+        "the shipped 0.5-CPU actors"
+    )
 
 
 def render(
@@ -692,6 +713,9 @@ def render(
         nav = find(r["group"], r["kind"], "naive")
         ok = "fps" in r
         x_naive = r["fps"] / nav["fps"] if ok and nav and r["stage"] != "decode" else None
+        x_cpu = None
+        if ok and nav and r["stage"] != "decode" and r.get("cpu_fps") and nav.get("cpu_fps"):
+            x_cpu = r["cpu_fps"] / nav["cpu_fps"]
         of_dec = r["fps"] / dec["fps"] if ok and dec and r["stage"] != "decode" else None
         lim = f" (first {r['end_s']:g} s)" if r.get("end_s") else ""
         table.append(
@@ -702,10 +726,11 @@ def render(
                 r["knobs"] or "defaults",
                 r.get("frames", "-"),
                 num(r.get("faces_per_frame"), 2),
-                num(r.get("wall_s")),
                 fps_cell(r),
                 num(x_naive, 2),
-                f"{100 * of_dec:.2f}%" if of_dec else "-",
+                f"{100 * of_dec:.1f}%" if of_dec else "-",
+                num(r.get("cpu_fps"), 2),
+                num(x_cpu, 2),
                 num(r.get("steady_fps"), 2),
                 num(r.get("peak_mib"), 0),
                 fmt_load(*r["load"]) if "load" in r else "-",
@@ -718,10 +743,11 @@ def render(
         "knobs",
         "frames",
         "faces/frame",
-        "wall s",
         "frames/s (range)",
         "x naive",
         "of decode",
+        "frames/CPU-s",
+        "x naive (CPU)",
         "steady fps",
         "peak MiB",
         "load1",
@@ -781,6 +807,10 @@ def render(
         "* Timed: decode and face exclude model loading; local, ray and naive are end to end "
         "(model loading, and for ray actor start-up, included); `steady fps` = frames/s "
         "between the first and last video committed (2+ videos only).",
+        "* `frames/CPU-s` = frames / CPU seconds (user + system, all threads; for `ray` "
+        "the driver and every Ray process) used in the timed region: less sensitive than "
+        "frames/s to the other engineers' load, since waiting for a core costs no CPU time "
+        "(spinning OpenMP threads still do); `x naive (CPU)` compares those.",
         "* `peak MiB`: VmHWM of the measuring process; for `ray` the sampled peak of the "
         "summed PSS of the driver and every Ray process (raylet, GCS, workers, object store). "
         f"Importing torch (a CUDA build), torchvision, face-alignment and the pipeline alone "
@@ -794,6 +824,7 @@ def render(
         "same network and cost per face as the real weights.",
         "* `load1`: 1-minute load average at the start/end of each timed region; the machine "
         "is shared with other engineers' test suites.",
+        f"* torch CPU threads: {threads_note(rows)}.",
         f"* Whole run: {total_s / 60:.1f} min.",
     ]
     return "\n".join(parts)
