@@ -387,14 +387,60 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+class ReapTree:
+    """Remember this process's descendants (a local Ray's raylet, GCS and workers) and, on
+    exit, SIGKILL any of them still alive a few seconds later: `ray.shutdown()` can leave
+    an actor busy in a batch orphaned (re-parented to init) and burning CPU. Only processes
+    this process started are touched (pid and start time must match)."""
+
+    def __init__(self, grace_s: float = 3.0) -> None:
+        self.grace_s = grace_s
+        self.known: dict[int, str] = {}
+
+    def snapshot(self) -> None:
+        """Record the current descendants (call while Ray is up)."""
+        me = os.getpid()
+        for p in tree_pids(me):
+            if p != me:
+                self.known.setdefault(p, _start_time(p))
+
+    def __enter__(self) -> ReapTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline:
+            alive = [p for p, st in self.known.items() if st and _start_time(p) == st]
+            if not alive:
+                return
+            time.sleep(0.2)
+        for p, st in self.known.items():
+            if st and _start_time(p) == st:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
 class TreeMemory:
     """Samples the summed PSS of this process and all its descendants every `interval_s`
     seconds in a thread; `peak_mib` is the largest sum seen (a sampled peak: spikes shorter
     than the interval can be missed). Also sums the CPU seconds the tree used while sampled
     (`cpu_s`; a process that exits loses at most its last interval)."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 0.5, reaper: ReapTree | None = None) -> None:
         self.interval_s = interval_s
+        self.reaper = reaper
         self.peak_mib = 0.0
         self._cpu0: dict[int, float] = {}
         self._cpu: dict[int, float] = {}
@@ -405,6 +451,8 @@ class TreeMemory:
         me = os.getpid()
         while not self._stop.is_set():
             pids = tree_pids(me)
+            if self.reaper is not None:
+                self.reaper.snapshot()
             for p in pids:
                 c = proc_cpu_s(p)
                 if c:

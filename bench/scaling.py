@@ -30,6 +30,7 @@ from bench.common import (
     DEFAULT_WORKDIR,
     RESULTS,
     CommitWatcher,
+    ReapTree,
     append_results,
     cmdline,
     command_line,
@@ -69,8 +70,9 @@ class ActorCensus:
     """Samples the process tree: which pids ran a FaceStage / ModelStage actor, and the raylet
     (one per node) each descends from."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float = 0.5, reaper: ReapTree | None = None) -> None:
         self.interval_s = interval_s
+        self.reaper = reaper
         self.actors: dict[int, tuple[str, int]] = {}  # pid -> (stage, raylet pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -88,6 +90,8 @@ class ActorCensus:
     def _loop(self) -> None:
         me = os.getpid()
         while not self._stop.is_set():
+            if self.reaper is not None:
+                self.reaper.snapshot()
             for pid in tree_pids(me):
                 if pid in self.actors:
                     continue
@@ -123,14 +127,19 @@ def worker_main(spec: str) -> None:
     """Start the Ray of one configuration, run the job, report."""
     import logging
 
+    logging.basicConfig(level=logging.WARNING)
+    task = json.loads(spec)
+    _, workers, nodes = CONFIGS[task["config"]]
+    with ReapTree() as reaper:
+        _run_config(task, workers, nodes, reaper)
+
+
+def _run_config(task: dict[str, Any], workers: int, nodes: int, reaper: ReapTree) -> None:
     import ray
 
     from pipeline.runner import run_inference
     from schemas.config import load_config
 
-    logging.basicConfig(level=logging.WARNING)
-    task = json.loads(spec)
-    _, workers, nodes = CONFIGS[task["config"]]
     tmp = Path(task["workdir"]) / "ray"
     tmp.mkdir(exist_ok=True)
     cluster = None
@@ -156,7 +165,7 @@ def worker_main(spec: str) -> None:
     )
     out = Path(tempfile.mkdtemp(prefix="bench_scaling_", dir=task["workdir"]))
     try:
-        with ActorCensus() as census, CommitWatcher(out) as watch:
+        with ActorCensus(reaper=reaper) as census, CommitWatcher(out) as watch:
             l0, t0 = load1(), time.perf_counter()
             summary = run_inference(
                 cfg, task["inputs"], str(out), task["checkpoint"], force=True, runner="ray"
@@ -181,6 +190,7 @@ def worker_main(spec: str) -> None:
         )
     finally:
         shutil.rmtree(out, ignore_errors=True)
+        reaper.snapshot()
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()

@@ -47,6 +47,7 @@ from bench.common import (
     RESULTS,
     RETINA,
     CommitWatcher,
+    ReapTree,
     TreeMemory,
     append_results,
     asset_videos,
@@ -180,20 +181,22 @@ def work_ray(task: dict[str, Any]) -> dict[str, Any]:
 
     tmp = Path(task["workdir"]) / "ray"
     tmp.mkdir(exist_ok=True)
-    ray.init(
-        num_cpus=task.get("ray_cpus") or os.cpu_count(),
-        num_gpus=1 if task["device"] == "cuda" else 0,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(tmp),
-    )
-    try:
-        with TreeMemory() as mem:
-            res = _job(task, "ray")
-        res["peak_mib"] = mem.peak_mib
-        res["cpu_s"] = mem.cpu_s  # driver + every Ray process, not only this one
-    finally:
-        ray.shutdown()
+    with ReapTree() as reaper:
+        ray.init(
+            num_cpus=task.get("ray_cpus") or os.cpu_count(),
+            num_gpus=1 if task["device"] == "cuda" else 0,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=str(tmp),
+        )
+        try:
+            with TreeMemory(reaper=reaper) as mem:
+                res = _job(task, "ray")
+            res["peak_mib"] = mem.peak_mib
+            res["cpu_s"] = mem.cpu_s  # driver + every Ray process, not only this one
+        finally:
+            reaper.snapshot()
+            ray.shutdown()
     return res
 
 
