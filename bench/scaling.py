@@ -123,6 +123,25 @@ class ActorCensus:
 # Worker
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports() -> dict[str, int]:
+    """Free ports for one node's agents: other engineers' test suites start Ray nodes on
+    this machine too, and two nodes on the default ports collide."""
+    return {
+        "dashboard_agent_listen_port": _free_port(),
+        "runtime_env_agent_port": _free_port(),
+        "metrics_agent_port": _free_port(),
+        "metrics_export_port": _free_port(),
+    }
+
+
 def worker_main(spec: str) -> None:
     """Start the Ray of one configuration, run the job, report."""
     import logging
@@ -153,10 +172,15 @@ def _run_config(task: dict[str, Any], workers: int, nodes: int, reaper: ReapTree
         per = max(1, task["cpus"] // nodes)
         cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": per, "include_dashboard": False, "_temp_dir": str(tmp)},
+            head_node_args={
+                "num_cpus": per,
+                "include_dashboard": False,
+                "temp_dir": str(tmp),
+                **_node_ports(),
+            },
         )
         for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=per)
+            cluster.add_node(num_cpus=per, **_node_ports())
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
     cfg = load_config(
@@ -284,7 +308,7 @@ def render(a: argparse.Namespace, results: dict[str, dict[str, Any]], total_s: f
     for name, r in results.items():
         desc, workers, nodes = CONFIGS[name]
         if "vpm" not in r:
-            rows.append([desc, workers, "-", "-", "-", "-", "-", "-", f"FAILED: {r['error']}"])
+            rows.append([desc, workers, f"FAILED: {r['error'][:80]}", *["-"] * 7])
             continue
         speed = r["vpm"] / base if base else None
         steady = r.get("steady_vpm")

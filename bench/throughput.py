@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -613,28 +614,35 @@ def main(argv: list[str] | None = None) -> int:
                     t = task("local", kind, uris, lim + ov, end_s=end, threads=th[-1] if th else 0)
                     plan.append(((g, kind, "local", knobs), t))
     runs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {k: [] for k, _ in plan}
-    for rnd in range(a.repeat):
-        for key, t in plan:
-            log(f"round {rnd + 1}/{a.repeat}: {' '.join(x for x in key if x and x != '-')} ...")
-            r = attempt(t)
-            if "frames" in r:
-                timed = r.get("frames_timed", r["frames"])
-                r["fps"] = timed / r["wall_s"] if r["wall_s"] > 0 else float("nan")
-                log(f"  {r['frames']} frames in {r['wall_s']:.1f} s = {r['fps']:.2f} frames/s")
-            runs[key].append(r)
-    rows = [aggregate(key, rs, t.get("end_s")) for (key, t), rs in zip(plan, runs.values())]
-
     long_rows: list[dict[str, Any]] = []
-    if a.long:
-        h, w = (int(x) for x in a.long_size.split("x"))
-        lck = untrained_checkpoint(a.workdir / f"{a.long_arch}_untrained.pt", a.long_arch)
-        for secs in (float(x) for x in _split(a.long)):
-            (uri,) = synth_videos(a.workdir, "long", 1, secs, (h, w), 1, 300)
-            t = task("long", "retina5", [uri], _split(a.long_knobs), checkpoint=lck)
-            log(f"memory: {secs:g} s {h}x{w} video ...")
-            r = attempt(t)
-            r.update(seconds=secs, size=f"{w}x{h}")
-            long_rows.append(r)
+    # SIGTERM / Ctrl-C stop the run but still print (and append) what was measured.
+    signal.signal(signal.SIGTERM, _interrupt)
+    a.interrupted = False
+    try:
+        for rnd in range(a.repeat):
+            for key, t in plan:
+                what = " ".join(x for x in key if x and x != "-")
+                log(f"round {rnd + 1}/{a.repeat}: {what} ...")
+                r = attempt(t)
+                if "frames" in r:
+                    timed = r.get("frames_timed", r["frames"])
+                    r["fps"] = timed / r["wall_s"] if r["wall_s"] > 0 else float("nan")
+                    log(f"  {r['frames']} frames in {r['wall_s']:.1f} s = {r['fps']:.2f} frames/s")
+                runs[key].append(r)
+        if a.long:
+            h, w = (int(x) for x in a.long_size.split("x"))
+            lck = untrained_checkpoint(a.workdir / f"{a.long_arch}_untrained.pt", a.long_arch)
+            for secs in (float(x) for x in _split(a.long)):
+                (uri,) = synth_videos(a.workdir, "long", 1, secs, (h, w), 1, 300)
+                t = task("long", "retina5", [uri], _split(a.long_knobs), checkpoint=lck)
+                log(f"memory: {secs:g} s {h}x{w} video ...")
+                r = attempt(t)
+                r.update(seconds=secs, size=f"{w}x{h}")
+                long_rows.append(r)
+    except KeyboardInterrupt:
+        a.interrupted = True
+        log("interrupted: printing what was measured")
+    rows = [aggregate(key, rs, t.get("end_s")) for (key, t), rs in zip(plan, runs.values())]
 
     text = render(a, groups, rows, long_rows, time.perf_counter() - t_all)
     print(text)
@@ -642,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
         append_results("throughput", cmd, text, a.results)
         log(f"appended to {a.results}")
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def aggregate(
@@ -702,7 +714,10 @@ def render(
 
     def fps_cell(r: dict[str, Any]) -> str:
         if "fps" not in r:
-            return f"FAILED: {r.get('error', '')[:60]}"
+            err = r.get("error", "")
+            return (
+                err if err in ("not run",) or err.startswith("skipped") else f"FAILED: {err[:60]}"
+            )
         cell = num(r["fps"], 2)
         if r["n"] > 1:
             cell += f" ({num(r['fps_min'], 1)}-{num(r['fps_max'], 1)})"
@@ -828,7 +843,8 @@ def render(
         "* `load1`: 1-minute load average at the start/end of each timed region; the machine "
         "is shared with other engineers' test suites.",
         f"* torch CPU threads: {threads_note(rows)}.",
-        f"* Whole run: {total_s / 60:.1f} min.",
+        f"* Whole run: {total_s / 60:.1f} min"
+        + (" (INTERRUPTED: rows marked 'not run' were not measured)." if a.interrupted else "."),
     ]
     return "\n".join(parts)
 
