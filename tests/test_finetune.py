@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import s3fs
 import torch
 
 from pipeline.model.checkpoint import load_model
@@ -27,16 +28,10 @@ from training.preprocess import run_preprocess
 from training.synth import make_corpus
 
 # The corpus: 24 people x 2 videos x 2 s; people (not videos) split 16 train / 8 validation.
-# Small frames and detection every 5th frame keep preprocessing to seconds.
-CORPUS = {
-    "n_identities": 24,
-    "videos_per_identity": 2,
-    "seconds": 2.0,
-    "seed": 11,
-    "split_fractions": (0.67, 0.33, 0.0),
-    "size": (120, 160),
-    "with_audio": False,
-}
+# Detection on every 10th frame (synthetic heads move slowly) keeps preprocessing to seconds.
+CORPUS = {"n_identities": 24, "videos_per_identity": 2, "seconds": 2.0, "seed": 11,
+          "split_fractions": (0.67, 0.33, 0.0), "size": (240, 320),
+          "with_audio": False}  # fmt: skip
 # Short clips, small batches, a higher learning rate than the recipe's: many steps in little
 # CPU time (the recipe's defaults are for GPUs and real corpora).
 TRAIN = [
@@ -60,7 +55,7 @@ def corpus_shards(tmp_path_factory):
         None,
         face_overrides()
         + [
-            "faces.detector.every_k=5",
+            "faces.detector.every_k=10",
             "data.threads=1",
             f"data.videos={root / 'corpus'}",
             f"data.labels={root / 'corpus' / 'labels.csv'}",
@@ -117,7 +112,7 @@ def kill_after_epoch(cfg, epoch: int, killed: list, timeout_s: float = 600) -> t
 
 @pytest.mark.slow
 def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
-    ray_local, corpus_shards, tmp_path
+    ray_local, s3_server, s3_bucket, corpus_shards, tmp_path
 ):
     epochs = 8
     runs = tmp_path / "runs"
@@ -132,11 +127,13 @@ def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
     assert summary["best"]["epoch"] == max(rec, key=lambda r: r["val/ccc_mean"])["epoch"]
 
     # The control: the same run on frame-shuffled training labels. It is also the
-    # fault-tolerance run: a worker is killed after epoch 1 and the run must resume.
+    # fault-tolerance run, with its checkpoints on S3: a worker is killed after epoch 1 and
+    # the run must resume from the last checkpoint there.
     ctl_shards = frame_shuffled_copy(corpus_shards, str(tmp_path / "shuffled"))
     ctl = load_config(None, TRAIN + RAY2 + [
-        f"data.shards={ctl_shards}", f"train.storage_path={runs}", "train.name=control",
-        f"train.epochs={epochs}", "train.max_failures=2",
+        f"data.shards={ctl_shards}", f"train.storage_path=s3://{s3_bucket}/runs",
+        "train.name=control", f"train.epochs={epochs}", "train.max_failures=2",
+        f"storage.endpoint_url={s3_server}",
     ])  # fmt: skip
     killed: list = []
     watcher = kill_after_epoch(ctl, 1, killed)
@@ -149,20 +146,22 @@ def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
     first_after = next(r for r in crec if r["restarts"] >= 1)
     assert first_after["epoch"] <= killed[0]["epoch"] + 1  # resumed, not restarted from 0
     assert ctl_summary["error"] is None
+    assert ctl_summary["product"] == f"s3://{s3_bucket}/runs/control/best.pt"
+    s3 = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    assert any("checkpoint_epoch_" in p for p in s3.ls(f"{s3_bucket}/runs/control"))
 
     # Validation CCC on the 8 held-out people, averaged over the last 3 epochs (the best
     # epoch of a control would select its luckiest noise). 16 short validation videos make
     # chance-level CCC wander by about +-0.15. Arousal's cues (eyes, brows, jaw) are learnt
-    # within these ~130 CPU steps; valence's (mouth corners, a few pixels at this size) take
-    # a few hundred more (`vaerr demo`), so only arousal carries a margin here.
+    # first; valence's (mouth corners: a few pixels) later, so its own margin is smaller.
     def last3(records, key):
         return float(np.mean([r[key] for r in records[-3:]]))
 
     got = {k: (last3(rec, f"val/ccc_{k}"), last3(crec, f"val/ccc_{k}"))
            for k in ("arousal", "valence", "mean")}  # fmt: skip
     print("val CCC, last 3 epochs (trained, shuffled labels):", got)
-    assert got["arousal"][0] > 0.35 and got["arousal"][0] > got["arousal"][1] + 0.25
-    assert got["mean"][0] > got["mean"][1]
+    assert got["arousal"][0] > 0.4 and got["arousal"][0] > got["arousal"][1] + 0.25
+    assert got["mean"][0] > got["mean"][1] + 0.2
     best = summary["best"]
 
     # best.pt: a trained SS-VAERR checkpoint the batch job loads
@@ -226,3 +225,37 @@ def test_augmentations_keep_shapes_and_are_seeded():
     assert torch.equal(augment_clips(x, AugmentConfig(hflip_p=0)), x)  # the others are off
     v = make_view(x, load_config().pretrain.dino.local_view, torch.Generator().manual_seed(1))
     assert v.shape == (3, 10, 48, 48) and v.dtype == torch.uint8
+
+
+def test_paper_configs_cover_every_table_row():
+    """Every row of the paper's tables, for SEWA and RECOLA, is a valid shipped config."""
+    from pipeline.model.registry import FINETUNE_MODES
+    from tests.conftest import REPO
+
+    paper = REPO / "jobs" / "configs" / "paper"
+    cfgs = {p.stem: load_config(p) for p in sorted(paper.glob("*.yaml"))}
+    loss_rows = sorted(k for k in cfgs if k[:2].isdigit())
+    assert len(loss_rows) == 8
+    pre = {m: cfgs[f"pretrain_{m}_lrs3"] for m in ("lira", "byol", "dino")}
+    assert {m: c.pretrain.method for m, c in pre.items()} == {m: m for m in pre}
+    names = set()
+    for d, split in (("sewa", "test"), ("recola", "validation")):
+        assert cfgs[f"{d}_preprocess"].data.dataset == d
+        rows = {k: c for k, c in cfgs.items() if k.startswith(f"{d}_") and "preprocess" not in k}
+        for m in ("scratch", "lira", "byol", "dino"):  # pretext comparison
+            enc = rows[f"{d}_pretext_{m}"].model.encoder_checkpoint
+            assert enc == (None if m == "scratch" else pre[m].pretrain.output)
+        for mode in FINETUNE_MODES:  # frozen vs fine-tuned
+            assert rows[f"{d}_lira_{mode}"].model.finetune == mode
+        for row in loss_rows:  # each loss combination, equal to the loss-only row files
+            assert rows[f"{d}_loss_{row}"].loss == cfgs[row].loss
+        head = rows[f"{d}_headline"]
+        assert head.augment.crop_p > 0 and head.loss == cfgs["04_ccc_ce_mse"].loss
+        for c in rows.values():
+            assert c.evaluate.splits == (split,) and c.data.shards == f"shards/{d}"
+            assert c.model.arch == "ssvaerr_r18" and c.train.batch_size == 5
+            names.add(c.train.name)
+        assert len(rows) == 4 + 3 + 8 + 1
+    assert len(names) == 32  # every row its own run
+    demo = load_config(REPO / "jobs" / "configs" / "synthetic.yaml")
+    assert demo.model.arch == "ssvaerr_tiny" and demo.train.num_workers == 2

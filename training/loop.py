@@ -249,6 +249,7 @@ class LiraTask(_PretextTask):
         was = model.training
         model.eval()
         device = next(model.parameters()).device
+        clip = self.cfg.train.clip_frames_at(self.cfg.video.fps)
         total, n = 0.0, 0
         with torch.inference_mode():
             for s in seqs:
@@ -263,10 +264,13 @@ class LiraTask(_PretextTask):
                 )
                 if "audio_feat" not in fr:
                     continue
-                pred = model(torch.from_numpy(fr["crops"])[None].to(device))
-                err = (pred[0].float().cpu() - torch.from_numpy(fr["audio_feat"])).abs().mean()
-                total += float(err) * len(fr["crops"])
-                n += len(fr["crops"])
+                # consecutive training-length clips: what the model was trained to see
+                for a in range(0, len(fr["crops"]), clip):
+                    x = torch.from_numpy(fr["crops"][a : a + clip])[None].to(device)
+                    y = torch.from_numpy(fr["audio_feat"][a : a + clip])
+                    err = (model(x)[0].float().cpu() - y).abs().mean()
+                    total += float(err) * len(y)
+                    n += len(y)
         model.train(was)
         return {"val/l1": total / n} if n else {}
 
