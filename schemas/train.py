@@ -239,11 +239,6 @@ class TrainConfig(Section):
         "results do not depend on it).",
     )
 
-    @property
-    def clip_frames(self) -> int:
-        """Clip length in frames at 25 fps; use `clip_frames_at(fps)` for other rates."""
-        return self.clip_frames_at(25.0)
-
     def clip_frames_at(self, fps: float) -> int:
         """Clip length in frames at `fps`."""
         return max(1, int(round(self.clip_seconds * fps)))

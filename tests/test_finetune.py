@@ -38,7 +38,7 @@ TRAIN = [
     "model.arch=ssvaerr_tiny",
     "train.threads=1",
     "train.clip_seconds=1",
-    "train.clips_per_file=4",
+    "train.clips_per_file=3",
     "train.batch_size=4",
     "train.lr=3e-3",
 ]
