@@ -293,3 +293,30 @@ def test_label_track_validation_and_splits():
     splits = [split_by_subject(n, (0.6, 0.2, 0.2)) for n in names]
     assert splits == [split_by_subject(n, (0.6, 0.2, 0.2)) for n in names]
     assert 0.5 < splits.count("train") / 400 < 0.7
+
+
+def test_keep_unlabelled_adds_unannotated_videos(tmp_path):
+    (tmp_path / "labels.csv").write_text("video,time_s,arousal,valence\na.mp4,0,0.1,0.2\n")
+    touch_video(tmp_path / "v" / "a.mp4")
+    touch_video(tmp_path / "v" / "Test_Set" / "extra.mp4")
+    cfg = DataConfig(videos=str(tmp_path / "v"), labels=str(tmp_path / "labels.csv"))
+    assert [i.key for i in read_dataset(cfg)] == ["a.mp4"]
+    items = read_dataset(cfg.model_copy(update={"keep_unlabelled": True}))
+    extra = next(i for i in items if i.key == "Test_Set/extra.mp4")
+    assert (extra.split, extra.subject, extra.labels) == ("test", "extra", [])
+
+
+def test_afewva_frames_become_a_video(tmp_path):
+    import cv2
+
+    from pipeline.video import VideoReader
+    from training.datasets.afewva import frames_to_video
+
+    (tmp_path / "001").mkdir()
+    for i in range(5):
+        img = np.full((48, 64, 3), 40 * i, np.uint8)
+        cv2.imwrite(str(tmp_path / "001" / f"{i:05d}.png"), img)
+    out = frames_to_video(tmp_path / "001", tmp_path / "001.mp4", fps=25.0)
+    with VideoReader(out) as r:
+        frames = np.concatenate([c.frames for c in r.chunks(25.0)])
+    assert len(frames) == 5 and abs(int(frames[3].mean()) - 120) <= 2

@@ -695,10 +695,7 @@ def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], dict[str,
             f"no {what}sequences of splits {list(t.train_splits)} in {root} "
             "(run `vaerr preprocess` first?)"
         )
-    extras: dict[str, Any] = {
-        "val_sequences": val_seqs,
-        "steps_per_epoch": math.ceil(len(specs) / max(1, t.num_workers) / t.batch_size),
-    }
+    extras: dict[str, Any] = {"val_sequences": val_seqs}
     if task_cls.needs_audio:
         s = next(s for s in train_seqs if s["has_audio"])
         fr = read_frames(s["shard_uri"], s["track_id"], s["first_frame"], 1, cfg.storage, True)
@@ -744,6 +741,9 @@ def run_training(
     started = datetime.now(UTC).isoformat()
     t0 = time.perf_counter()
     specs, extras = prepare_run(cfg, task)
+    workers = t.num_workers if runner == "ray" else 1
+    steps = math.ceil(len(specs) / workers / t.batch_size)
+    extras["steps_per_epoch"] = min(steps, t.max_steps_per_epoch or steps)
     write_text(join(rdir, "config.yaml"), config_yaml(cfg), cfg.storage)
     fps = float(cfg.video.fps)
     loader_kwargs = {

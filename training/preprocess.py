@@ -16,6 +16,10 @@ actors or in-process):
 
 Resumable: a video whose status row matches (source version, config hash) is skipped;
 `force` redoes everything. Outputs go to any fsspec URI (S3 included).
+
+Memory: a video's kept crops are held until its shard is written (9 KiB per frame: about
+70 MB for a 5-minute 25 fps recording such as RECOLA's), which bounds the video length
+this suits to tens of minutes.
 """
 
 from __future__ import annotations
