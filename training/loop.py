@@ -574,16 +574,20 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session
             task.after_step(wrapped, progress)
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
-        train = session.all_mean({f"train/{k}": v / max(steps, 1) for k, v in sums.items()})
+        train = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+        # the loss averaged over ranks (the same key on every rank: a collective)
+        train.update(session.all_mean({"train/loss": sums.get("loss", 0.0) / max(steps, 1)}))
         metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **train}
         if session.rank == 0:
             metrics.update(task.validate(wrapped))
             score = task.score(metrics)
-            improved = (
-                best is None
-                or score is None
-                or (best.get("score") is not None and score > best["score"])
-            )
+            # without validation (score None throughout) the last epoch is the product;
+            # with it, only a better score replaces the best (a NaN epoch never does)
+            prev = None if best is None else best.get("score")
+            if score is None:
+                improved = best is None or prev is None
+            else:
+                improved = prev is None or score > prev
             if improved:
                 best = {
                     "epoch": epoch,
