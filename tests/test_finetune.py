@@ -152,7 +152,7 @@ def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
 
     # Validation CCC on the 8 held-out people, averaged over the last 3 epochs (the best
     # epoch of a control would select its luckiest noise). Arousal's cues (eyes, brows, jaw)
-    # are learnt within these ~130 CPU steps: 0.5-0.9 over repeated runs, against about 0
+    # are learnt within these ~100 CPU steps: 0.45-0.9 over repeated runs, against about 0
     # for the control. Valence's (mouth corners, a few pixels) come later: at this budget
     # the network's per-person offsets still dominate it, and a CCC over 8 people swings by
     # +-0.4 from run to run, so it is printed, not asserted (the demo trains longer).
@@ -162,7 +162,7 @@ def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
     got = {k: (last3(rec, f"val/ccc_{k}"), last3(crec, f"val/ccc_{k}"))
            for k in ("arousal", "valence", "mean")}  # fmt: skip
     print("val CCC, last 3 epochs (trained, shuffled labels):", got)
-    assert got["arousal"][0] > 0.4 and got["arousal"][0] > got["arousal"][1] + 0.25
+    assert got["arousal"][0] > 0.3 and got["arousal"][0] > got["arousal"][1] + 0.25
     assert abs(got["arousal"][1]) < 0.3  # the control learnt nothing that transfers
     best = summary["best"]
 
