@@ -4,6 +4,7 @@ checkpoint, same-name reruns resuming, fine-tune modes and augmentations."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import pytest
 import s3fs
 import torch
 
+from jobs.cli import main
 from pipeline.model.checkpoint import load_model
 from schemas.config import load_config
 from schemas.train import AugmentConfig
@@ -182,13 +184,14 @@ def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
     assert rec2[:-1] == rec and rec2[-1]["restarts"] == 1 and again["last"]["epoch"] == epochs
 
 
-def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, tmp_path):
+def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, tmp_path, capsys):
     base = TRAIN + [
         f"data.shards={corpus_shards}", f"train.storage_path={tmp_path}",
         "train.max_steps_per_epoch=2", "train.val_splits=[]",
     ]  # fmt: skip
-    cfg = load_config(None, base + ["train.name=local", "train.epochs=1"])
-    first = run_training(cfg, "finetune", runner="local")
+    sets = [x for item in base + ["train.epochs=1"] for x in ("--set", item)]
+    assert main(["finetune", "--local", "--name", "local", *sets]) == 0  # the CLI path
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["best"]["epoch"] == 0 and first["best"]["restarts"] == 0
     cfg2 = load_config(None, base + ["train.name=local", "train.epochs=2"])
     run_training(cfg2, "finetune", runner="local")
