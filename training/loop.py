@@ -76,12 +76,15 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def _batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """Numpy batch -> tensors on `device`, except `crops` (uint8 [B, T, S, S]), which stay on
+    the CPU: the per-clip augmentations run there, then the tasks move them."""
     out = {}
     for k, v in batch.items():
         arr = np.asarray(v)
         if arr.dtype == object:
             continue
-        out[k] = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        out[k] = t if k == "crops" else t.to(device)
     return out
 
 
@@ -154,8 +157,9 @@ class FinetuneTask(Task):
     def loss(
         self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
-        x = augment_clips(batch["crops"].cpu(), self.cfg.augment, gen, batch["length"].cpu())
-        out = module(x.to(batch["crops"].device), batch["length"])
+        dev = batch["length"].device
+        x = augment_clips(batch["crops"], self.cfg.augment, gen, batch["length"].cpu())
+        out = module(x.to(dev, non_blocking=True), batch["length"])
         targets = {"arousal": batch["arousal"], "valence": batch["valence"]}
         valid = torch.isfinite(batch["arousal"]) & torch.isfinite(batch["valence"])
         if out.mask is not None:
@@ -233,9 +237,10 @@ class LiraTask(_PretextTask):
         self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         x, lengths, target = batch["crops"], batch["length"], batch["audio_feat"]
+        dev = lengths.device
         if self.cfg.pretrain.lira.control == "shift":
-            target = shift_targets(target.cpu(), lengths.cpu(), gen).to(target.device)
-        x = augment_clips(x.cpu(), self.cfg.augment, gen, lengths.cpu()).to(x.device)
+            target = shift_targets(target.cpu(), lengths.cpu(), gen).to(dev)
+        x = augment_clips(x, self.cfg.augment, gen, lengths.cpu()).to(dev, non_blocking=True)
         pred = module(x, lengths)
         mask = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]
         loss = lira_loss(pred, target, mask)
@@ -291,9 +296,9 @@ class ByolTask(_PretextTask):
         self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         c = self.cfg.pretrain.byol
-        x = batch["crops"].cpu()
-        v1 = make_view(x, c.view1, gen).to(batch["crops"].device)
-        v2 = make_view(x, c.view2, gen).to(batch["crops"].device)
+        x, dev = batch["crops"], batch["length"].device
+        v1 = make_view(x, c.view1, gen).to(dev)
+        v2 = make_view(x, c.view2, gen).to(dev)
         loss = module(v1, v2, batch["length"])
         return loss, {"byol": float(loss.detach())}
 
@@ -322,8 +327,7 @@ class DinoTask(_PretextTask):
         self, module: nn.Module, batch: dict[str, Tensor], gen: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         c = self.cfg.pretrain.dino
-        x = batch["crops"].cpu()
-        dev = batch["crops"].device
+        x, dev = batch["crops"], batch["length"].device
         globals_ = [make_view(x, c.global_view, gen).to(dev) for _ in range(2)]
         locals_ = [make_view(x, c.local_view, gen).to(dev) for _ in range(c.local_crops)]
         loss = module(globals_, locals_, batch["length"])
