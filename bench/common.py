@@ -8,6 +8,7 @@ so a figure measured at load 6 on 2 cores is not comparable with one measured at
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -127,6 +128,37 @@ def git_rev() -> str:
         return rev + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
+
+
+def bench_parser(module: str, doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The argument parser every benchmark starts from: its module name as `prog`, the first
+    paragraph of its docstring as description, and `--quick`."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    return p
+
+
+def add_common_args(p: argparse.ArgumentParser, worker: bool = True) -> None:
+    """The options every benchmark ends with: overrides, the input cache, where the results
+    go (and the hidden `--worker` of benchmarks that measure in subprocesses)."""
+    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE override")
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of inputs")
+    p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to append to")
+    p.add_argument("--no-append", action="store_true", help="print only")
+    if worker:
+        p.add_argument("--worker", help=argparse.SUPPRESS)
+
+
+def begin(module: str, argv: Sequence[str], workdir: Path) -> str:
+    """Start a benchmark run: exit clearly without the assets, make the input cache; returns
+    the command line to record with the results."""
+    require_assets()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return command_line(module, argv)
 
 
 def command_line(module: str, argv: Sequence[str]) -> str:

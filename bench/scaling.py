@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    DEFAULT_WORKDIR,
-    RESULTS,
     CommitWatcher,
     ReapTree,
+    add_common_args,
     append_results,
+    begin,
+    bench_parser,
     cmdline,
-    command_line,
     face_overrides,
     fmt_load,
     load1,
@@ -41,7 +41,6 @@ from bench.common import (
     markdown_table,
     num,
     report,
-    require_assets,
     run_worker,
     synth_videos,
     tree_pids,
@@ -225,12 +224,7 @@ def _run_config(task: dict[str, Any], workers: int, nodes: int, reaper: ReapTree
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog=f"python -m {MODULE}",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="short settings for a 2-core CPU")
+    p = bench_parser(MODULE, __doc__ or "", "short settings for a 2-core CPU")
     p.add_argument("--videos", type=int, default=None, help="synthetic videos in the job")
     p.add_argument("--seconds", type=float, default=None, help="length of each video, s")
     p.add_argument("--size", default="360x640", help="HxW of the synthetic videos")
@@ -238,12 +232,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--arch", default="ssvaerr_r18", help="model (untrained checkpoint)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"from {','.join(CONFIGS)}")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs Ray may use")
-    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE override")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of inputs")
     p.add_argument("--timeout", type=float, default=3600, help="per configuration, s")
-    p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to append to")
-    p.add_argument("--no-append", action="store_true", help="print only")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_common_args(p)
     a = p.parse_args(argv)
     if a.videos is None:
         a.videos = 6 if a.quick else 12
@@ -258,9 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker:
         worker_main(a.worker)
         return 0
-    require_assets()
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    cmd = command_line(MODULE, argv)
+    cmd = begin(MODULE, argv, a.workdir)
     h, w = (int(x) for x in a.size.split("x"))
     uris = synth_videos(a.workdir, "scale", a.videos, a.seconds, (h, w), 1, 500)
     ckpt = untrained_checkpoint(a.workdir / f"{a.arch}_untrained.pt", a.arch)

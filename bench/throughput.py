@@ -43,16 +43,16 @@ from typing import Any
 
 from bench.common import (
     ASSETS,
-    DEFAULT_WORKDIR,
     MEAN_FACE,
-    RESULTS,
     RETINA,
     CommitWatcher,
     ReapTree,
     TreeMemory,
+    add_common_args,
     append_results,
     asset_videos,
-    command_line,
+    begin,
+    bench_parser,
     face_overrides,
     fmt_load,
     load1,
@@ -62,7 +62,6 @@ from bench.common import (
     peak_rss_mib,
     random_fan,
     report,
-    require_assets,
     run_worker,
     synth_videos,
     torch_home_with_fan,
@@ -420,12 +419,7 @@ def worker_main(spec: str) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog=f"python -m {MODULE}",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="short settings for a 2-core CPU")
+    p = bench_parser(MODULE, __doc__ or "", "short settings for a 2-core CPU")
     p.add_argument("--seconds", type=float, default=None, help="synthetic video length, s")
     p.add_argument("--videos", type=int, default=1, help="synthetic videos per resolution")
     p.add_argument(
@@ -478,8 +472,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma-separated overrides of the memory-table runs (default: detect every 5th "
         "frame, to keep a 5 min video short on a CPU; memory is bounded the same way)",
     )
-    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE override")
-    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of inputs")
     p.add_argument(
         "--repeat",
         type=int,
@@ -495,9 +487,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="wall budget of the whole run, s: measurements that would start after it are "
         "skipped and the table is printed with what was measured",
     )
-    p.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to append to")
-    p.add_argument("--no-append", action="store_true", help="print only")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    add_common_args(p)
     a = p.parse_args(argv)
     if a.seconds is None:
         a.seconds = 4.0 if a.quick else 12.0
@@ -541,14 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker:
         worker_main(a.worker)
         return 0
-    require_assets()
     if a.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible to torch (nvidia-smi?)")
-    a.workdir.mkdir(parents=True, exist_ok=True)
-    cmd = command_line(MODULE, argv)
+    cmd = begin(MODULE, argv, a.workdir)
     log(f"inputs and weights in {a.workdir}")
     groups = prepare_inputs(a)
     fan = random_fan(a.workdir / "fan4_random.pth")
