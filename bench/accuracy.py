@@ -21,7 +21,7 @@ and stated in the output; knobs to scale up on a GPU: `--identities`, `--seconds
 --set model.device=cuda` (and `--set train.clip_seconds=4 --set train.batch_size=5
 --set train.lr=3e-4` for the paper's recipe).
 
-    .venv/bin/python -m bench.accuracy --quick        # about 20 min on 2 CPU cores
+    .venv/bin/python -m bench.accuracy --quick        # about 10 min on 2 CPU cores
     .venv/bin/python -m bench.accuracy                # under 60 min on 2 CPU cores
 """
 
@@ -346,7 +346,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--identities", type=int, default=None, help="people in the corpus")
     p.add_argument("--videos-per-identity", type=int, default=2)
     p.add_argument("--seconds", type=float, default=None, help="length of each video, s")
-    p.add_argument("--size", default="120x160", help="HxW of the corpus videos")
+    p.add_argument("--size", default="240x320", help="HxW of the corpus videos")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="LiRA epochs")
     p.add_argument("--loss-epochs", type=int, default=None, help="epochs per loss config")
@@ -358,11 +358,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_common_args(p, worker=False)
     a = p.parse_args(argv)
     q = a.quick
-    a.identities = a.identities or (20 if q else 30)
+    a.identities = a.identities or (40 if q else 100)
     a.seconds = a.seconds or (4.0 if q else 6.0)
-    a.epochs = a.epochs or (6 if q else 10)
-    a.pretrain_epochs = a.pretrain_epochs or (6 if q else 10)
-    a.loss_epochs = a.loss_epochs or (3 if q else 5)
+    a.epochs = a.epochs or (10 if q else 30)
+    a.pretrain_epochs = a.pretrain_epochs or (5 if q else 10)
+    a.loss_epochs = a.loss_epochs or (3 if q else 8)
     return a
 
 
