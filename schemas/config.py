@@ -80,7 +80,9 @@ class DetectorConfig(Section):
     every_k: int = Field(
         1, ge=1, le=25, description="Detect every k-th frame; the tracker fills in between."
     )
-    batch_size: int = Field(16, ge=1, description="Frames per detector forward pass.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Frames per detector forward pass; None: 8 on a CPU, 32 on a GPU."
+    )
 
 
 class LandmarkConfig(Section):
@@ -90,7 +92,9 @@ class LandmarkConfig(Section):
         "fan68", description="fan68 (FAN 2D, the paper) or retina5 (detector's 5 points; fast)."
     )
     fan_weights: str = Field(FAN_URL, description="FAN 2D weights: path, fsspec URI or URL.")
-    batch_size: int = Field(32, ge=1, description="Face crops per FAN forward pass.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Face crops per FAN forward pass; None: 4 on a CPU, 32 on a GPU."
+    )
 
 
 class TrackConfig(Section):

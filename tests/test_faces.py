@@ -270,3 +270,17 @@ def test_prepared_detector_matches_the_plain_network():
         np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
         np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.05)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_batch_sizes_follow_the_device_unless_configured():
+    """None means the device's default: small batches on a CPU (cache-resident), large on a
+    GPU; a configured size always wins."""
+    from pipeline.device import batch_for
+    from pipeline.faces.landmarks import Fan68
+
+    assert batch_for("cpu", None, cpu=8, gpu=32) == 8
+    assert batch_for("cuda:0", None, cpu=8, gpu=32) == 32
+    assert batch_for("cuda", 5, cpu=8, gpu=32) == 5
+    cfg = load_config(None, face_overrides())
+    fan = Fan68(cfg.faces.landmarks, net=torch.nn.Identity())
+    assert fan.batch_size == 4

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
+from pipeline.device import batch_for
 from pipeline.weights import resolve_file
 from schemas.config import DetectorConfig
 
@@ -136,6 +137,7 @@ class RetinaFaceDetector:
         self.device = device
         self.dtype = dtype
         self.net = net if net is not None else load_retinaface(cfg.weights, device, cache)
+        self.batch_size = batch_for(device, cfg.batch_size, cpu=8, gpu=32)
 
     def _prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, float]:
         n, h, w = frames.shape[:3]
@@ -152,8 +154,8 @@ class RetinaFaceDetector:
         if len(frames) == 0:
             return []
         out: list[Detections] = []
-        for s in range(0, len(frames), self.cfg.batch_size):
-            out.extend(self._detect(frames[s : s + self.cfg.batch_size]))
+        for s in range(0, len(frames), self.batch_size):
+            out.extend(self._detect(frames[s : s + self.batch_size]))
         return out
 
     def _detect(self, frames: np.ndarray) -> list[Detections]:

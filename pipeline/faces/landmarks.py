@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.device import batch_for
 from pipeline.faces.detect import autocast, load_weights
 from schemas.config import LandmarkConfig
 
@@ -89,6 +90,7 @@ class Fan68:
         self.device = device
         self.dtype = dtype
         self.net = net if net is not None else load_fan(cfg.fan_weights, device, cache)
+        self.batch_size = batch_for(device, cfg.batch_size, cpu=4, gpu=32)
 
     @torch.inference_mode()
     def batch(
@@ -110,11 +112,14 @@ class Fan68:
         out = [np.zeros((len(b), 68, 2), np.float32) for b in boxes]
         if not crops:
             return out
-        x = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2)).float().div_(255.0)
+        # contiguous NCHW: a transposed view of the stacked HWC crops would reach the
+        # network as channels-last, which runs FAN's hourglasses about 2x slower on a CPU
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2)))
+        x = x.float().div_(255.0)
         heat = []
-        for s in range(0, len(x), self.cfg.batch_size):
+        for s in range(0, len(x), self.batch_size):
             with autocast(self.device, self.dtype):
-                y = self.net(x[s : s + self.cfg.batch_size].to(self.device))
+                y = self.net(x[s : s + self.batch_size].to(self.device))
             y = y[-1] if isinstance(y, (list, tuple)) else y
             heat.append(y.float().cpu().numpy())
         pts = heatmap_points(np.concatenate(heat))
