@@ -542,14 +542,16 @@ class CommitWatcher:
         self._scan()
 
     def steady_fps(self) -> float | None:
-        """Frames/s between the first and the last commit (None with under 2 videos)."""
+        """Frames/s between the first and the last commit (None with under 2 videos, or when
+        they landed within a second of each other: Ray commits videos in bursts, and frames
+        over a few milliseconds would be a meaningless rate)."""
         if len(self.seen) < 2:
             return None
         import pyarrow.parquet as pq
 
         order = sorted(self.seen.items(), key=lambda kv: kv[1])
         span = order[-1][1] - order[0][1]
-        if span <= 0:
+        if span < 1.0:
             return None
         frames = sum(int(pq.read_table(self.dir / n)["frames"][0].as_py()) for n, _ in order[1:])
         return frames / span
