@@ -157,7 +157,7 @@ def test_two_workers_beat_shuffled_labels_and_survive_a_killed_worker(
     # frame-shuffled labels they cannot. Validation CCC on the 8 held-out people is printed
     # only: at this budget it ranged from 0.1 to 0.9 for arousal over repeated runs (a CCC
     # over 8 people is dominated by per-person offsets). Generalisation to unseen people is
-    # measured where the budget allows it: bench/accuracy.py (40 held-out people).
+    # measured where the budget allows it: bench/accuracy.py (20 held-out people).
     def last3(records, key):
         return float(np.mean([r[key] for r in records[-3:]]))
 
