@@ -284,3 +284,22 @@ def test_batch_sizes_follow_the_device_unless_configured():
     cfg = load_config(None, face_overrides())
     fan = Fan68(cfg.faces.landmarks, net=torch.nn.Identity())
     assert fan.batch_size == 4
+
+
+def test_fan_gets_contiguous_nchw_input():
+    """FAN must see plain NCHW memory: a channels-last view (what transposing stacked HWC
+    crops gives) runs its hourglasses about 2x slower on a CPU."""
+    from pipeline.faces.landmarks import Fan68
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((x.shape, x.is_contiguous()))
+            return torch.zeros(x.shape[0], 68, 64, 64)
+
+    cfg = load_config(None, face_overrides())
+    fan = Fan68(cfg.faces.landmarks, net=Probe())
+    frame = np.zeros((120, 160, 3), np.uint8)
+    fan.batch([frame], [np.array([[40, 30, 100, 100]], np.float32)], [np.zeros((1, 5, 2))])
+    assert seen == [(torch.Size([1, 3, 256, 256]), True)]
