@@ -7,6 +7,9 @@ import argparse
 from jobs.common import add_config_args, config_from_args, print_json_line
 from pipeline.runner import run_inference
 
+# Exit code when the run ended with environment failures still pending (a rerun retries them).
+PENDING_EXIT = 3
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `infer` subcommand."""
@@ -18,8 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "with a `uri` column), run the face stage and the SS-VAERR model on Ray Data, and "
             "write OUT/timelines/ (one row per track and output step), OUT/videos/ (one "
             "status row per input) and OUT/run.json. Videos already done with the same "
-            "source version, checkpoint and config are skipped. Prints a JSON summary as the "
-            "last line; exit 0 when the run completed (failed videos included)."
+            "source version, checkpoint and config are skipped. A failure of the environment "
+            "(storage unreachable, out of memory, a dead worker) stays pending: a rerun retries "
+            "it, up to infer.max_attempts runs; a failure of the video itself is final. Prints "
+            "a JSON summary as the last line (with `pending` and a `note` when some are). Exit "
+            "0 when every input is accounted for (failed videos included), 3 when environment "
+            "failures are still pending (rerun to retry them), other non-zero when the run "
+            "could not complete."
         ),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="Videos, folders, globs, URIs.")
@@ -53,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
     )
     print_json_line(summary)
-    return 0
+    return PENDING_EXIT if summary.get("pending") else 0
 
 
 if __name__ == "__main__":  # `python -m jobs.infer ...`: what `vaerr submit infer` runs

@@ -7,6 +7,7 @@ once with their own reason. After the budget, the last error is raised as Storag
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -15,34 +16,76 @@ from typing import TypeVar
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Network-level faults of the storage clients (botocore, aiohttp, fsspec), by class name so this
+# module imports none of them. Matched against every class in the exception's MRO.
 _TRANSIENT_NAMES = {
     "EndpointConnectionError",
     "ConnectionClosedError",
     "ConnectTimeoutError",
     "ReadTimeoutError",
+    "ResponseStreamingError",
+    "ProxyConnectionError",
     "ClientConnectorError",
     "ClientOSError",
     "ServerDisconnectedError",
     "ClientPayloadError",
     "ServerTimeoutError",
+    "FSTimeoutError",
+    "IncompleteRead",
 }
-_TRANSIENT_TEXT = (
-    "connection refused",
-    "connection reset",
-    "could not connect",
-    "temporarily unavailable",
-    "timed out",
-    "broken pipe",
-    "server disconnected",
-)
+# errno values of a network that is down or a peer that went away (never ENOENT, EACCES, ...).
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.ENETRESET,
+}
+# S3-compatible service error codes (botocore ClientError.response["Error"]["Code"]) and HTTP
+# statuses that mean "try again later".
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+_TRANSIENT_HTTP = {500, 502, 503, 504}
 
 
 class StorageUnavailable(OSError):
     """Storage stayed unreachable for the whole retry budget."""
 
 
+def _service_code(e: BaseException) -> tuple[str | None, int | None]:
+    """(error code, HTTP status) of a botocore-style ClientError, else (None, None)."""
+    resp = getattr(e, "response", None)
+    if not isinstance(resp, dict):
+        return None, None
+    code = (resp.get("Error") or {}).get("Code")
+    status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return (str(code) if code is not None else None), (
+        int(status) if isinstance(status, int) else None
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for network-level faults anywhere in the exception's cause chain."""
+    """True for network-level faults anywhere in the exception's cause chain.
+
+    Decided by exception type, errno and the service's error code only, never by message text:
+    messages carry user data (a file named "connection refused.mp4" is not an outage).
+    """
     seen = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -51,9 +94,12 @@ def is_transient(exc: BaseException) -> bool:
             return False
         if isinstance(e, (ConnectionError, TimeoutError)):
             return True
-        if type(e).__name__ in _TRANSIENT_NAMES:
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
             return True
-        if any(t in str(e).lower() for t in _TRANSIENT_TEXT):
+        if any(t.__name__ in _TRANSIENT_NAMES for t in type(e).__mro__):
+            return True
+        code, status = _service_code(e)
+        if code in _TRANSIENT_CODES or status in _TRANSIENT_HTTP:
             return True
         e = e.__cause__ or e.__context__
     return False

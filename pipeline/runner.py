@@ -6,9 +6,11 @@ cluster). This is the only module that imports Ray (DESIGN.md principle 2).
 
 Outputs (schemas.tables): OUT/timelines/<video_id>.parquet for ok videos, then
 OUT/videos/<video_id>.parquet (the status row: written last, it commits the video), and
-OUT/run.json. A video is done when its status row matches (source version, model_id,
-config_hash); reruns skip done videos, `force` recomputes. One file per video id means a rerun
-overwrites rather than duplicates, and a changed checkpoint or config recomputes.
+OUT/run.json (written as "running" before any video, "completed" at the end). A video is done
+when its status row matches (source version, model_id, config_hash) and is final; reruns skip
+done videos, `force` recomputes. A failure of the environment (storage, memory, a dead worker)
+is not final until `infer.max_attempts` runs have tried the video. One file per video id means a
+rerun overwrites rather than duplicates, and a changed checkpoint or config recomputes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,15 +31,17 @@ from tqdm import tqdm
 
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
-from pipeline.retry import with_retries
+from pipeline.retry import is_transient, with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
-from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK, VIDEO_FAILURE
 from pipeline.storage import filesystem, join
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
-from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, conform
+from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
 
 log = logging.getLogger(__name__)
+
+PENDING = "pending"  # summary count: environment failures a rerun retries (status "failed")
 
 
 @dataclass
@@ -68,16 +73,31 @@ def _remove(uri: str, cfg: VaerrConfig) -> None:
 
 class TimelineWriter:
     """Consumes model-stage batches in any order; when a video's end row and all its windows
-    have arrived, blends its tracks and commits its files."""
+    have arrived, blends its tracks and commits its files.
 
-    def __init__(self, cfg: VaerrConfig, out: str, model_id: str, untrained: bool) -> None:
+    Commit is idempotent per video: rows of a video already committed by this writer (a window
+    or end row re-delivered by a retried task) are dropped, and a second end row of an open
+    video is ignored, so a video is written and counted once. `prior_attempts` maps video_id to
+    the runs that already tried it (environment failures with the same source/model/config);
+    counts["pending"] holds the environment failures a rerun will retry."""
+
+    def __init__(
+        self,
+        cfg: VaerrConfig,
+        out: str,
+        model_id: str,
+        untrained: bool,
+        prior_attempts: dict[str, int] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.out = out
         self.model_id = model_id
         self.untrained = untrained
         self.config_hash = config_hash(cfg)
+        self.prior_attempts = dict(prior_attempts or {})
         self.videos: dict[str, _Video] = {}
-        self.counts = {OK: 0, NO_FACE: 0, FAILED: 0}
+        self.committed: set[str] = set()
+        self.counts = {OK: 0, NO_FACE: 0, FAILED: 0, PENDING: 0}
         self.frames = 0
         self.on_done: Any = None
 
@@ -86,6 +106,8 @@ class TimelineWriter:
         kinds = np.asarray(batch["kind"]).astype(str)
         for i, kind in enumerate(kinds):
             vid = str(batch["video_id"][i])
+            if vid in self.committed:
+                continue  # re-delivered after its commit: never re-open the video
             state = self.videos.setdefault(vid, _Video())
             if kind == WINDOW:
                 n = int(batch["n"][i])
@@ -104,10 +126,11 @@ class TimelineWriter:
                 )
                 if "crops" in batch:
                     state.crops.append(self._crops(tid, batch, i, n))
-            elif kind == END:
+            elif kind == END and state.end is None:  # a duplicate end row counts once
                 state.end = {k: batch[k][i] for k in batch if k not in ("crops",)}
             if state.end is not None and len(state.seen) >= int(state.end["windows"]):
                 self._commit(vid, self.videos.pop(vid))
+                self.committed.add(vid)
 
     def _crops(self, tid: int, batch: dict[str, np.ndarray], i: int, n: int) -> pa.Table:
         fi = batch["frame_index"][i][:n]
@@ -174,11 +197,23 @@ class TimelineWriter:
         else:
             for stale in (tl_uri, crops_uri):
                 _remove(stale, self.cfg)
+        reason = str(end["reason"]) or None
+        kind = None
+        attempts = self.prior_attempts.get(vid, 0) + 1
+        pending = False
+        if status == FAILED:
+            kind = str(end.get("failure_kind") or "") or VIDEO_FAILURE
+            if kind == ENVIRONMENT_FAILURE:
+                limit = self.cfg.infer.max_attempts
+                pending = attempts < limit
+                reason = f"{reason}; attempt {attempts} of {limit}: " + (
+                    "a rerun retries it" if pending else "final"
+                )
         row = {
             "video_id": vid,
             "uri": uri,
             "status": status,
-            "reason": str(end["reason"]) or None,
+            "reason": reason,
             "duration_s": float(end["duration_s"]),
             "fps": float(end["fps"]),
             "frames": int(end["frames"]),
@@ -188,45 +223,90 @@ class TimelineWriter:
             "config_hash": self.config_hash,
             "source_etag": str(end["source_etag"]) or None,
             "warnings": str(end["warnings"]) or None,
+            "failure_kind": kind,
+            "attempts": attempts,
         }
         _table_write(
             join(self.out, "videos", f"{vid}.parquet"),
             pa.Table.from_pylist([row], VIDEOS),
             self.cfg,
         )
-        self.counts[status] += 1
+        self.counts[PENDING if pending else status] += 1
         self.frames += int(end["frames"])
         if self.on_done:
             self.on_done(row)
 
 
 def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
-    """All status rows under OUT/videos/ (empty table if none)."""
+    """All status rows under OUT/videos/ (empty table if none). Files written before a column
+    was added read back with nulls there. An unreadable or corrupt file is skipped with a
+    warning naming it (its video is then pending, and the rerun rewrites it); a storage outage
+    still raises, for the caller's retry, so it never makes every video look pending."""
     fs, path = filesystem(join(out, "videos"), cfg.storage)
     if not fs.exists(path):
         return VIDEOS.empty_table()
     files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
     tables = []
     for p in files:
-        with fs.open(p, "rb") as f:
-            tables.append(conform(pq.read_table(f), VIDEOS, fill_missing=("warnings",)))
+        try:
+            with fs.open(p, "rb") as f:
+                tables.append(conform(pq.read_table(f), VIDEOS, fill_missing=VIDEOS_ADDED))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning(
+                "status file %s unreadable (%s): its video counts as pending", p, type(exc).__name__
+            )
     return pa.concat_tables(tables) if tables else VIDEOS.empty_table()
 
 
+def _retryable(row: dict[str, Any], max_attempts: int) -> bool:
+    """A failed status row a rerun tries again: an environment failure with attempts left, or
+    a failure written before failure kinds existed (kind unknown: tried once more)."""
+    if row["status"] != FAILED:
+        return False
+    if row["failure_kind"] is None:
+        return True
+    return row["failure_kind"] == ENVIRONMENT_FAILURE and (row["attempts"] or 1) < max_attempts
+
+
+def prior_attempts(
+    manifest: pa.Table, done: pa.Table, model_id: str, cfg_hash: str
+) -> dict[str, int]:
+    """video_id -> runs that already failed it for environment reasons with the same source
+    version, model and config (a changed key starts counting again)."""
+    etag = {r["video_id"]: r["source_etag"] for r in manifest.to_pylist()}
+    return {
+        r["video_id"]: int(r["attempts"] or 1)
+        for r in done.to_pylist()
+        if r["failure_kind"] == ENVIRONMENT_FAILURE
+        and (r["source_etag"], r["model_id"], r["config_hash"])
+        == (etag.get(r["video_id"]), model_id, cfg_hash)
+    }
+
+
 def pending_rows(
-    manifest: pa.Table, done: pa.Table, model_id: str, cfg_hash: str, force: bool
+    manifest: pa.Table,
+    done: pa.Table,
+    model_id: str,
+    cfg_hash: str,
+    force: bool,
+    max_attempts: int = 3,
 ) -> list[dict[str, Any]]:
-    """Manifest rows still to do: not forced-done, and no matching status row."""
+    """Manifest rows still to do: forced, no final status row for this (source version,
+    model_id, config_hash), or an environment failure tried fewer than `max_attempts` times."""
     rows = manifest.to_pylist()
     if force:
         return rows
-    key = {
-        r["video_id"]: (r["source_etag"], r["model_id"], r["config_hash"]) for r in done.to_pylist()
+    final = {
+        r["video_id"]: (r["source_etag"], r["model_id"], r["config_hash"])
+        for r in done.to_pylist()
+        if not _retryable(r, max_attempts)
     }
     return [
         r
         for r in rows
-        if key.get(r["video_id"]) != (r["source_etag"], model_id, cfg_hash)
+        if final.get(r["video_id"]) != (r["source_etag"], model_id, cfg_hash)
         or r["source_etag"] is None
     ]
 
@@ -333,9 +413,97 @@ def run_inference(
     )
     chash = config_hash(cfg)
     done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
-    todo = pending_rows(manifest, done, ckpt.model_id, chash, force)
+    todo = pending_rows(manifest, done, ckpt.model_id, chash, force, cfg.infer.max_attempts)
     skipped = manifest.num_rows - len(todo)
     log.info("%d videos listed, %d to do, %d already done", manifest.num_rows, len(todo), skipped)
+    # The run record says from the start which run is in progress (a killed run stays
+    # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
+    record: dict[str, Any] = {
+        "run_id": uuid.uuid4().hex[:16],
+        "state": "running",
+        "started": started,
+        "model_id": ckpt.model_id,
+        "config_hash": chash,
+        "checkpoint": checkpoint,
+        "runner": runner,
+        "ray_address": ray_address,
+        "output": out,
+        "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
+        "config": config_dump(cfg),
+    }
+    _write_record(out, record, cfg)
+    try:
+        summary = _run(
+            cfg,
+            out,
+            ckpt,
+            ckpt_uri,
+            manifest,
+            done,
+            todo,
+            chash,
+            force,
+            runner,
+            ray_address,
+            ray_init,
+        )
+    except BaseException as exc:
+        record.update(state="failed", ended=datetime.now(UTC).isoformat(), error=type(exc).__name__)
+        try:  # best effort: storage may be what failed
+            text = json.dumps(record, indent=2, default=str)
+            write_text(join(out, "run.json"), text, cfg.storage)
+        except Exception:
+            log.warning("could not mark run.json failed; it still says running")
+        raise
+    wall = time.perf_counter() - t0
+    summary.update(
+        frames_per_s=round(summary["frames"] / wall, 2) if wall > 0 else None,
+        wall_s=round(wall, 2),
+        model_id=ckpt.model_id,
+        untrained=ckpt.untrained,
+        output=out,
+    )
+    if summary[PENDING]:
+        summary["note"] = (
+            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
+            "worker) and are pending: rerun the same command to retry them"
+        )
+        log.warning("%s", summary["note"])
+    record = {
+        **summary,
+        **record,
+        "state": "completed",
+        "ended": datetime.now(UTC).isoformat(),
+    }
+    _write_record(out, record, cfg)
+    return summary
+
+
+def _write_record(out: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
+    text = json.dumps(record, indent=2, default=str)
+    with_retries(
+        lambda: write_text(join(out, "run.json"), text, cfg.storage),
+        cfg.storage.retry_s,
+        "run.json",
+    )
+
+
+def _run(
+    cfg: VaerrConfig,
+    out: str,
+    ckpt: Any,
+    ckpt_uri: str,
+    manifest: pa.Table,
+    done: pa.Table,
+    todo: list[dict[str, Any]],
+    chash: str,
+    force: bool,
+    runner: str,
+    ray_address: str | None,
+    ray_init: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Write config.yaml and the manifest, run the stages; returns the counts."""
+    budget = cfg.storage.retry_s
     with_retries(
         lambda: write_text(join(out, "config.yaml"), config_yaml(cfg), cfg.storage),
         budget,
@@ -343,7 +511,8 @@ def run_inference(
     )
     # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
     _table_write(join(out, "manifest.parquet"), manifest, cfg)
-    writer = TimelineWriter(cfg, out, ckpt.model_id, ckpt.untrained)
+    tried = {} if force else prior_attempts(manifest, done, ckpt.model_id, chash)
+    writer = TimelineWriter(cfg, out, ckpt.model_id, ckpt.untrained, tried)
     with tqdm(total=len(todo), desc="videos", unit="video", disable=None) as bar:
         writer.on_done = lambda row: bar.update(1)
         if todo:
@@ -353,30 +522,10 @@ def run_inference(
                 run_ray(todo, cfg, ckpt_uri, writer, ray_address, ray_init)
     if writer.pending:
         raise RuntimeError(f"run ended with {len(writer.pending)} videos incomplete")
-    wall = time.perf_counter() - t0
-    summary = {
+    return {
         "videos": manifest.num_rows,
         "processed": len(todo),
-        "skipped": skipped,
+        "skipped": manifest.num_rows - len(todo),
         **writer.counts,
         "frames": writer.frames,
-        "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
-        "wall_s": round(wall, 2),
-        "model_id": ckpt.model_id,
-        "untrained": ckpt.untrained,
-        "output": out,
     }
-    run = {
-        **summary,
-        "started": started,
-        "ended": datetime.now(UTC).isoformat(),
-        "runner": runner,
-        "ray_address": ray_address,
-        "config_hash": chash,
-        "checkpoint": checkpoint,
-        "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
-        "config": config_dump(cfg),
-    }
-    text = json.dumps(run, indent=2, default=str)
-    with_retries(lambda: write_text(join(out, "run.json"), text, cfg.storage), budget, "run.json")
-    return summary

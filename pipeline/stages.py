@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.faces.pipeline import FacePipeline, FaceRun
 from pipeline.retry import is_transient
-from pipeline.status import FAILED, face_status
+from pipeline.status import ENVIRONMENT_FAILURE, FAILED, face_status, failure_kind
 from pipeline.video import VideoError, decode_warnings
 from pipeline.windows import WindowCutter
 from schemas.config import VaerrConfig
@@ -52,6 +52,7 @@ FACE_STAGE_OUTPUT = {
     "fps": "float64 (end rows: analysis rate)",
     "processing_s": "float64 (end rows: face-stage seconds)",
     "warnings": "str (end rows: decode damage; '' when clean)",
+    "failure_kind": "str (end rows of failed videos: video | environment; '' otherwise)",
 }
 MODEL_STAGE_INPUT = tuple(FACE_STAGE_OUTPUT)
 MODEL_STAGE_OUTPUT = {
@@ -93,7 +94,7 @@ class FaceStage:
         by a retry are counted once by the writer); always ends with its end row."""
         t0 = time.perf_counter()
         head = {"video_id": vid, "uri": uri, "source_etag": etag}
-        start, delay = time.monotonic(), 0.5
+        start, delay, kind = time.monotonic(), 0.5, ""
         while True:
             state: dict[str, Any] = {"windows": 0, "tail": []}
             run = self.pipe.run(uri)
@@ -109,10 +110,13 @@ class FaceStage:
                     delay = min(delay * 2, 8.0)
                     continue
                 status, state["tail"] = FAILED, []
+                kind = failure_kind(exc)  # by type: environment faults are retried by a rerun
                 if isinstance(exc, VideoError):
                     reason = str(exc)
                 elif is_transient(exc):
                     reason = f"storage unreachable for {waited:.0f} s ({type(exc).__name__})"
+                elif kind == ENVIRONMENT_FAILURE:
+                    reason = f"environment: {type(exc).__name__}: {exc}"
                 else:  # a bug or an unforeseen input: a status row, not a crash
                     reason = f"{type(exc).__name__}: {exc}"
                     log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
@@ -132,6 +136,7 @@ class FaceStage:
             "fps": float(self.cfg.video.fps),
             "processing_s": time.perf_counter() - t0,
             "warnings": decode_warnings(info) or "",
+            "failure_kind": kind,
         }
         log.info(
             "%s: %s (%d frames, %d tracks, %d windows) %s",
@@ -211,6 +216,7 @@ class FaceStage:
             "fps": 0.0,
             "processing_s": 0.0,
             "warnings": "",
+            "failure_kind": "",
         }
         dtypes = {
             "track_id": np.int32,

@@ -1,8 +1,19 @@
 """`vaerr verify OUT`: check the invariants a job's outputs promise; list every violation.
 
+Verify trusts nothing: it reads the whole OUT, not only the last run's manifest.
+
+* every file under OUT/videos/ and OUT/timelines/ is readable Parquet (an unreadable one is a
+  violation naming the file, and the check goes on);
 * every video of the last run's manifest has exactly one status row;
-* status rows and timelines match their schemas; statuses are ok | no_face | failed, with a
-  reason unless ok;
+* status rows and timelines match their schemas (status files written before a column was
+  added may lack it); statuses are ok | no_face | failed, with a reason unless ok;
+* one model: every status row has the same (model_id, config_hash) as the run record
+  (OUT/run.json), every timeline row the model_id of its video's status row and of the run;
+  otherwise the differing videos are listed (`allow_mixed` accepts an OUT built from several
+  runs on purpose);
+* the last run completed (run.json says "completed", not "running" or "failed"; also waived
+  by `allow_mixed`);
+* no environment failure is still pending a rerun (attempts < infer.max_attempts);
 * no duplicate (video_id, track_id, time_s) in the timelines;
 * timelines exist only for ok videos, and every ok video with tracks has one;
 * timeline values are finite and in [-1, 1].
@@ -10,19 +21,25 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from typing import Any
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.retry import is_transient
+from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK
 from pipeline.storage import filesystem, join
 from schemas.config import VaerrConfig
-from schemas.tables import TIMELINES, VIDEOS
+from schemas.tables import TIMELINES, VIDEOS, VIDEOS_ADDED
 
 
-def _parquet_files(fs: object, path: str) -> list[str]:
-    if not fs.exists(path):  # type: ignore[attr-defined]
+def _parquet_files(fs: Any, path: str) -> list[str]:
+    if not fs.exists(path):
         return []
-    names = fs.find(path)  # type: ignore[attr-defined]
+    names = fs.find(path)
     return sorted(
         p
         for p in names
@@ -30,17 +47,52 @@ def _parquet_files(fs: object, path: str) -> list[str]:
     )
 
 
-def verify_output(out: str, cfg: VaerrConfig) -> list[str]:
+def _read(fs: Any, p: str, problems: list[str]) -> pa.Table | None:
+    """The table in file p, or None with a violation naming it (outages still raise)."""
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_table(f)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        problems.append(f"{p}: unreadable ({type(exc).__name__}); rerun to rewrite it")
+        return None
+
+
+def _videos_schema_ok(t: pa.Table) -> bool:
+    """VIDEOS, where columns added after the first release may be absent (older files)."""
+    absent = [n for n in VIDEOS_ADDED if n not in t.column_names]
+    return t.schema.equals(pa.schema([f for f in VIDEOS if f.name not in absent]))
+
+
+def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, Any] | None:
+    fs, path = filesystem(join(out, "run.json"), cfg.storage)
+    if not fs.exists(path):
+        return None
+    try:
+        rec = json.loads(fs.cat(path))
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        problems.append(f"{path}: unreadable run record ({type(exc).__name__})")
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list[str]:
     """All violations found under OUT (an empty list means the outputs are sound)."""
     problems: list[str] = []
     fs, vpath = filesystem(join(out, "videos"), cfg.storage)
     rows = []
     for p in _parquet_files(fs, vpath):
-        with fs.open(p, "rb") as f:
-            t = pq.read_table(f)
-        if not t.schema.equals(VIDEOS):
+        t = _read(fs, p, problems)
+        if t is None:
+            continue
+        if not _videos_schema_ok(t):
             problems.append(f"{p}: schema differs from schemas.tables.VIDEOS")
-        rows += t.to_pylist()
+            continue
+        for r in t.to_pylist():
+            rows.append({"failure_kind": None, "attempts": None, **r, "_file": p})
     if not rows and not fs.exists(vpath):
         return [f"{out}: no videos/ folder (not a vaerr output?)"]
     by_id: dict[str, list[dict]] = {}
@@ -54,29 +106,67 @@ def verify_output(out: str, cfg: VaerrConfig) -> list[str]:
                 problems.append(f"video {vid}: unknown status {r['status']!r}")
             if r["status"] != OK and not r["reason"]:
                 problems.append(f"video {vid}: status {r['status']} without a reason")
+            if (
+                r["status"] == FAILED
+                and r["failure_kind"] == ENVIRONMENT_FAILURE
+                and (r["attempts"] or 1) < cfg.infer.max_attempts
+            ):
+                problems.append(
+                    f"video {vid} ({r['uri']}): environment failure pending a rerun "
+                    f"(attempt {r['attempts'] or 1} of {cfg.infer.max_attempts})"
+                )
+
+    # One model and config across the whole OUT.
+    run = _run_record(out, cfg, problems)
+    pairs = Counter((r["model_id"], r["config_hash"]) for r in rows)
+    if run and run.get("model_id"):
+        ref = (run.get("model_id"), run.get("config_hash"))
+    else:
+        ref = pairs.most_common(1)[0][0] if pairs else (None, None)
+    mixed: list[str] = []
+    for r in rows:
+        if (r["model_id"], r["config_hash"]) != ref:
+            mixed.append(
+                f"video {r['video_id']} ({r['uri']}): model {r['model_id']} config "
+                f"{r['config_hash']}, not the run's model {ref[0]} config {ref[1]}"
+            )
+    if run and run.get("state") not in (None, "completed"):
+        mixed.append(
+            f"run.json: run {run.get('run_id')} (model {run.get('model_id')}) started "
+            f"{run.get('started')} is {run.get('state')}: it never completed"
+        )
+
     mfs, mpath = filesystem(join(out, "manifest.parquet"), cfg.storage)
     if mfs.exists(mpath):
-        with mfs.open(mpath, "rb") as f:
-            manifest = pq.read_table(f).to_pylist()
-        for m in manifest:
+        mt = _read(mfs, mpath, problems)
+        for m in mt.to_pylist() if mt is not None else []:
             if m["video_id"] not in by_id:
                 problems.append(f"input {m['uri']} ({m['video_id']}): no status row")
     tfs, tpath = filesystem(join(out, "timelines"), cfg.storage)
     seen_tl: set[str] = set()
     for p in _parquet_files(tfs, tpath):
-        with tfs.open(p, "rb") as f:
-            t = pq.read_table(f)
+        t = _read(tfs, p, problems)
+        if t is None:
+            continue
         if not t.schema.equals(TIMELINES):
             problems.append(f"{p}: schema differs from schemas.tables.TIMELINES")
             continue
-        df = t.select(["video_id", "track_id", "time_s", "arousal", "valence"]).to_pandas()
+        df = t.select(["video_id", "track_id", "time_s", "arousal", "valence", "model_id"])
+        df = df.to_pandas()
         for vid in df.video_id.unique():
             if vid in seen_tl:
                 problems.append(f"video {vid}: timeline rows in more than one file")
             seen_tl.add(vid)
-            status = [r["status"] for r in by_id.get(vid, [])]
+            srows = by_id.get(vid, [])
+            status = [r["status"] for r in srows]
             if status != [OK]:
                 problems.append(f"{p}: timeline for video {vid} whose status is {status or None}")
+            models = set(df.model_id[df.video_id == vid])
+            if srows and models != {srows[0]["model_id"]}:
+                problems.append(
+                    f"{p}: timeline of video {vid} by model {sorted(models)}, its status row "
+                    f"says {srows[0]['model_id']}"
+                )
         dup = int(df.duplicated(["video_id", "track_id", "time_s"]).sum())
         if dup:
             problems.append(f"{p}: {dup} duplicate (video_id, track_id, time_s) rows")
@@ -86,4 +176,11 @@ def verify_output(out: str, cfg: VaerrConfig) -> list[str]:
     for vid, rs in by_id.items():
         if any(r["status"] == OK and (r["tracks"] or 0) > 0 for r in rs) and vid not in seen_tl:
             problems.append(f"video {vid}: status ok with tracks but no timeline")
+    if mixed and not allow_mixed:
+        problems.append(
+            f"OUT mixes models or configs ({len(pairs)} (model_id, config_hash) pairs in status "
+            "rows); the differing videos follow (--allow-mixed accepts an OUT built from "
+            "several runs on purpose)"
+        )
+        problems += mixed
     return problems

@@ -183,6 +183,14 @@ class InferConfig(Section):
         "row per analysis frame.",
     )
     batch_size: int = Field(8, ge=1, description="Windows per model forward pass.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Runs that may try a video whose failure was the environment's (storage "
+        "unreachable, out of memory, a dead worker) before its failure is final; a video's own "
+        "failure (undecodable, not a video) is final at once. Not in config_hash.",
+    )
     face_actors: int = Field(1, ge=1, description="Face-stage actor pool size (max).")
     model_actors: int = Field(1, ge=1, description="Model-stage actor pool size.")
     face_num_cpus: float = Field(

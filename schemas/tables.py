@@ -44,8 +44,14 @@ VIDEOS = pa.schema(
         ("config_hash", pa.string()),
         ("source_etag", pa.string()),
         ("warnings", pa.string()),  # decode damage (corrupt packets, gaps); null when clean
+        # failed rows: "video" (final at once) | "environment" (storage, memory, a dead worker:
+        # a rerun retries it while attempts < infer.max_attempts); null when not failed.
+        ("failure_kind", pa.string()),
+        ("attempts", pa.int32()),  # runs that tried this video for this source/model/config
     ]
 )
+# Columns VIDEOS gained after its first release: older status files read back with nulls.
+VIDEOS_ADDED = ("warnings", "failure_kind", "attempts")
 
 # Episodes found by `vaerr query`.
 EVENTS = pa.schema(
