@@ -95,6 +95,10 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
             rows.append({"failure_kind": None, "attempts": None, **r, "_file": p})
     if not rows and not fs.exists(vpath):
         return [f"{out}: no videos/ folder (not a vaerr output?)"]
+    run = _run_record(out, cfg, problems)
+    # Pending means attempts left under the limit the run used (else this command's config).
+    limit = ((run or {}).get("config") or {}).get("infer", {}).get("max_attempts")
+    limit = int(limit or cfg.infer.max_attempts)
     by_id: dict[str, list[dict]] = {}
     for r in rows:
         by_id.setdefault(r["video_id"], []).append(r)
@@ -109,15 +113,14 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
             if (
                 r["status"] == FAILED
                 and r["failure_kind"] == ENVIRONMENT_FAILURE
-                and (r["attempts"] or 1) < cfg.infer.max_attempts
+                and (r["attempts"] or 1) < limit
             ):
                 problems.append(
                     f"video {vid} ({r['uri']}): environment failure pending a rerun "
-                    f"(attempt {r['attempts'] or 1} of {cfg.infer.max_attempts})"
+                    f"(attempt {r['attempts'] or 1} of {limit})"
                 )
 
     # One model and config across the whole OUT.
-    run = _run_record(out, cfg, problems)
     pairs = Counter((r["model_id"], r["config_hash"]) for r in rows)
     if run and run.get("model_id"):
         ref = (run.get("model_id"), run.get("config_hash"))

@@ -1,8 +1,9 @@
 """A small HTTP reverse proxy for fault injection in front of the test S3 server (moto).
 
 `down = True` drops every request without an answer (the endpoint disappears); `deny(method,
-path) -> True` answers 403 AccessDenied like S3. The upstream server, and so the buckets, keep
-running. Loopback only.
+path) -> True` answers 403 AccessDenied like S3; `fail(method, path) -> 503` (or 500) answers
+that status with S3's ServiceUnavailable (InternalError) body, as an overloaded store does.
+The upstream server, and so the buckets, keep running. Loopback only.
 """
 
 from __future__ import annotations
@@ -19,12 +20,22 @@ DENIED = (
 )
 
 
+def error_body(status: int) -> bytes:
+    """S3's XML error for a 5xx status."""
+    code = {503: "ServiceUnavailable", 500: "InternalError"}.get(status, "InternalError")
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>{code}</Message></Error>"
+    ).encode()
+
+
 class FaultProxy:
     def __init__(self, upstream: str) -> None:
         u = urlparse(upstream)
         self.upstream = (u.hostname, u.port)
         self.down = False
         self.deny: Callable[[str, str], bool] = lambda method, path: False
+        self.fail: Callable[[str, str], int] = lambda method, path: 0
         self.on_request: Callable[[str, str], None] = lambda method, path: None
         self.requests = 0
         proxy = self
@@ -44,13 +55,16 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if proxy.deny(self.command, self.path):
-                    self.send_response(403)
+                status = 403 if proxy.deny(self.command, self.path) else 0
+                status = status or proxy.fail(self.command, self.path)
+                if status:
+                    body = DENIED if status == 403 else error_body(status)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(DENIED)))
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     if self.command != "HEAD":
-                        self.wfile.write(DENIED)
+                        self.wfile.write(body)
                     return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}

@@ -156,11 +156,24 @@ def _tiny(tmp_path: Path, seed: int = 0) -> str:
     return str(path)
 
 
-def test_outage_during_reads_is_pending_then_retried(tmp_path, proxy, s3_server, s3_bucket, capsys):
+def _outage_case(tmp_path: Path, proxy, s3_server, s3_bucket) -> tuple[list[str], Path, Path]:
+    """One clip on S3 behind the proxy and one undecodable local file; (infer args, OUT, bad)."""
     s3 = boto3.client("s3", endpoint_url=s3_server)
     s3.upload_file(str(asset("videos/grid_swiz3n.mpg")), s3_bucket, "in/good.mpg")
     bad = tmp_path / "undecodable.mp4"
     bad.write_bytes(np.random.default_rng(1).bytes(20000))
+    out = tmp_path / "out"
+    args = [f"s3://{s3_bucket}/in", str(bad), "-o", str(out), "--checkpoint", _tiny(tmp_path)]
+    args += ["--set", f"storage.endpoint_url={proxy.url}", "--set", "storage.retry_s=2"]
+    return args, out, bad
+
+
+@pytest.mark.slow
+def test_outage_during_reads_is_pending_then_retried(tmp_path, proxy, s3_server, s3_bucket, capsys):
+    """The endpoint drops every connection while the video is read (the client's own retries
+    take ~45 s here): the video stays pending, exit 3; the rerun after the outage completes it;
+    the undecodable video is final at once and never retried."""
+    args, out, bad = _outage_case(tmp_path, proxy, s3_server, s3_bucket)
     outage = {"on": True, "hit": 0}
 
     def on_request(method, path):  # the endpoint vanishes when the video is read
@@ -169,13 +182,6 @@ def test_outage_during_reads_is_pending_then_retried(tmp_path, proxy, s3_server,
             proxy.down = True
 
     proxy.on_request = on_request
-    out = tmp_path / "out"
-    ckpt = _tiny(tmp_path)
-    args = [f"s3://{s3_bucket}/in", str(bad), "-o", str(out), "--checkpoint", ckpt]
-    args += ["--set", f"storage.endpoint_url={proxy.url}", "--set", "storage.retry_s=2"]
-    args += ["--set", "infer.max_attempts=2"]
-
-    # Run 1: the outage. The S3 video stays pending (exit 3); the undecodable one is final.
     code, summary = _infer(args, capsys)
     rows = _status(out)
     assert outage["hit"] and code == 3
@@ -188,26 +194,48 @@ def test_outage_during_reads_is_pending_then_retried(tmp_path, proxy, s3_server,
     assert any("pending a rerun" in p for p in verify_output(str(out), cfg))
     bad_mtime = (out / "videos" / f"{undecodable['video_id']}.parquet").stat().st_mtime_ns
 
-    # Run 2: still down, and max_attempts=2 is reached: a final failure with its reason, exit 0.
-    proxy.down = False
+    outage["on"], proxy.down = False, False
     code, summary = _infer(args, capsys)
+    rows = _status(out)
+    assert code == 0 and (summary["processed"], summary["ok"], summary["pending"]) == (1, 1, 0)
+    assert rows["good.mpg"]["status"] == "ok" and rows["good.mpg"]["attempts"] == 2
+    assert rows["good.mpg"]["failure_kind"] is None
+    assert (out / "videos" / f"{undecodable['video_id']}.parquet").stat().st_mtime_ns == bad_mtime
+    assert verify_output(str(out), cfg) == []
+
+
+def test_environment_failure_is_final_after_max_attempts(
+    tmp_path, proxy, s3_server, s3_bucket, capsys
+):
+    """The store answers 503 ServiceUnavailable while the video is read: pending, then final
+    after infer.max_attempts runs (exit 0, reason says so), skipped by later runs until more
+    attempts are allowed."""
+    args, out, _ = _outage_case(tmp_path, proxy, s3_server, s3_bucket)
+    outage = {"on": True}
+    proxy.fail = lambda method, path: 503 if outage["on"] and "/in/good.mpg" in path else 0
+    args += ["--set", "infer.max_attempts=2"]
+    cfg = load_config(None, face_overrides() + SMALL + [f"storage.endpoint_url={proxy.url}"])
+
+    code, summary = _infer(args, capsys)
+    good = _status(out)["good.mpg"]
+    assert code == 3 and summary["pending"] == 1
+    assert good["failure_kind"] == ENVIRONMENT_FAILURE and good["attempts"] == 1
+
+    code, summary = _infer(args, capsys)  # still failing: attempt 2 of 2 is final
     good = _status(out)["good.mpg"]
     assert code == 0 and summary["processed"] == 1 and summary["failed"] == 1
     assert good["attempts"] == 2 and good["failure_kind"] == ENVIRONMENT_FAILURE
     assert "final" in good["reason"]
+    assert not [p for p in verify_output(str(out), cfg) if "pending" in p]  # run's limit: 2
 
-    # Run 3, storage back: final failures are skipped ...
-    outage["on"], proxy.down = False, False
-    code, summary = _infer(args, capsys)
+    outage["on"] = False
+    code, summary = _infer(args, capsys)  # final failures are skipped ...
     assert code == 0 and summary["processed"] == 0
-    # ... until more attempts are allowed (not part of config_hash: same results).
+    # ... until more attempts are allowed (max_attempts is not in config_hash).
     code, summary = _infer(args[:-2] + ["--set", "infer.max_attempts=3"], capsys)
-    rows = _status(out)
+    good = _status(out)["good.mpg"]
     assert code == 0 and summary["processed"] == 1 and summary["ok"] == 1
-    assert rows["good.mpg"]["status"] == "ok" and rows["good.mpg"]["attempts"] == 3
-    assert rows["good.mpg"]["failure_kind"] is None
-    # The undecodable video was never retried.
-    assert (out / "videos" / f"{undecodable['video_id']}.parquet").stat().st_mtime_ns == bad_mtime
+    assert good["status"] == "ok" and good["attempts"] == 3
     assert verify_output(str(out), cfg) == []
 
 
