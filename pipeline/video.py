@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import av
 import numpy as np
 
-from pipeline.retry import is_transient
+from pipeline.status import ENVIRONMENT_FAILURE, failure_kind
 from pipeline.storage import open_uri
 from schemas.config import StorageConfig
 
@@ -96,8 +96,8 @@ class VideoReader:
             raise
         except Exception as exc:
             self.close()
-            if is_transient(exc):
-                raise  # the caller retries outages; they are not a property of the video
+            if failure_kind(exc) == ENVIRONMENT_FAILURE:
+                raise  # outages, out of memory: not a property of the video (a rerun retries)
             raise _map_error(exc, uri) from None
         if not self._container.streams.video:
             self.close()
@@ -232,6 +232,8 @@ class VideoReader:
                     stop = min(stop, info.duration_s)
                 yield from emit_until(stop)
         except av.error.FFmpegError as exc:
+            if failure_kind(exc) == ENVIRONMENT_FAILURE:
+                raise  # ENOMEM mid-decode is no truncation: never an ok with fewer frames
             if info.decoded_frames == 0:
                 raise _map_error(exc, self.uri) from None
             info.decode_errors += 1

@@ -13,6 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import av
 import boto3
 import numpy as np
 import pyarrow as pa
@@ -77,6 +78,7 @@ def test_failures_classified_by_type_not_text():
     assert is_transient(wrapped)
     env = [MemoryError(), StorageUnavailable("x"), OSError(errno.ENOSPC, "full"), slow]
     env.append(type("RayActorError", (Exception,), {})("the actor died"))
+    env.append(av.error.MemoryError(errno.ENOMEM, "decoder"))  # never a "truncated" video
     assert [failure_kind(e) for e in env] == [ENVIRONMENT_FAILURE] * len(env)
     video = [VideoError("no video stream"), ValueError("connection refused"), nokey]
     assert [failure_kind(e) for e in video] == [VIDEO_FAILURE] * len(video)
