@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
-from pipeline.retry import is_transient, with_retries
+from pipeline.retry import StorageUnavailable, is_transient, with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK, VIDEO_FAILURE
 from pipeline.storage import filesystem, join
@@ -449,11 +449,14 @@ def run_inference(
         )
     except BaseException as exc:
         record.update(state="failed", ended=datetime.now(UTC).isoformat(), error=type(exc).__name__)
-        try:  # best effort: storage may be what failed
-            text = json.dumps(record, indent=2, default=str)
-            write_text(join(out, "run.json"), text, cfg.storage)
-        except Exception:
-            log.warning("could not mark run.json failed; it still says running")
+        # Best effort, and not when storage is what failed (the client alone would spend
+        # ~45 s on it): run.json then keeps saying "running", which verify reports too.
+        if not (isinstance(exc, StorageUnavailable) or is_transient(exc)):
+            try:
+                text = json.dumps(record, indent=2, default=str)
+                write_text(join(out, "run.json"), text, cfg.storage)
+            except Exception:
+                log.warning("could not mark run.json failed; it still says running")
         raise
     wall = time.perf_counter() - t0
     summary.update(
