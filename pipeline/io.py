@@ -12,12 +12,13 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, protocol
 from schemas.config import StorageConfig
 from schemas.tables import conform
 
@@ -111,3 +112,27 @@ class ParquetStream:
         else:
             err = RuntimeError("discarded")
             self._ctx.__exit__(RuntimeError, err, None)
+
+
+def check_output(uri: str, folder: bool = False) -> None:
+    """Before any work: ValueError when a local output path cannot be created because an
+    existing part of it is a file (`out.txt/run`), or `uri` itself is a file where a folder is
+    wanted (`folder`), or a folder where a file is wanted. Remote URIs pass (object stores
+    have no folders; their errors come with the first write)."""
+    if protocol(uri) != "file":
+        return
+    p = Path(uri.removeprefix("file://")).expanduser()
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ValueError(f"output {uri} is a file, not a folder: choose a folder path")
+        if not folder and p.is_dir():
+            raise ValueError(f"output {uri} is a folder, not a file: give a file name")
+        return
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"output {uri} cannot be created: {parent} is a file, not a folder; "
+                    "choose another output path"
+                )
+            return
