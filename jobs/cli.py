@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         log_traceback(exc)
         code, line = exit_line(args.command, exc)
         named = [str(v) for k in INPUT_ARGS for v in _as_list(getattr(args, k, None))]
-        if named and not any(n in line for n in named):
+        if named and not any(n in line for n in named) and "invalid config" not in line:
             line += f" [input: {escape(', '.join(named))[:300]}]"
         print(line, file=sys.stderr)
         return code

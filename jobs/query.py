@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from jobs.common import add_config_args, config_from_args, print_json_line
 from pipeline.events import COLUMNS, find_happy, find_spikes
+from pipeline.io import check_output
 from pipeline.plot import plot_timelines
 from pipeline.query import (
     SqlLimits,
@@ -161,6 +162,8 @@ def _report(
 
 def _events_command(args: argparse.Namespace, kind: str) -> int:
     cfg = config_from_args(args)
+    if args.output:
+        check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, columns=[*COLUMNS, "untrained"])
     _warn_untrained(table)
     if kind == "happy":
@@ -188,6 +191,8 @@ def run_sql_command(args: argparse.Namespace) -> int:
     if not (0 < args.timeout_s <= 3600) or not (64 <= args.memory_mb <= 1 << 20):
         raise ValueError("--timeout-s must be in (0, 3600] and --memory-mb in [64, 1048576]")
     limits = SqlLimits(timeout_s=args.timeout_s, memory_mb=args.memory_mb)
+    if args.output:
+        check_output(args.output)
     result = run_sql(args.sql, open_timelines(args.timelines, cfg.storage), limits)
     return _report(args, result, {"query": "sql", "columns": result.column_names}, result)
 
@@ -221,6 +226,7 @@ def read_events(uri: str, storage: object) -> pa.Table:
 def run_plot(args: argparse.Namespace) -> int:
     """Parse -> build -> run: `vaerr plot`."""
     cfg = config_from_args(args)
+    check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, video=args.video)
     if table.num_rows == 0:
         raise ValueError(f"no timeline rows in {args.timelines}")

@@ -38,7 +38,7 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
                 where = ".".join(str(p) for p in e.get("loc", ()))
                 msg = str(e.get("msg", "")).removeprefix("Value error, ")
                 parts.append(f"{where}: {msg}" if where else msg)
-            return escape("; ".join(parts))[:limit]
+            return escape("invalid config: " + "; ".join(parts))[:limit]
         except Exception:  # noqa: S110 - fall back to the plain message
             pass
     text = " ".join(str(exc).split()) or type(exc).__name__

@@ -313,6 +313,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"--config {path} is a folder: give a YAML file")
         if p.is_file() and p.stat().st_size > MAX_YAML_BYTES:
             raise ValueError(f"{path}: config is over the {MAX_YAML_BYTES}-byte limit")
         data = load_yaml(p.read_text(), str(path)) or {}
