@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from jobs.common import setup_logging
+from pipeline.errors import escape, exit_line, log_traceback
 
 # Order is the order shown by `vaerr --help`.
 COMMAND_MODULES = (
@@ -50,9 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:  # config and input errors: one clear line
-        print(f"vaerr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # one line naming the input and what to do (jobs/errors.py)
+        log_traceback(exc)
+        code, line = exit_line(args.command, exc)
+        named = [str(v) for k in INPUT_ARGS for v in _as_list(getattr(args, k, None))]
+        if named and not any(n in line for n in named) and "invalid config" not in line:
+            line += f" [input: {escape(', '.join(named))[:300]}]"
+        print(line, file=sys.stderr)
+        return code
+
+
+INPUT_ARGS = ("inputs", "video", "timelines", "output", "uri", "config")
+"""Argument names whose values the error line names when its message does not."""
+
+
+def _as_list(v: object) -> list[object]:
+    return [] if v is None else list(v) if isinstance(v, list | tuple) else [v]
 
 
 if __name__ == "__main__":

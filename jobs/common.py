@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from pipeline.errors import escape
 from schemas.config import VaerrConfig, load_config
 
 
@@ -32,12 +33,23 @@ def config_from_args(args: argparse.Namespace) -> VaerrConfig:
 QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "fsspec", "urllib3", "s3transfer")
 
 
+class OneLineFormatter(logging.Formatter):
+    """Every log record on one line: newlines and control characters in the message (a file
+    named `a\nb.mp4`, terminal escapes) are escaped; tracebacks (-vv) keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return escape(super().formatMessage(record))
+
+
 def setup_logging(verbose: int = 0) -> None:
     """Log to stderr so stdout stays machine-readable (tables, the JSON status line)."""
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    for handler in logging.getLogger().handlers:
+        if type(handler.formatter) is logging.Formatter:  # ours, not a test's capture handler
+            handler.setFormatter(OneLineFormatter(handler.formatter._fmt))
     # Storage clients log request headers (the access key id among them) at DEBUG: keep them
     # at WARNING whatever the verbosity, so credentials never reach a log.
     for name in QUIET_LOGGERS:

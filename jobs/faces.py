@@ -7,6 +7,7 @@ import argparse
 from jobs.common import add_config_args, config_from_args, print_json_line
 from pipeline.faces.export import export_faces
 from pipeline.faces.pipeline import FacePipeline
+from pipeline.io import check_output
 from pipeline.status import FAILED
 
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     cfg = config_from_args(args)
+    check_output(args.output, folder=True)
     record = export_faces(FacePipeline(cfg), args.video, args.output)
     print_json_line(record)
     return 1 if record["status"] == FAILED else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs.common import add_config_args, config_from_args, print_json_line
+from pipeline.io import check_output
 from pipeline.runner import run_inference
 
 # Exit code when the run ended with environment failures still pending (a rerun retries them).
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     cfg = config_from_args(args)
+    check_output(args.output, folder=True)  # before any listing, loading or writing
     summary = run_inference(
         cfg,
         args.inputs,

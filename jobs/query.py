@@ -12,10 +12,19 @@ from pydantic import BaseModel
 
 from jobs.common import add_config_args, config_from_args, print_json_line
 from pipeline.events import COLUMNS, find_happy, find_spikes
+from pipeline.io import check_output
 from pipeline.plot import plot_timelines
-from pipeline.query import format_table, open_timelines, read_timelines, run_sql, write_table
+from pipeline.query import (
+    SqlLimits,
+    format_table,
+    open_timelines,
+    read_timelines,
+    run_sql,
+    write_table,
+)
 from pipeline.storage import open_uri
 from schemas.query import HappyConfig, SpikeConfig
+from schemas.tables import EVENTS
 
 log = logging.getLogger("vaerr.query")
 
@@ -97,6 +106,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     sql.add_argument("timelines", metavar="TIMELINES", help=TIMELINES_HELP)
     sql.add_argument("sql", metavar="SQL", help='e.g. "SELECT uri, avg(valence) FROM timelines '
                      'GROUP BY uri ORDER BY 2 DESC"')  # fmt: skip
+    limits = SqlLimits()
+    sql.add_argument(
+        "--timeout-s",
+        type=float,
+        default=limits.timeout_s,
+        help=f"Stop the query after this many seconds ({limits.timeout_s:g}).",
+    )
+    sql.add_argument(
+        "--memory-mb",
+        type=int,
+        default=limits.memory_mb,
+        help=f"DuckDB memory limit, MiB ({limits.memory_mb}).",
+    )
     _add_output_args(sql)
     sql.set_defaults(func=run_sql_command)
 
@@ -140,6 +162,8 @@ def _report(
 
 def _events_command(args: argparse.Namespace, kind: str) -> int:
     cfg = config_from_args(args)
+    if args.output:
+        check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, columns=[*COLUMNS, "untrained"])
     _warn_untrained(table)
     if kind == "happy":
@@ -164,20 +188,51 @@ def run_spikes(args: argparse.Namespace) -> int:
 def run_sql_command(args: argparse.Namespace) -> int:
     """Parse -> build -> run: `vaerr query sql`."""
     cfg = config_from_args(args)
-    result = run_sql(args.sql, open_timelines(args.timelines, cfg.storage))
+    if not (0 < args.timeout_s <= 3600) or not (64 <= args.memory_mb <= 1 << 20):
+        raise ValueError("--timeout-s must be in (0, 3600] and --memory-mb in [64, 1048576]")
+    limits = SqlLimits(timeout_s=args.timeout_s, memory_mb=args.memory_mb)
+    if args.output:
+        check_output(args.output)
+    result = run_sql(args.sql, open_timelines(args.timelines, cfg.storage), limits)
     return _report(args, result, {"query": "sql", "columns": result.column_names}, result)
+
+
+def read_events(uri: str, storage: object) -> pa.Table:
+    """An EVENTS table written by `vaerr query ... --output x.parquet`; ValueError naming the
+    file when it is not Parquet or lacks the event columns."""
+    try:
+        with open_uri(uri, "rb", storage) as f:
+            table = pq.read_table(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise FileNotFoundError(f"--events {uri}: no such file") from None
+        raise ValueError(
+            f"--events {uri} is not a Parquet file ({type(exc).__name__}); give the "
+            "file written by `vaerr query happy|spikes --output events.parquet`"
+        ) from None
+    missing = [c for c in ("video_id", "track_ids", "start_s", "end_s", "kind")
+               if c not in table.column_names]  # fmt: skip
+    if missing:
+        raise ValueError(
+            f"--events {uri} is not an events table (no column {missing[0]!r}); give the "
+            "file written by `vaerr query happy|spikes --output events.parquet`"
+        )
+    try:
+        return table.select(EVENTS.names).cast(EVENTS)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"--events {uri}: columns do not match the events table ({exc})") from None
 
 
 def run_plot(args: argparse.Namespace) -> int:
     """Parse -> build -> run: `vaerr plot`."""
     cfg = config_from_args(args)
+    check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, video=args.video)
     if table.num_rows == 0:
         raise ValueError(f"no timeline rows in {args.timelines}")
     _warn_untrained(table)
     if args.events:
-        with open_uri(args.events, "rb", cfg.storage) as f:
-            events = pq.read_table(f)
+        events = read_events(args.events, cfg.storage)
     else:
         events = pa.concat_tables([find_happy(table), find_spikes(table)])
     plot_timelines(table, events, args.output, cfg.storage, cfg.emotion)

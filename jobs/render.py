@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 import pyarrow as pa
 
 from jobs.common import add_config_args, config_from_args, print_json_line
+from pipeline.errors import is_storage_outage, status_reason
+from pipeline.ids import video_id
+from pipeline.io import check_output
 from pipeline.query import open_timelines, read_timelines
 from pipeline.render import read_annotations, render_video, video_candidates
 from pipeline.status import FAILED, OK, status_record
@@ -41,11 +45,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ID_OR_URI",
         help="The video's rows in TIMELINES (default: found by the URI's id, the URI, its name).",
     )
-    p.add_argument("--scale", type=float, help="Output size factor (default: short side >= 540).")
-    p.add_argument("--fps", type=float, help="Output frame rate (default: the source's).")
-    p.add_argument("--crf", type=int, default=20, help="x264 quality, 0..51, lower = better (20).")
+    p.add_argument(
+        "--scale",
+        type=_bounded(float, 0.0, MAX_SCALE, "--scale", low_open=True),
+        help=f"Output size factor in (0, {MAX_SCALE:g}] (default: short side >= 540).",
+    )
+    p.add_argument(
+        "--fps",
+        type=_bounded(float, 0.0, MAX_FPS, "--fps", low_open=True),
+        help=f"Output frame rate in (0, {MAX_FPS:g}] (default: the source's).",
+    )
+    p.add_argument(
+        "--crf",
+        type=_bounded(int, 0, 51, "--crf"),
+        default=20,
+        help="x264 quality, 0..51, lower = better (20).",
+    )
     add_config_args(p)
     p.set_defaults(func=run)
+
+
+MAX_SCALE = 8.0
+"""Largest --scale: 8x a 540p video is already past 4K."""
+MAX_FPS = 240.0
+"""Largest --fps."""
+
+
+def _bounded(kind: type, low: float, high: float, flag: str, low_open: bool = False) -> Any:
+    """An argparse type: `kind(text)` inside [low, high] ((low, high] with `low_open`), else a
+    usage error (exit 2) naming the flag and its range."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} needs a {kind.__name__}, not {text!r}"
+            ) from None
+        ok = (v > low if low_open else v >= low) and v <= high and v == v
+        if not ok:
+            lo = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be in {lo}{low:g}, {high:g}], not {text}"
+            )
+        return v
+
+    return parse
 
 
 def _rows_of(args: argparse.Namespace, storage: object) -> pa.Table:
@@ -64,9 +109,17 @@ def _rows_of(args: argparse.Namespace, storage: object) -> pa.Table:
 def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     cfg = config_from_args(args)
-    rows = _rows_of(args, cfg.storage)
+    check_output(args.output)
+    uri = args.video
+    try:
+        rows = _rows_of(args, cfg.storage)
+    except (OSError, ValueError) as exc:
+        if not is_storage_outage(exc):
+            raise  # a usage error: no rows for this video, not a timelines table...
+        print_json_line(status_record(video_id(uri), uri, FAILED, status_reason(exc), 0, 0))
+        return 1
     ann = read_annotations(args.annotations, cfg.storage) if args.annotations else None
-    vid, uri = rows["video_id"][0].as_py(), args.video
+    vid = rows["video_id"][0].as_py()
     try:
         out = render_video(
             args.video,
@@ -82,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
         )
     except VideoError as exc:
         print_json_line(status_record(vid, uri, FAILED, str(exc), 0, 0))
+        return 1
+    except Exception as exc:  # storage outage or a broken output: still a status record
+        if not is_storage_outage(exc) and not isinstance(exc, OSError):
+            raise
+        print_json_line(status_record(vid, uri, FAILED, status_reason(exc), 0, 0))
         return 1
     if ann is not None and not out["truth"]:
         log.warning(

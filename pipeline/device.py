@@ -5,11 +5,34 @@ from __future__ import annotations
 import torch
 
 
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; other names pass through."""
+def resolve_device(name: str, dtype: str | None = None) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; other names pass through. With
+    `dtype`, also check that this machine can run it (`check_device`), before any work."""
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is not None:
+        check_device(name, dtype)
     return name
+
+
+def check_device(name: str, dtype: str = "float32") -> None:
+    """ValueError naming the device when it is not a torch device, is a GPU this machine does
+    not have, or cannot run `dtype` (bfloat16 on a GPU before Ampere). float16 on a CPU runs
+    (torch's CPU autocast supports it, slowly): it is allowed, not silently changed."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        msg = f"device {name!r} is not a torch device (cpu, cuda, cuda:1, auto)"
+        raise ValueError(msg) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible here; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"device {name!r} cannot run bfloat16; use float16 or float32")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"device {name!r}: only cpu, cuda and mps devices are supported")
 
 
 def batch_for(device: str, configured: int | None, cpu: int, gpu: int) -> int:

@@ -1,10 +1,12 @@
 """Inputs -> manifest: one row per video with a stable id and a source version.
 
 INPUT may be a local file or folder, a glob, any fsspec URI or prefix (s3://bucket/prefix),
-or a Parquet manifest with a `uri` column. Folders and prefixes are listed recursively and
-filtered by extension; files named explicitly are always kept (a bad one gets a status row).
-The source version is the object's ETag, else size + mtime: a rerun skips a video only if this
-is unchanged.
+or a Parquet manifest with a string `uri` column (no nulls). Folders and prefixes are listed
+recursively and filtered by extension; files named explicitly are always kept (a bad one gets a
+status row), and so are dangling or looping symlinks, from folders and globs alike. The source
+version is the object's ETag, else size + mtime: a rerun skips a video only if this is
+unchanged. Ids come from the URI as given: one local file reached by two paths (a symlink, `..`)
+gets two ids and is processed twice; give one path per file.
 """
 
 from __future__ import annotations
@@ -55,6 +57,30 @@ def _entry(uri: str, info: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def manifest_uris(fs: Any, path: str, name: str) -> list[str]:
+    """The `uri` column of a Parquet manifest: ValueError naming the manifest when it is not
+    Parquet, has no `uri` column, or holds anything but non-empty strings (nulls, numbers)."""
+    how = "a manifest is a Parquet file with a string column `uri`, one row per video"
+    try:
+        with fs.open(path, "rb") as f:
+            schema = pq.read_schema(f)
+            if "uri" not in schema.names:
+                raise ValueError(f"manifest {name} has no `uri` column: {how}")
+            col = pq.read_table(f, columns=["uri"]).column("uri")
+    except pa.ArrowException as exc:
+        raise ValueError(f"manifest {name} is not a readable Parquet file ({exc}): {how}") from None
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise ValueError(f"manifest {name}: column `uri` holds {col.type}, not strings: {how}")
+    uris = col.to_pylist()
+    bad = [i for i, u in enumerate(uris) if not u or not u.strip()]
+    if bad:
+        raise ValueError(
+            f"manifest {name}: {len(bad)} of {len(uris)} rows have a null or empty `uri` "
+            f"(first: row {bad[0]}): {how}"
+        )
+    return uris
+
+
 def list_inputs(
     inputs: list[str], storage: StorageConfig | None = None, infer: InferConfig | None = None
 ) -> pa.Table:
@@ -68,9 +94,7 @@ def list_inputs(
     for item in inputs:
         fs, path = filesystem(item, storage)
         if item.endswith(".parquet") and fs.isfile(path):
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=["uri"])
-            for uri in table.column("uri").to_pylist():
+            for uri in manifest_uris(fs, path, item):
                 ufs, upath = filesystem(uri, storage)
                 try:
                     info = ufs.info(upath)
@@ -81,7 +105,9 @@ def list_inputs(
         if any(ch in path for ch in "*?["):
             matches = fs.glob(path, detail=True)
             for p, info in sorted(matches.items()):
-                if info.get("type") == "file":
+                # Like folder listings, dangling and looping symlinks (type "other") are kept:
+                # each gets a `failed` status row instead of vanishing silently.
+                if info.get("type") != "directory":
                     rows.setdefault(_uri(fs, p, item), _entry(_uri(fs, p, item), info))
             continue
         try:

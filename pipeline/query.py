@@ -4,15 +4,23 @@ Timelines are read with pyarrow datasets on the fsspec filesystem of the URI (pi
 so S3 and other stores need no DuckDB extension (none can be downloaded offline): DuckDB only
 ever sees Arrow objects. SQL runs on a connection with external access disabled and its
 configuration locked, after a parse-tree check that it is one SELECT reading nothing but the
-registered `timelines` view (and harmless generators such as `range`).
+registered `timelines` view (and harmless generators such as `range`), within bounds on its
+length, nesting, run time, memory and result size (`SqlLimits`).
+
+Only timeline tables are ever read as timelines: OUT/timelines/, a folder or file whose schema
+has the timeline columns. An OUT without `timelines/` (no video had a face) is an empty result
+with a one-line note; other tables (the manifest, status rows) are refused, never read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -25,6 +33,9 @@ import pyarrow.parquet as pq
 from pipeline.io import atomic_write
 from pipeline.storage import filesystem
 from schemas.config import StorageConfig
+from schemas.tables import TIMELINES
+
+log = logging.getLogger(__name__)
 
 VIEW = "timelines"
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
@@ -38,25 +49,59 @@ class QueryRefused(ValueError):
     """SQL that is not a single read-only SELECT over the timelines; the message says why."""
 
 
+class QueryLimit(ValueError):
+    """A query that hit one of the `SqlLimits`; the message names the limit and what to do."""
+
+
+@dataclass(frozen=True)
+class SqlLimits:
+    """Bounds on one `vaerr query sql` statement, checked before (length, nesting) and while
+    (time, memory, result rows) it runs."""
+
+    max_chars: int = 20_000
+    """Longest statement, characters."""
+    max_depth: int = 32
+    """Deepest nesting of parentheses (subqueries, calls, expressions), counted on DuckDB's
+    own tokens so brackets inside string literals do not count."""
+    timeout_s: float = 60.0
+    """Wall-clock budget of the query and its fetch, s; the query is interrupted past it."""
+    memory_mb: int = 2048
+    """DuckDB's memory limit, MiB (nothing spills to disk: no temp directory)."""
+    threads: int = 2
+    """DuckDB worker threads."""
+    max_rows: int = 5_000_000
+    """Most result rows fetched (aggregate or add LIMIT for more)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Reading
+
+REQUIRED = ("video_id", "uri", "track_id", "time_s", "arousal", "valence")
+"""Columns a table must have to be read as timelines."""
+OUT_MARKERS = ("run.json", "videos", "manifest.parquet")
+"""Names that make a folder a job's OUT (whose timelines live in OUT/timelines/)."""
 
 
 def timeline_files(uri: str, storage: StorageConfig | None = None) -> tuple[Any, list[str]]:
     """(fsspec filesystem, sorted Parquet file paths) of TIMELINES: a job's output folder OUT
     (its `timelines/` is used), the `timelines/` folder itself, or one Parquet file. Hidden
-    names (a write in progress, `.x.parquet.tmp-*`) are skipped."""
+    names (a write in progress, `.x.parquet.tmp-*`) are skipped. An OUT without `timelines/`
+    (or an empty `timelines/`) gives no files; a path that does not exist, or another folder
+    without Parquet files, raises FileNotFoundError.
+    The rest of OUT (manifest, status rows) is never listed."""
     fs, path = filesystem(uri, storage)
     path = path.rstrip("/")
     if fs.isfile(path):
         return fs, [path]
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"no timelines at {uri}: no such file or folder")
     sub = f"{path}/timelines"
     if fs.isdir(sub):
         path = sub
-    elif not fs.isdir(path):
-        raise FileNotFoundError(f"no timelines at {uri}")
+    elif any(fs.exists(f"{path}/{m}") for m in OUT_MARKERS):
+        return fs, []  # a job's OUT where no video had a face
     files = sorted(f for f in fs.find(path) if _is_data_file(f))
-    if not files:
+    if not files and path.rsplit("/", 1)[-1] != "timelines":
         raise FileNotFoundError(f"no Parquet files under {uri} (expected OUT or OUT/timelines)")
     return fs, files
 
@@ -69,9 +114,22 @@ def _is_data_file(path: str) -> bool:
 
 
 def open_timelines(uri: str, storage: StorageConfig | None = None) -> ds.Dataset:
-    """A lazy pyarrow dataset over TIMELINES (see `timeline_files`); nothing is read yet."""
+    """A lazy pyarrow dataset over TIMELINES (see `timeline_files`); nothing is read yet.
+
+    No timeline files: an empty dataset of the TIMELINES schema and a one-line warning. Files
+    without the timeline columns (a manifest, status rows, events) raise ValueError."""
     fs, files = timeline_files(uri, storage)
-    return ds.dataset(files, filesystem=fs, format="parquet")
+    if not files:
+        log.warning("%s holds no timelines (no video had a face?): the result is empty", uri)
+        return ds.InMemoryDataset(TIMELINES.empty_table())
+    dataset = ds.dataset(files, filesystem=fs, format="parquet")
+    missing = [c for c in REQUIRED if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(
+            f"{uri} is not a timelines table (no column {missing[0]!r}): give a job's OUT, "
+            "OUT/timelines/ or one of its Parquet files"
+        )
+    return dataset
 
 
 def video_filter(dataset: ds.Dataset, video: str) -> pc.Expression:
@@ -126,15 +184,53 @@ def _nodes(tree: Any) -> Iterator[dict[str, Any]]:
             stack.extend(node)
 
 
-def check_read_only(sql: str) -> str:
+def _one_line(exc: BaseException) -> str:
+    """DuckDB's message on one line, without the caret diagrams it adds."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and "^" not in ln]
+    return " ".join(lines)[:400] or type(exc).__name__
+
+
+def check_bounds(sql: str, limits: SqlLimits = SqlLimits()) -> None:
+    """QueryLimit when `sql` is longer or nests deeper than `limits` allow (checked before the
+    parser sees it: DuckDB's parser and the JSON tree recurse per level)."""
+    if len(sql) > limits.max_chars:
+        raise QueryLimit(
+            f"the query is {len(sql)} characters, over the limit of {limits.max_chars}"
+        )
+    try:
+        tokens = duckdb.tokenize(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(f"cannot parse the query: {_one_line(exc)}") from None
+    depth = deepest = 0
+    for pos, kind in tokens:
+        if kind != duckdb.token_type.operator:
+            continue
+        for ch in sql[pos : pos + 3]:
+            if ch == "(":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif ch == ")":
+                depth -= 1
+            else:
+                break
+    if deepest > limits.max_depth:
+        raise QueryLimit(
+            f"the query nests {deepest} levels of parentheses, over the limit of "
+            f"{limits.max_depth}: flatten subqueries into a WITH clause"
+        )
+
+
+def check_read_only(sql: str, limits: SqlLimits = SqlLimits()) -> str:
     """The one statement of `sql` if it is a read-only SELECT (WITH, FROM-first, DESCRIBE and
     SUMMARIZE included) whose table functions are generators and whose tables are names, not
-    file paths; else QueryRefused. Parsed with DuckDB's own parser (`extract_statements`, then
-    `json_serialize_sql` for the tree), so no hand-written SQL lexing decides."""
+    file paths; else QueryRefused (QueryLimit past `limits`' length or nesting). Parsed with
+    DuckDB's own parser (`extract_statements`, then `json_serialize_sql` for the tree), so no
+    hand-written SQL lexing decides."""
+    check_bounds(sql, limits)
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryRefused(f"cannot parse the query: {exc}") from None
+        raise QueryRefused(f"cannot parse the query: {_one_line(exc)}") from None
     if len(statements) != 1:
         raise QueryRefused(f"give exactly one statement, got {len(statements)}")
     st = statements[0]
@@ -142,7 +238,10 @@ def check_read_only(sql: str) -> str:
         raise QueryRefused(f"only read-only SELECT/WITH queries run; this is {st.type.name}")
     with duckdb.connect(config={"enable_external_access": False}) as con:
         raw = con.execute("SELECT json_serialize_sql(?)", [st.query]).fetchone()[0]
-    tree = json.loads(raw)
+    try:
+        tree = json.loads(raw)
+    except RecursionError:
+        raise QueryLimit("the query nests too deeply: flatten it into a WITH clause") from None
     if tree.get("error"):
         raise QueryRefused(f"not a plain SELECT: {tree.get('error_message')}")
     for node in _nodes(tree):
@@ -161,11 +260,14 @@ def check_read_only(sql: str) -> str:
     return st.query
 
 
-def connect(dataset: ds.Dataset | pa.Table) -> duckdb.DuckDBPyConnection:
+def connect(
+    dataset: ds.Dataset | pa.Table, limits: SqlLimits = SqlLimits()
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection that sees `dataset` as the view `timelines` and nothing
-    else: no file system or network access, no Python variables by name, configuration
-    locked (a query cannot turn access back on). Scans stream from the Arrow dataset, with
-    column and filter push-down."""
+    else: no file system or network access, no Python variables by name, memory and threads
+    bounded by `limits`, no spilling to disk, configuration locked (a query cannot turn access
+    back on or raise its limits). Scans stream from the Arrow dataset, with column and filter
+    push-down."""
     con = duckdb.connect(
         ":memory:",
         config={
@@ -173,6 +275,9 @@ def connect(dataset: ds.Dataset | pa.Table) -> duckdb.DuckDBPyConnection:
             "python_enable_replacements": False,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            "memory_limit": f"{limits.memory_mb}MB",
+            "threads": limits.threads,
+            "temp_directory": "",
         },
     )
     con.register(VIEW, dataset)
@@ -180,13 +285,42 @@ def connect(dataset: ds.Dataset | pa.Table) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def run_sql(sql: str, dataset: ds.Dataset | pa.Table) -> pa.Table:
-    """Run a read-only query (`check_read_only`) over `dataset` as `timelines` -> Arrow table."""
-    query = check_read_only(sql)
-    con = connect(dataset)
+def run_sql(sql: str, dataset: ds.Dataset | pa.Table, limits: SqlLimits = SqlLimits()) -> pa.Table:
+    """Run a read-only query (`check_read_only`) over `dataset` as `timelines` -> Arrow table.
+
+    QueryLimit when it runs past `limits.timeout_s` (interrupted), needs more than
+    `limits.memory_mb`, or returns more than `limits.max_rows` rows; ValueError with DuckDB's
+    one-line message for an ordinary error (unknown column, bad type...)."""
+    query = check_read_only(sql, limits)
+    con = connect(dataset, limits)
+    timer = threading.Timer(limits.timeout_s, con.interrupt)
+    timer.daemon = True
+    timer.start()
     try:
-        return con.sql(query).to_arrow_table()
+        reader = con.sql(query).to_arrow_reader(65_536)
+        batches, rows = [], 0
+        for batch in reader:
+            rows += batch.num_rows
+            if rows > limits.max_rows:
+                raise QueryLimit(
+                    f"the query returns more than {limits.max_rows} rows: aggregate, or add LIMIT"
+                )
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=reader.schema)
+    except duckdb.InterruptException:
+        raise QueryLimit(
+            f"the query ran past its {limits.timeout_s:g} s limit and was stopped: "
+            "filter or aggregate more (or raise --timeout-s)"
+        ) from None
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryLimit(
+            f"the query needs more than its {limits.memory_mb} MiB memory limit "
+            f"({_one_line(exc)}): filter or aggregate more (or raise --memory-mb)"
+        ) from None
+    except duckdb.Error as exc:
+        raise ValueError(f"the query failed: {_one_line(exc)}") from None
     finally:
+        timer.cancel()
         con.close()
 
 

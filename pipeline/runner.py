@@ -349,10 +349,16 @@ def run_ray(
     import ray
     from ray.data import ActorPoolStrategy
 
+    from pipeline.raylink import ray_target
+
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
+        target, how = ray_target(address)
+        log.info("Ray: %s", how)
+        ray.init(address=target, log_to_driver=False, **(ray_init or {}))
         started = True
+    else:
+        log.info("Ray: using the Ray this process already joined")
     try:
         inf = cfg.infer
         ctx = ray.data.DataContext.get_current()

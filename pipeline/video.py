@@ -58,6 +58,7 @@ class VideoInfo:
     gaps: list[tuple[float, float]] = field(default_factory=list)
     last_time_s: float = 0.0  # timestamp of the last decoded frame
     range_end_s: float = float("inf")  # end of the requested time range
+    container_note: str | None = None  # damage the container shows (a cut-off MPEG stream)
 
 
 def _upright(img: np.ndarray, rotation: int) -> np.ndarray:
@@ -116,6 +117,7 @@ class VideoReader:
         elif self._container.duration:
             duration = self._container.duration / av.time_base
         w, h = self._stream.codec_context.width, self._stream.codec_context.height
+        note = _mpeg_cut_note(self._file, fmt)
         self.info = VideoInfo(
             width=w,
             height=h,
@@ -124,6 +126,7 @@ class VideoReader:
             rotation=0,
             has_audio=bool(self._container.streams.audio),
             codec=self._stream.codec_context.name,
+            container_note=note,
         )
 
     def __enter__(self) -> VideoReader:
@@ -252,6 +255,62 @@ class VideoReader:
         return FrameChunk(frames, fi, fi.astype(np.float64) / fps)
 
 
+MPEG_TAIL_BYTES = 1 << 16
+"""Bytes read from the end of an MPEG program stream to check that its last pack is whole."""
+
+
+def mpeg_ps_cut(tail: bytes) -> bool:
+    """True when the last packet of an MPEG program stream (`tail`: the file's last bytes) ends
+    past the end of the file: the file was cut off. Such files report an ok duration (FFmpeg
+    estimates it from the size), so decoding alone cannot tell. The walk starts at the last
+    system start code (00 00 01 B9..FF: pack headers and PES packets; elementary streams
+    never contain them) and follows the packet lengths. A file ending in the program end code,
+    padding or a whole packet is not cut; a tail without a start code is not judged."""
+    i = len(tail)
+    while True:
+        i = tail.rfind(b"\x00\x00\x01", 0, i)
+        if i < 0:
+            return False
+        if i + 3 < len(tail) and tail[i + 3] >= 0xB9:
+            break
+    p = i
+    while p < len(tail):
+        if p + 6 > len(tail):
+            return True
+        if tail[p : p + 3] != b"\x00\x00\x01":
+            return False  # not a packet we can walk: do not guess
+        code = tail[p + 3]
+        if code == 0xB9:  # MPEG_program_end_code
+            return False
+        if code == 0xBA:  # pack header: MPEG-2 14 bytes plus stuffing, MPEG-1 12 bytes
+            if p + 14 > len(tail):
+                return True
+            p += 14 + (tail[p + 13] & 7) if tail[p + 4] >> 6 == 1 else 12
+            continue
+        p += 6 + int.from_bytes(tail[p + 4 : p + 6], "big")
+    return p > len(tail)
+
+
+def _mpeg_cut_note(f: Any, fmt: str) -> str | None:
+    """A note when an MPEG program or transport stream file was cut off (see `mpeg_ps_cut`;
+    transport streams: a size that is not whole 188- or 192-byte packets), else None. Reads
+    the file's tail and restores the position the demuxer left."""
+    if fmt not in ("mpeg", "mpegts") or not hasattr(f, "seek"):
+        return None
+    try:
+        pos = f.tell()
+        size = f.seek(0, 2)
+        if fmt == "mpegts":
+            cut = size % 188 != 0 and size % 192 != 0
+        else:
+            f.seek(max(0, size - MPEG_TAIL_BYTES))
+            cut = mpeg_ps_cut(f.read(MPEG_TAIL_BYTES))
+        f.seek(pos)
+    except (OSError, ValueError):
+        return None
+    return f"the MPEG stream ends mid-packet at {size} bytes (truncated)" if cut else None
+
+
 def decode_warnings(info: VideoInfo | None) -> str | None:
     """One line on damage seen while decoding (None when clean): corrupt packets skipped and
     the gaps they left, seconds from the first frame."""
@@ -264,6 +323,8 @@ def decode_warnings(info: VideoInfo | None) -> str | None:
         notes.append(f"{info.decode_errors} undecodable packets skipped")
         if gaps:
             notes.append(f"gaps at {gaps}{more}")
+    if info.container_note:
+        notes.append(info.container_note)
     frame_s = 1.0 / info.src_fps if info.src_fps > 0 else 0.1
     expected_end = min(info.duration_s, info.range_end_s)
     if info.decoded_frames and expected_end - info.last_time_s > 2 * frame_s + 0.5:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from schemas.base import Section
 from schemas.model import LossConfig, ModelConfig
 from schemas.train import AugmentConfig, DataConfig, EvalConfig, PretrainConfig, TrainConfig
+from schemas.yamlsafe import MAX_YAML_BYTES, load_yaml
 
 RETINAFACE_URL = "https://www.adrianbulat.com/downloads/python-fan/retinaface_mobilenet0.25.pth"
 FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar"
@@ -24,6 +26,11 @@ MEAN_FACE_URL = (
     "https://raw.githubusercontent.com/mpc001/auto_avsr/main/preparation/detectors/"
     "retinaface/20words_mean_face.npy"
 )
+
+
+MAX_WINDOW_FRAMES = 2000
+"""Longest model window, frames (80 s at 25 fps): a batch of windows of 96x96 crops stays a few
+hundred MiB, and the GRU never needs more context than that."""
 
 
 class StorageConfig(Section):
@@ -44,6 +51,8 @@ class StorageConfig(Section):
     retry_s: float = Field(
         120.0,
         ge=0,
+        le=3600,
+        allow_inf_nan=False,
         description="How long reads and writes retry a storage outage, s, "
         "before the video (read) or the run (write) fails with a clear message.",
     )
@@ -53,8 +62,12 @@ class VideoConfig(Section):
     """Decoding: the analysis frame rate, time range and streaming chunk size."""
 
     fps: float = Field(25.0, gt=0, le=240, description="Analysis rate, frames/s (METHOD: 25).")
-    start_s: float | None = Field(None, ge=0, description="Start of the range to analyse, s.")
-    end_s: float | None = Field(None, gt=0, description="End of the range to analyse, s.")
+    start_s: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="Start of the range to analyse, s."
+    )
+    end_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="End of the range to analyse, s."
+    )
     audio_rate: int = Field(16000, gt=0, description="Audio resample rate, Hz (mono).")
     chunk_frames: int = Field(
         32, ge=1, le=4096, description="Frames decoded and detected per chunk (bounds memory)."
@@ -62,6 +75,14 @@ class VideoConfig(Section):
     chunk_mb: int = Field(
         256, ge=8, description="Cap on one chunk's decoded RGB, MiB (4K video: fewer frames)."
     )
+
+    @model_validator(mode="after")
+    def _range(self) -> VideoConfig:
+        if self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s:
+            raise ValueError(
+                f"video.start_s ({self.start_s}) must be below video.end_s ({self.end_s})"
+            )
+        return self
 
 
 class DetectorConfig(Section):
@@ -154,11 +175,20 @@ class EmotionConfig(Section):
 
     angles: dict[str, float] = Field(
         default_factory=lambda: dict(EMOTION_ANGLES),
+        min_length=1,
         description="Word -> angle in degrees, counter-clockwise from positive valence.",
     )
     neutral_radius: float = Field(
         0.15, ge=0, le=1.5, description="Points closer than this to the origin are 'Neutral'."
     )
+
+    @field_validator("angles")
+    @classmethod
+    def _finite(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, a in v.items() if not math.isfinite(a)]
+        if bad:
+            raise ValueError(f"emotion.angles must be finite degrees; not {bad}")
+        return v
 
 
 class InferConfig(Section):
@@ -167,6 +197,7 @@ class InferConfig(Section):
     window_frames: int = Field(
         200,
         ge=1,
+        le=MAX_WINDOW_FRAMES,
         description="Frames per model window (200 = 8 s at 25 fps: the GRU sees "
         "whole reactions, twice the 4 s training clips).",
     )
@@ -179,8 +210,9 @@ class InferConfig(Section):
     output_hz: float | None = Field(
         10.0,
         gt=0,
-        description="Timeline rows per second (10 Hz = the AVEC step); null: one "
-        "row per analysis frame.",
+        le=240,
+        description="Timeline rows per second (10 Hz = the AVEC step), at most the analysis "
+        "rate video.fps; null: one row per analysis frame.",
     )
     batch_size: int = Field(8, ge=1, description="Windows per model forward pass.")
     max_attempts: int = Field(
@@ -240,6 +272,16 @@ class VaerrConfig(Section):
     def _expand(cls, v: str | None) -> str | None:
         return str(Path(v).expanduser()) if v else v
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> VaerrConfig:
+        hz = self.infer.output_hz
+        if hz is not None and hz > self.video.fps:
+            raise ValueError(
+                f"infer.output_hz ({hz}) cannot exceed the analysis rate video.fps "
+                f"({self.video.fps}); use null for one row per frame"
+            )
+        return self
+
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -259,7 +301,8 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        _set_path(tree, key.strip(), yaml.safe_load(raw) if raw != "" else None)
+        value = load_yaml(raw, f"--set {key.strip()}") if raw != "" else None
+        _set_path(tree, key.strip(), value)
     return tree
 
 
@@ -277,8 +320,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read YAML (optional), apply `--set` overrides, validate. Errors name the field."""
     data: dict[str, Any] = {}
     if path:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"--config {path} is a folder: give a YAML file")
+        if p.is_file() and p.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError(f"{path}: config is over the {MAX_YAML_BYTES}-byte limit")
+        data = load_yaml(p.read_text(), str(path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
     data = _merge(data, parse_overrides(overrides))

@@ -21,7 +21,9 @@ class ModelConfig(Section):
     arch: str = Field("ssvaerr_r18", description="Registry name: ssvaerr_r18 or ssvaerr_tiny.")
     bins: int = Field(20, ge=2, le=256, description="Bins per target of the CE head (METHOD: 20).")
     device: str = Field("cpu", description="torch device for the network.")
-    dtype: str = Field("float32", description="Inference precision: float32, bfloat16, float16.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Inference precision: float32, bfloat16, float16."
+    )
 
     frontend_channels: int | None = Field(
         None, ge=1, description="Conv3d front-end output channels (None: arch preset; r18: 64)."

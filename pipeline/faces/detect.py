@@ -9,9 +9,10 @@ are mapped back to source pixels.
 from __future__ import annotations
 
 import logging
+import pickle
 from functools import lru_cache
 from itertools import product
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -81,12 +82,34 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     return priors[:, None, :2] + pts * VARIANCE[0] * priors[:, None, 2:]
 
 
+def load_state_file(path: str, name: str) -> Any:
+    """torch.load(weights_only=True) of a local weights file, `name` being what the config
+    gave. A file holding pickled objects beyond tensors (code could run on load) or one that is
+    not a torch file is refused with a one-line ValueError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = "Unsupported global" in str(exc) or "WeightsUnpickler" in str(exc)
+        why = (
+            "it holds pickled Python objects beyond tensors, which could run code on load; "
+            "re-save it as a plain state dict of tensors from a trusted environment"
+            if unsafe
+            else "it is not a torch weights file"
+        )
+        raise ValueError(f"refusing to load weights {name}: {why}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        kind = type(exc).__name__
+        raise ValueError(
+            f"cannot read weights {name} ({kind}): not a torch weights file, or truncated"
+        ) from None
+
+
 def load_weights(
     net: torch.nn.Module, weights: str, device: str, cache: str | None = None
 ) -> torch.nn.Module:
     """Load a state dict (path, URI or URL; plain, or under "state_dict"; DataParallel's
     "module." prefix removed) into `net` with weights_only=True; return it on `device`, eval."""
-    state = torch.load(resolve_file(weights, cache), map_location="cpu", weights_only=True)
+    state = load_state_file(resolve_file(weights, cache), weights)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})

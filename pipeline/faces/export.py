@@ -11,11 +11,12 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from pipeline.errors import escape, status_reason
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.ids import video_id
 from pipeline.io import ParquetStream, write_text
 from pipeline.status import FAILED, face_status, status_record
-from pipeline.storage import join
+from pipeline.storage import filesystem, join
 from pipeline.video import VideoError
 from schemas.config import config_yaml
 from schemas.tables import BOX, CLIPS, TRACKS
@@ -60,26 +61,57 @@ def clips_table(rows: dict[str, np.ndarray]) -> pa.Table:
 
 
 def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
-    """Run the face pipeline on `uri` and write its tables under `out_dir`."""
+    """Run the face pipeline on `uri` and write its tables under `out_dir`.
+
+    Any failure (an undecodable video, storage unreachable for the input or the output) is a
+    `failed` record with a one-line reason, never an exception: the streams are discarded (on
+    object stores nothing is published) and tracks/clips of an earlier run in `out_dir` are
+    removed, so the folder never shows old tables beside the new config."""
     cfg = pipe.cfg
     vid = video_id(uri)
-    write_text(join(out_dir, "config.yaml"), config_yaml(cfg), cfg.storage)
-    tracks = ParquetStream(join(out_dir, "tracks.parquet"), TRACKS, cfg.storage)
-    clips = ParquetStream(join(out_dir, "clips.parquet"), CLIPS, cfg.storage)
-    run = pipe.run(uri)
+    streams: list[ParquetStream] = []
+    frames = 0
     try:
+        write_text(join(out_dir, "config.yaml"), config_yaml(cfg), cfg.storage)
+        tracks = ParquetStream(join(out_dir, "tracks.parquet"), TRACKS, cfg.storage)
+        streams.append(tracks)
+        clips = ParquetStream(join(out_dir, "clips.parquet"), CLIPS, cfg.storage)
+        streams.append(clips)
+        run = pipe.run(uri)
         with tqdm(desc="faces", unit="row", disable=None, leave=False) as bar:
             for rows in run:
+                frames = run.frames
                 tracks.write(tracks_table(rows))
                 clips.write(clips_table(rows))
                 bar.update(len(rows["track_id"]))
-    except VideoError as exc:
-        tracks.close(ok=False)
-        clips.close(ok=False)
-        log.warning("%s: failed: %s", uri, exc)
-        return status_record(vid, uri, FAILED, str(exc), 0, run.frames)
-    tracks.close()
-    clips.close()
+        frames = run.frames
+        tracks.close()
+        streams.remove(tracks)
+        clips.close()
+        streams.remove(clips)
+    except Exception as exc:
+        for s in streams:
+            _quietly(lambda s=s: s.close(ok=False))
+        for name in ("tracks.parquet", "clips.parquet"):
+            _quietly(lambda name=name: _remove_stale(join(out_dir, name), cfg))
+        reason = str(exc) if isinstance(exc, VideoError) else status_reason(exc)
+        log.warning("%s: failed: %s", escape(uri), escape(reason))
+        return status_record(vid, uri, FAILED, reason, 0, frames)
     status, reason = face_status(run.tracks)
-    log.info("%s: %s, %d frames, %d tracks", uri, status, run.frames, run.tracks)
+    log.info("%s: %s, %d frames, %d tracks", escape(uri), status, run.frames, run.tracks)
     return status_record(vid, uri, status, reason, run.tracks, run.frames)
+
+
+def _quietly(fn: Any) -> None:
+    """Run a clean-up step of a failure path; its own error is logged, not raised."""
+    try:
+        fn()
+    except Exception as exc:
+        log.warning("clean-up after a failure failed: %s", status_reason(exc))
+
+
+def _remove_stale(uri: str, cfg: Any) -> None:
+    """Delete an earlier run's table at `uri`, if any."""
+    fs, path = filesystem(uri, cfg.storage)
+    if fs.exists(path):
+        fs.rm(path)

@@ -81,7 +81,7 @@ class FacePipeline:
     ) -> None:
         self.cfg = cfg
         f = cfg.faces
-        device = resolve_device(f.device)
+        device = resolve_device(f.device, f.dtype)
         self.detector = detector or RetinaFaceDetector(
             f.detector, device, cfg.cache_dir, dtype=f.dtype
         )

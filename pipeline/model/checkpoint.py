@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from pipeline.device import resolve_device
 from pipeline.model.network import SSVAERR
 from pipeline.model.registry import arch_spec, build_model
 from schemas.model import ModelConfig
+from schemas.yamlsafe import load_yaml
 
 if TYPE_CHECKING:
     from schemas.config import VaerrConfig
@@ -182,7 +182,7 @@ class Checkpoint:
         state.setdefault("bin_centres", self.bin_centres)
         model.load_state_dict(state, strict=True)
         model.set_bin_centres(self.bin_centres)
-        return model.to(resolve_device(device or cfg.device)).eval()
+        return model.to(resolve_device(device or cfg.device, cfg.dtype)).eval()
 
 
 def parameter_count(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> int:
@@ -460,7 +460,7 @@ def read_registry(
         with fsspec.open(registry_file, "rt", **(storage_options or {})) as f:
             text = f.read()
         base = None
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text, str(registry_file)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{registry_file}: a model registry is a mapping name -> {{uri, sha256}}")
     out: dict[str, dict[str, Any]] = {}

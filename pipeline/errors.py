@@ -1,0 +1,115 @@
+"""One-line errors for the command line: every failure a command does not turn into a status row
+ends as one line naming the input and what to do, never a traceback.
+
+Exit codes: 2 for usage errors (a bad config, path, query or input file: fix the command
+line), 1 for the environment (storage unreachable, no credentials, out of memory) and for
+internal errors (the traceback is logged at DEBUG: rerun with -vv to see it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("vaerr")
+
+USAGE = 2
+ENVIRONMENT = 1
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9,)} | {
+    10: "\\n",
+    13: "\\r",
+    127: "\\x7f",
+}
+
+
+def escape(text: str) -> str:
+    """`text` with newlines and other control characters escaped (`\\n`, `\\x1b`), so a file
+    name cannot break a log line into two or send terminal escape sequences."""
+    return text.translate(_CONTROL)
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """The exception's message on one line (pydantic: `field: message; field: message`)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        try:
+            parts = []
+            for e in exc.errors():  # type: ignore[attr-defined]
+                where = ".".join(str(p) for p in e.get("loc", ()))
+                msg = str(e.get("msg", "")).removeprefix("Value error, ")
+                parts.append(f"{where}: {msg}" if where else msg)
+            return escape("invalid config: " + "; ".join(parts))[:limit]
+        except Exception:  # noqa: S110 - fall back to the plain message
+            pass
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return escape(text)[:limit]
+
+
+def _storage_error_kind(exc: BaseException) -> str | None:
+    """'credentials' or 'unreachable' for object-store client errors, by exception type
+    (botocore, aiohttp), never by message text; None for anything else."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain and len(chain) < 20:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        mod = type(e).__module__ or ""
+        name = type(e).__name__
+        if mod.startswith("botocore"):
+            if name in ("NoCredentialsError", "PartialCredentialsError", "NoRegionError"):
+                return "credentials"
+            return "unreachable"
+        if mod.startswith("aiohttp") or isinstance(e, (ConnectionError, TimeoutError)):
+            return "unreachable"
+    return None
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message with what to do) for an exception that reached `main`."""
+    kind = _storage_error_kind(exc)
+    if kind == "credentials":
+        return USAGE, (
+            f"no storage credentials ({type(exc).__name__}): set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or storage.key/secret, or storage.anon=true for public data)"
+        )
+    if kind == "unreachable":
+        return ENVIRONMENT, (
+            f"storage unreachable ({type(exc).__name__}: {one_line(exc, 200)}): check "
+            "storage.endpoint_url / AWS_ENDPOINT_URL and the network, then rerun"
+        )
+    if isinstance(exc, MemoryError):
+        return ENVIRONMENT, "out of memory: use smaller batches or chunks, or a larger machine"
+    if isinstance(exc, PermissionError):
+        return USAGE, f"permission denied: {one_line(exc)}"
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)):
+        return USAGE, one_line(exc)
+    if isinstance(exc, ValueError):  # config, input and query errors (pydantic's included)
+        return USAGE, one_line(exc)
+    if isinstance(exc, OSError):
+        return ENVIRONMENT, f"{type(exc).__name__}: {one_line(exc)} (rerun when it is resolved)"
+    return ENVIRONMENT, (
+        f"internal error {type(exc).__name__}: {one_line(exc, 300)} "
+        "(rerun with -vv for the traceback and report it)"
+    )
+
+
+def log_traceback(exc: BaseException) -> None:
+    """The traceback at DEBUG (shown with -vv), for reports of internal errors."""
+    log.debug("traceback", exc_info=exc)
+
+
+def status_reason(exc: BaseException) -> str:
+    """A one-line status-row reason for an exception met while processing one input."""
+    return f"{type(exc).__name__}: {one_line(exc, 300)}"
+
+
+def exit_line(command: str, exc: BaseException) -> tuple[int, str]:
+    """(exit code, `vaerr COMMAND: error: ...`) for `exc`."""
+    code, msg = classify(exc)
+    return code, f"vaerr {command}: error: {msg}"
+
+
+def is_storage_outage(exc: BaseException) -> bool:
+    """True when `exc` (or its cause) is an object-store or network failure, by type."""
+    return _storage_error_kind(exc) is not None
