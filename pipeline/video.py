@@ -32,13 +32,70 @@ class VideoError(Exception):
     """A video that cannot be decoded; the message is the status row's reason."""
 
 
-class FrameChunk(NamedTuple):
-    """Consecutive analysis frames. frames: uint8 RGB [N, H, W, 3]; frame_index: int32 [N]
-    (at the analysis rate); time_s: float64 [N] (seconds from the video's first frame)."""
+# Chroma subsampling (horizontal, vertical) of the planar YUV formats handed out as planes.
+SUBSAMPLING = {
+    "yuv420p": (2, 2),
+    "yuvj420p": (2, 2),
+    "yuv422p": (2, 1),
+    "yuvj422p": (2, 1),
+    "yuv444p": (1, 1),
+    "yuvj444p": (1, 1),
+}
+# AVColorSpace values -> colour matrix; 2 (unspecified) is BT.601, swscale's default.
+_MATRIX = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}
 
-    frames: np.ndarray
+
+@dataclass
+class Planes:
+    """Consecutive decoded frames of one video as the decoder produced them (not rotated).
+
+    Planar YUV: y uint8 [N, H, W], u and v uint8 [N, ceil(H/sy), ceil(W/sx)] for `fmt` in
+    SUBSAMPLING, with `matrix` ("bt601" or "bt709") and `full_range`. Any other format or
+    matrix: `rgb` uint8 [N, H, W, 3] converted by PyAV (y, u, v None). `rotation`:
+    counter-clockwise degrees of the display matrix, applied after conversion
+    (pipeline.faces.colour.planes_to_device).
+    """
+
+    fmt: str
+    matrix: str
+    full_range: bool
+    rotation: int
+    y: np.ndarray | None = None
+    u: np.ndarray | None = None
+    v: np.ndarray | None = None
+    rgb: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rgb if self.rgb is not None else self.y)
+
+
+def frame_planes(frame: Any) -> tuple[str, str, bool, tuple[np.ndarray, ...]]:
+    """(format, matrix, full_range, arrays) of one av.VideoFrame: its own Y, U, V planes
+    (uint8 views without the line padding) when the format and matrix are supported, else
+    ("rgb24", "", True, (PyAV's RGB [H, W, 3],))."""
+    fmt = frame.format.name
+    matrix = _MATRIX.get(int(frame.colorspace or 2))
+    if fmt in SUBSAMPLING and matrix is not None:
+        full = fmt.startswith("yuvj") or int(frame.color_range or 0) == 2
+        arrays = tuple(
+            np.frombuffer(p, np.uint8)[: p.height * p.line_size].reshape(p.height, p.line_size)[
+                :, : p.width
+            ]
+            for p in frame.planes[:3]
+        )
+        return fmt, matrix, full, arrays
+    return "rgb24", "", True, (frame.to_ndarray(format="rgb24"),)
+
+
+class FrameChunk(NamedTuple):
+    """Consecutive analysis frames. frames: uint8 RGB [N, H, W, 3] (None when the chunk
+    carries `planes` instead); frame_index: int32 [N] (at the analysis rate); time_s: float64
+    [N] (seconds from the video's first frame); planes: the decoder's planes (see Planes)."""
+
+    frames: np.ndarray | None
     frame_index: np.ndarray
     time_s: np.ndarray
+    planes: Planes | None = None
 
 
 @dataclass
@@ -194,24 +251,32 @@ class VideoReader:
         start_s: float | None = None,
         end_s: float | None = None,
         chunk_frames: int = 32,
+        planes: bool = False,
     ) -> Iterator[FrameChunk]:
-        """Yield the analysis frames in chunks of at most `chunk_frames` (see module doc)."""
+        """Yield the analysis frames in chunks of at most `chunk_frames` (see module doc):
+        upright RGB in `frames`, or with `planes=True` the decoder's planes in `planes`
+        (`frames` None; converted later on the face stage's device)."""
         info = self.info
         if end_s is not None:
             info.range_end_s = end_s
         start = start_s or 0.0
         k = max(0, math.ceil(start * fps - _EPS))
         end = end_s if end_s is not None else math.inf
-        buf: list[np.ndarray] = []
+        buf: list[Any] = []
         idx: list[int] = []
         prev: tuple[float, Any] | None = None
-        prev_img: np.ndarray | None = None
+        prev_img: Any = None
 
         def emit_until(limit: float) -> Iterator[FrameChunk]:
             nonlocal k, prev_img
             while prev is not None and k / fps < limit - _EPS and k / fps < end - _EPS:
                 if prev_img is None:
-                    prev_img = _upright(prev[1].to_ndarray(format="rgb24"), info.rotation)
+                    if planes:
+                        prev_img = frame_planes(prev[1])
+                    else:
+                        prev_img = _upright(prev[1].to_ndarray(format="rgb24"), info.rotation)
+                if buf and planes and prev_img[:3] != buf[0][:3]:
+                    yield self._flush(buf, idx, fps)  # format changed mid-stream: new chunk
                 buf.append(prev_img)
                 idx.append(k)
                 k += 1
@@ -246,13 +311,23 @@ class VideoReader:
         if info.decoded_frames == 0:
             raise VideoError("no decodable video frames")
 
-    def _flush(self, buf: list[np.ndarray], idx: list[int], fps: float) -> FrameChunk:
-        frames = np.stack(buf)
+    def _flush(self, buf: list[Any], idx: list[int], fps: float) -> FrameChunk:
         fi = np.asarray(idx, dtype=np.int32)
+        frames, planes = None, None
+        if isinstance(buf[0], tuple):
+            fmt, matrix, full = buf[0][:3]
+            arrays = [np.stack([b[3][i] for b in buf]) for i in range(len(buf[0][3]))]
+            planes = Planes(fmt, matrix, full, self.info.rotation)
+            if fmt == "rgb24":
+                planes.rgb = arrays[0]
+            else:
+                planes.y, planes.u, planes.v = arrays
+        else:
+            frames = np.stack(buf)
         self.info.emitted_frames += len(buf)
         buf.clear()
         idx.clear()
-        return FrameChunk(frames, fi, fi.astype(np.float64) / fps)
+        return FrameChunk(frames, fi, fi.astype(np.float64) / fps, planes)
 
 
 MPEG_TAIL_BYTES = 1 << 16

@@ -14,10 +14,9 @@ from functools import lru_cache
 from itertools import product
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 from pipeline.device import batch_for
 from pipeline.weights import resolve_file
@@ -145,9 +144,104 @@ def load_retinaface(weights: str, device: str, cache: str | None = None) -> torc
     return net.to(memory_format=torch.channels_last)
 
 
+def frames_tensor(frames: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """uint8 RGB frames [N, H, W, 3] (numpy or a tensor anywhere) as a tensor on `device`; the
+    host -> device copy happens once, as uint8."""
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    return frames.to(device, non_blocking=True)
+
+
+@lru_cache(maxsize=16)
+def _area_matrix(n_in: int, n_out: int, device: str) -> torch.Tensor:
+    """[n_out, n_in] float32 weights of OpenCV's INTER_AREA shrink along one axis: output
+    pixel i averages input [i s, (i + 1) s) with s = n_in / n_out, fractional pixels weighted
+    by their overlap. Applied as two matmuls, the resize runs batched on any device."""
+    s = n_in / n_out
+    lo = np.arange(n_out)[:, None] * s
+    j = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(j + 1, lo + s) - np.maximum(j, lo), 0, None)
+    return torch.from_numpy((overlap / s).astype(np.float32)).to(device)
+
+
+def prepare_frames(
+    frames: torch.Tensor, max_side: int, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, float]:
+    """uint8 RGB [N, H, W, 3] on any device -> (the network's input: mean-subtracted BGR
+    [N, 3, h, w] in channels-last memory, `dtype`; the scale h / H <= 1), all on the frames'
+    device. Frames whose longest side exceeds `max_side` are area-downscaled as OpenCV's
+    INTER_AREA does (rounded to uint8 levels)."""
+    n, h, w = frames.shape[:3]
+    scale = min(1.0, max_side / max(h, w))
+    x = frames.permute(0, 3, 1, 2).flip(1).float()  # RGB -> BGR, NCHW view
+    if scale < 1.0:
+        hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+        wy = _area_matrix(h, hs, str(x.device))
+        wx = _area_matrix(w, ws, str(x.device))
+        x = torch.matmul(torch.matmul(wy, x), wx.T).round_()  # uint8 levels, as cv2 gives
+    mean = torch.tensor(BGR_MEAN, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean).to(dtype).contiguous(memory_format=torch.channels_last)
+    return x, scale
+
+
+@lru_cache(maxsize=16)
+def _device_priors(height: int, width: int, device: str) -> torch.Tensor:
+    return torch.from_numpy(prior_boxes(height, width)).to(device)
+
+
+def decode_batch(
+    loc: torch.Tensor,
+    conf: torch.Tensor,
+    landm: torch.Tensor,
+    priors: torch.Tensor,
+    size: torch.Tensor,
+    cfg: DetectorConfig,
+) -> list[Detections]:
+    """The network's outputs for N frames (loc [N, A, 4], conf [N, A, 2], landm [N, A, 10],
+    float32) -> N Detections in source px (`size` = (W, H) / scale, float32 [2]).
+
+    Candidates over the threshold are decoded for the whole batch at once, one
+    `batched_nms` runs with the frame index as the category, then the min-size filter and
+    `max_faces` per frame (strongest first); only the kept rows come to the host."""
+    n = loc.shape[0]
+    scores = conf[..., 1]
+    fi, ai = torch.nonzero(scores > cfg.threshold, as_tuple=True)
+    if fi.numel() == 0:
+        return [Detections.empty() for _ in range(n)]
+    pri = priors[ai]
+    boxes = decode_boxes(loc[fi, ai], pri) * size.repeat(2)
+    pts = decode_landmarks(landm[fi, ai], pri) * size
+    sc = scores[fi, ai]
+    keep = batched_nms(boxes, sc, fi, cfg.nms)  # decreasing score
+    boxes, pts, sc, fi = boxes[keep], pts[keep], sc[keep], fi[keep]
+    side = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    big = side >= cfg.min_size_px
+    boxes, pts, sc, fi = boxes[big], pts[big], sc[big], fi[big]
+    order = torch.sort(fi, stable=True).indices  # by frame, strongest first within a frame
+    packed = torch.cat([boxes[order], sc[order, None], pts[order].flatten(1)], 1).cpu().numpy()
+    frame_of = fi[order].cpu().numpy()
+    counts = np.bincount(frame_of, minlength=n)
+    out, start = [], 0
+    for c in counts.tolist():
+        part = packed[start : start + min(c, cfg.max_faces)]
+        start += c
+        if len(part) == 0:
+            out.append(Detections.empty())
+            continue
+        out.append(
+            Detections(
+                np.ascontiguousarray(part[:, :4]),
+                np.ascontiguousarray(part[:, 4]),
+                np.ascontiguousarray(part[:, 5:].reshape(-1, 5, 2)),
+            )
+        )
+    return out
+
+
 class RetinaFaceDetector:
-    """Batched face detection. `__call__(frames uint8 RGB [N, H, W, 3]) -> list of N
-    Detections`. Frames in one call must share a size (frames of one video do)."""
+    """Batched face detection. `__call__(frames uint8 RGB [N, H, W, 3], numpy or a tensor on
+    any device) -> list of N Detections`. Frames in one call must share a size (frames of one
+    video do). Everything up to the kept detections runs on `device`."""
 
     def __init__(
         self,
@@ -162,19 +256,17 @@ class RetinaFaceDetector:
         self.dtype = dtype
         self.net = net if net is not None else load_retinaface(cfg.weights, device, cache)
         self.batch_size = batch_for(device, cfg.batch_size, cpu=8, gpu=32)
+        # Half precision input where the network runs in half (autocast would cast anyway).
+        self._in_dtype = torch.float32 if dtype == "float32" or device == "cpu" else None
+        self.timer: Any = None  # optional StageTimer (bench): splits net / post-processing
 
-    def _prepare(self, frames: np.ndarray) -> tuple[torch.Tensor, float]:
-        n, h, w = frames.shape[:3]
-        scale = min(1.0, self.cfg.max_side / max(h, w))
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
-        x = frames[..., ::-1].astype(np.float32) - BGR_MEAN  # RGB -> BGR, mean-subtracted
-        # [N, H, W, 3] memory viewed as NCHW: the channels-last layout the network runs in.
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), scale
+    def _prepare(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, float]:
+        x = frames_tensor(frames, self.device)
+        dt = self._in_dtype or getattr(torch, self.dtype)
+        return prepare_frames(x, self.cfg.max_side, dt)
 
     @torch.inference_mode()
-    def __call__(self, frames: np.ndarray) -> list[Detections]:
+    def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
         if len(frames) == 0:
             return []
         out: list[Detections] = []
@@ -182,35 +274,18 @@ class RetinaFaceDetector:
             out.extend(self._detect(frames[s : s + self.batch_size]))
         return out
 
-    def _detect(self, frames: np.ndarray) -> list[Detections]:
+    def _detect(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
+        timer = self.timer
         x, scale = self._prepare(frames)
         h, w = x.shape[2:]
         with autocast(self.device, self.dtype):
-            loc, conf, landm = self.net(x.to(self.device))
+            loc, conf, landm = self.net(x)
+        if timer is not None:
+            timer.mark("detect_net", x.device)
         loc, conf, landm = loc.float(), conf.float(), landm.float()
-        priors = torch.from_numpy(prior_boxes(h, w)).to(loc.device)
+        priors = _device_priors(h, w, str(loc.device))
         size = torch.tensor([w, h], dtype=torch.float32, device=loc.device) / scale
-        results = []
-        for i in range(x.shape[0]):
-            scores = conf[i, :, 1]
-            keep = scores > self.cfg.threshold
-            if not bool(keep.any()):
-                results.append(Detections.empty())
-                continue
-            boxes = decode_boxes(loc[i][keep], priors[keep]) * size.repeat(2)
-            pts = decode_landmarks(landm[i][keep], priors[keep]) * size
-            sc = scores[keep]
-            order = nms(boxes.float(), sc.float(), self.cfg.nms)
-            boxes, pts, sc = boxes[order], pts[order], sc[order]
-            side = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-            big = side >= self.cfg.min_size_px
-            boxes, pts, sc = boxes[big], pts[big], sc[big]
-            m = self.cfg.max_faces
-            results.append(
-                Detections(
-                    boxes[:m].float().cpu().numpy(),
-                    sc[:m].float().cpu().numpy(),
-                    pts[:m].float().cpu().numpy(),
-                )
-            )
-        return results
+        dets = decode_batch(loc, conf, landm, priors, size, self.cfg)
+        if timer is not None:
+            timer.mark("detect_post", None)
+        return dets

@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
 from pipeline.device import batch_for
-from pipeline.faces.detect import autocast, load_weights
+from pipeline.faces.detect import autocast, frames_tensor, load_weights
+from pipeline.faces.warp import warp_batch
 from schemas.config import LandmarkConfig
 
 # face-alignment's crop convention for RetinaFace boxes: window side = 200 * scale px with
@@ -65,6 +65,45 @@ def heatmap_points(hm: np.ndarray) -> np.ndarray:
     return np.stack([px, py], -1).astype(np.float32)
 
 
+def heatmap_points_torch(hm: torch.Tensor) -> torch.Tensor:
+    """`heatmap_points` on the heatmaps' device: [M, K, 64, 64] -> float32 [M, K, 2]."""
+    m, k, h, w = hm.shape
+    flat = hm.reshape(m, k, h * w)
+    idx = flat.argmax(-1)
+    y, x = torch.div(idx, w, rounding_mode="floor"), idx % w
+    xi, yi = x.clamp(1, w - 2), y.clamp(1, h - 2)
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return flat.gather(-1, (yy * w + xx)[..., None])[..., 0]
+
+    dx = at(yi, xi + 1) - at(yi, xi - 1)
+    dy = at(yi + 1, xi) - at(yi - 1, xi)
+    inner = (x > 0) & (x < w - 1) & (y > 0) & (y < h - 1)
+    zero = torch.zeros((), dtype=hm.dtype, device=hm.device)
+    px = x.to(torch.float32) + 0.5 + torch.where(inner, 0.25 * torch.sign(dx), zero).float()
+    py = y.to(torch.float32) + 0.5 + torch.where(inner, 0.25 * torch.sign(dy), zero).float()
+    return torch.stack([px, py], -1)
+
+
+def fan_crops(
+    frames: torch.Tensor, owner: torch.Tensor, centres: torch.Tensor, sides: torch.Tensor
+) -> torch.Tensor:
+    """FAN inputs for faces in frames uint8 [N, H, W, 3] on any device: face r is the square
+    window of side sides[r] about centres[r] (source px) of frame owner[r], scaled to 256x256
+    (cv2.warpAffine's bilinear, zero outside the frame) -> uint8 [R, 256, 256, 3]."""
+    k = FAN_INPUT / sides.to(torch.float64)
+    c = centres.to(torch.float64)
+    zero = torch.zeros_like(k)
+    m = torch.stack(
+        [
+            torch.stack([k, zero, FAN_INPUT / 2 - c[:, 0] * k], -1),
+            torch.stack([zero, k, FAN_INPUT / 2 - c[:, 1] * k], -1),
+        ],
+        1,
+    )
+    return warp_batch(frames, owner, m, FAN_INPUT, border="constant")
+
+
 def load_fan(weights: str, device: str, cache: str | None = None) -> torch.nn.Module:
     """FAN 2D (4 stacked hourglasses) from a state dict at a path, URI or URL."""
     from face_alignment.models import FAN
@@ -94,41 +133,46 @@ class Fan68:
 
     @torch.inference_mode()
     def batch(
-        self, frames: list[np.ndarray], boxes: list[np.ndarray], points5: list[np.ndarray]
+        self,
+        frames: torch.Tensor | np.ndarray | list[np.ndarray],
+        boxes: list[np.ndarray],
+        points5: list[np.ndarray],
     ) -> list[np.ndarray]:
-        """Per-frame lists in, per-frame [M, 68, 2] out (source px)."""
-        crops, centres, sides, owner = [], [], [], []
-        for i, (frame, b) in enumerate(zip(frames, boxes)):
-            if len(b) == 0:
-                continue
-            c, s = fan_windows(b)
-            for cj, sj in zip(c, s):
-                k = FAN_INPUT / sj
-                m = np.array([[k, 0, FAN_INPUT / 2 - cj[0] * k], [0, k, FAN_INPUT / 2 - cj[1] * k]])
-                crops.append(cv2.warpAffine(frame, m, (FAN_INPUT, FAN_INPUT)))
-            centres.append(c)
-            sides.append(s)
-            owner += [i] * len(b)
+        """Frames uint8 RGB [N, H, W, 3] (a tensor on any device, or numpy) with per-frame
+        boxes in, per-frame [M, 68, 2] out (source px). Crops are cut on the device in one
+        batched warp; heatmap peaks are found there; only the points come back."""
+        if isinstance(frames, list):
+            frames = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
         out = [np.zeros((len(b), 68, 2), np.float32) for b in boxes]
-        if not crops:
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
             return out
-        # contiguous NCHW: a transposed view of the stacked HWC crops would reach the
-        # network as channels-last, which runs FAN's hourglasses about 2x slower on a CPU
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2)))
-        x = x.float().div_(255.0)
-        heat = []
+        timer = getattr(self, "timer", None)
+        x_dev = frames_tensor(frames, self.device)
+        allb = np.concatenate([b for b in boxes if len(b)]).astype(np.float64)
+        centre, side = fan_windows(allb)
+        owner = torch.from_numpy(np.repeat(np.arange(len(boxes)), counts))
+        dev = x_dev.device
+        crops = fan_crops(
+            x_dev, owner.to(dev), torch.from_numpy(centre).to(dev), torch.from_numpy(side).to(dev)
+        )
+        # contiguous NCHW: a channels-last view would run FAN's hourglasses about 2x slower
+        # on a CPU
+        x = crops.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+        pts = []
         for s in range(0, len(x), self.batch_size):
             with autocast(self.device, self.dtype):
-                y = self.net(x[s : s + self.batch_size].to(self.device))
+                y = self.net(x[s : s + self.batch_size])
             y = y[-1] if isinstance(y, (list, tuple)) else y
-            heat.append(y.float().cpu().numpy())
-        pts = heatmap_points(np.concatenate(heat))
-        centre = np.concatenate(centres)
-        side = np.concatenate(sides)
-        src = centre[:, None, :] + (pts / FAN_HEATMAP - 0.5) * side[:, None, None]
-        owner_arr = np.asarray(owner)
-        for i in range(len(boxes)):
-            out[i] = src[owner_arr == i].astype(np.float32)
+            pts.append(heatmap_points_torch(y.float()))
+        hp = torch.cat(pts).cpu().numpy().astype(np.float64)
+        src = centre[:, None, :] + (hp / FAN_HEATMAP - 0.5) * side[:, None, None]
+        start = 0
+        for i, c in enumerate(counts):
+            out[i] = src[start : start + c].astype(np.float32)
+            start += c
+        if timer is not None:
+            timer.mark("fan", dev)
         return out
 
 

@@ -8,7 +8,9 @@ records what it saw (frames, tracks, the decoder's info) for the status row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from pipeline.device import resolve_device
 from pipeline.faces.detect import RetinaFaceDetector
 from pipeline.faces.landmarks import build_landmarker
 from pipeline.faces.stream import FaceStream
-from pipeline.video import VideoInfo, VideoReader
+from pipeline.video import FrameChunk, VideoInfo, VideoReader
 from pipeline.weights import resolve_file
 from schemas.config import VaerrConfig
 
@@ -30,6 +32,55 @@ def load_mean_face(uri: str, cache: str | None = None) -> np.ndarray:
     if arr.shape != (68, 2):
         raise ValueError(f"mean face {uri} has shape {arr.shape}, expected (68, 2)")
     return arr.astype(np.float64)
+
+
+# Chunks decoded ahead of the one being processed (bounded: memory stays flat).
+DECODE_AHEAD = 2
+_END = object()
+
+
+def decode_ahead(chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD) -> Iterator[FrameChunk]:
+    """Iterate `chunks` in a background thread, at most `depth` chunks ahead of the consumer,
+    so decoding the next chunk (PyAV releases the GIL) overlaps the device work on this one.
+    Exceptions from decoding are re-raised in the consumer; stopping early (break, an error
+    downstream) stops the thread before this generator closes."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for c in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(c, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: Any = _END
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            item = exc
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    t = threading.Thread(target=produce, name="vaerr-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
 
 
 class FaceRun:
@@ -50,14 +101,24 @@ class FaceRun:
         with VideoReader(self.uri, cfg.storage) as reader:
             self.info = reader.info
             stream = self.stream = self.pipe.stream(cfg.video.fps)
+            timer = self.pipe.timer
             v = cfg.video
             frame_bytes = max(1, reader.info.width * reader.info.height * 3)
             per_chunk = max(1, min(v.chunk_frames, (v.chunk_mb << 20) // frame_bytes))
-            for chunk in reader.chunks(v.fps, v.start_s, v.end_s, per_chunk):
+            chunks = reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=True)
+            if timer is None:  # decode overlaps the device work
+                chunks = decode_ahead(chunks)
+            else:  # the per-step split needs decode on this thread, timed on its own
+                timer.reset_clock()
+            for chunk in chunks:
+                if timer is not None:
+                    timer.mark("decode")
                 self.frames += len(chunk.frame_index)
                 rows = stream.push(chunk)
                 if len(rows["track_id"]):
                     yield rows
+                if timer is not None:
+                    timer.reset_clock()
             rows = stream.finish()
             if len(rows["track_id"]):
                 yield rows
@@ -91,10 +152,27 @@ class FacePipeline:
         self.mean_face = (
             mean_face if mean_face is not None else load_mean_face(f.align.mean_face, cfg.cache_dir)
         )
+        self.device = getattr(self.detector, "device", None) or device
+        self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
+
+    def set_timer(self, timer: Any) -> None:
+        """Attach a StageTimer (bench): decode then runs in line and each step is timed."""
+        self.timer = timer
+        for part in (self.detector, self.landmarker):
+            if hasattr(part, "timer") or hasattr(part, "net"):
+                part.timer = timer
 
     def stream(self, fps: float) -> FaceStream:
         """A fresh per-video engine sharing this pipeline's models."""
-        return FaceStream(self.cfg.faces, fps, self.detector, self.landmarker, self.mean_face)
+        return FaceStream(
+            self.cfg.faces,
+            fps,
+            self.detector,
+            self.landmarker,
+            self.mean_face,
+            device=self.device,
+            timer=self.timer,
+        )
 
     def run(self, uri: str) -> FaceRun:
         """Stream one video (see FaceRun)."""

@@ -12,21 +12,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import cv2
 import numpy as np
+import torch
 
 from pipeline.faces.align import (
     centred_average,
-    crop_matrix,
     crop_square,
     interpolate_at,
-    similarity_transform,
     stable_subset,
     template_points,
-    warp_crop,
 )
-from pipeline.faces.detect import Detections
+from pipeline.faces.colour import planes_to_device, rgb_to_gray
+from pipeline.faces.detect import Detections, frames_tensor
 from pipeline.faces.track import Track, Tracker
+from pipeline.faces.warp import compose, similarity_batch, warp_batch
 from pipeline.video import FrameChunk
 from schemas.config import FaceConfig
 
@@ -65,28 +64,50 @@ def concat_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 class FaceStream:
     """Detect -> landmarks -> track -> align, chunk by chunk.
 
-    detector: frames [N, H, W, 3] -> list of Detections; landmarker: `.batch(frames, boxes,
-    points5)` -> list of [M, K, 2]; mean_face: [68, 2] template. Call `push` per chunk and
-    `finish` at the end; each returns the rows finalised so far (columns of FACE_COLUMNS).
+    detector: frames uint8 RGB [N, H, W, 3] (a tensor on `device`) -> list of Detections;
+    landmarker: `.batch(frames, boxes, points5)` -> list of [M, K, 2]; mean_face: [68, 2]
+    template. Call `push` per chunk and `finish` at the end; each returns the rows finalised
+    so far (columns of FACE_COLUMNS).
+
+    Frames live on `device` (default: the detector's): a chunk's planes (or RGB) cross to it
+    once as uint8, are converted there, and the buffered gray frames the crops are cut from
+    stay there; only detections, landmarks and the uint8 crops come back to the host.
+    `timer` (a pipeline.faces.timing.StageTimer) splits the time per step when set.
     """
 
     def __init__(
-        self, cfg: FaceConfig, fps: float, detector: Any, landmarker: Any, mean_face: np.ndarray
+        self,
+        cfg: FaceConfig,
+        fps: float,
+        detector: Any,
+        landmarker: Any,
+        mean_face: np.ndarray,
+        device: str | None = None,
+        timer: Any = None,
     ) -> None:
         self.cfg = cfg
         self.fps = fps
         self.detector = detector
         self.landmarker = landmarker
+        self.device = torch.device(device or getattr(detector, "device", None) or "cpu")
+        self.timer = timer
         a = cfg.align
         self.kind = landmarker.kind
         self.template = template_points(mean_face, self.kind, a.stable_points)
         self.square = crop_square(mean_face, a.crop_scale)
+        x0, y0, side = self.square
+        k = a.crop_size / side
+        # template square -> [0, crop_size) crop, composed after each similarity fit
+        self._to_crop = torch.tensor(
+            [[k, 0.0, -x0 * k], [0.0, k, -y0 * k]], dtype=torch.float64, device=self.device
+        )
+        self._template_t = torch.from_numpy(self.template).to(self.device)
         self.half = a.smooth_window // 2
         self.tracker = Tracker(cfg.track)
         self.closed: list[Track] = []
         self.next_final: dict[int, int] = {}  # tracker id -> next frame to finalise
         self.out_id: dict[int, int] = {}  # tracker id -> public track id (confirmation order)
-        self.gray: dict[int, np.ndarray] = {}
+        self.gray: dict[int, torch.Tensor] = {}  # frame -> uint8 [H, W] on the device
         self.last_frame = -1
         self.max_buffered = 0
         self.ended: list[int] = []  # public ids of tracks fully emitted (see pop_ended)
@@ -98,19 +119,33 @@ class FaceStream:
         """Number of public tracks so far."""
         return len(self.out_id)
 
+    def _mark(self, step: str, sync: bool = True) -> None:
+        if self.timer is not None:
+            self.timer.mark(step, self.device if sync else None)
+
+    def _to_device(self, chunk: FrameChunk, sel: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(RGB uint8 [len(sel), H, W, 3] of the frames to detect on, gray uint8 [N, H, W] of
+        all frames), both on the device."""
+        if chunk.planes is not None:
+            return planes_to_device(chunk.planes, self.device, select=sel)
+        frames = frames_tensor(chunk.frames, self.device)
+        return frames[torch.from_numpy(sel).to(self.device)], rgb_to_gray(frames)
+
+    @torch.inference_mode()
     def push(self, chunk: FrameChunk) -> dict[str, np.ndarray]:
         """Process one chunk of analysis frames; return newly final rows."""
-        frames, idx = chunk.frames, chunk.frame_index
+        idx = chunk.frame_index
         self.frames_seen += len(idx)
         every = self.cfg.detector.every_k
         sel = np.flatnonzero(idx % every == 0)
-        dets: list[Detections] = self.detector(frames[sel]) if len(sel) else []
-        lms = self.landmarker.batch(
-            [frames[i] for i in sel], [d.boxes for d in dets], [d.landmarks for d in dets]
-        )
+        rgb, gray = self._to_device(chunk, sel)
+        self._mark("convert")
+        dets: list[Detections] = self.detector(rgb) if len(sel) else []
+        lms = self.landmarker.batch(rgb, [d.boxes for d in dets], [d.landmarks for d in dets])
+        self._mark("fan")
         by_frame = {int(i): (d, lm) for i, d, lm in zip(sel, dets, lms)}
         for i, f in enumerate(idx.tolist()):
-            self.gray[f] = cv2.cvtColor(frames[i], cv2.COLOR_RGB2GRAY)
+            self.gray[f] = gray[i]
             if i in by_frame:
                 d, lm = by_frame[i]
                 if len(d.boxes):
@@ -118,13 +153,17 @@ class FaceStream:
             self.closed += self.tracker.close_stale(f)
             self.last_frame = f
         self.max_buffered = max(self.max_buffered, len(self.gray))
-        return self._finalise()
+        self._mark("track", sync=False)
+        rows = self._finalise()
+        self._mark("align")
+        return rows
 
     def pop_ended(self) -> list[int]:
         """Public ids of tracks whose last row has been returned since the previous call."""
         out, self.ended = self.ended, []
         return out
 
+    @torch.inference_mode()
     def finish(self) -> dict[str, np.ndarray]:
         """End of video: close all tracks and return the remaining rows."""
         self.closed += self.tracker.close_all()
@@ -169,12 +208,29 @@ class FaceStream:
             self.next_final.get(t.track_id, t.first)
             for t in list(self.tracker.open.values()) + self.closed
         ]
+        if not parts:
+            self._drop_gray(needed)
+            return empty_rows(self.landmarker.points, self.cfg.align.crop_size)
+        rows = concat_rows(parts)
+        rows["crop"] = self._crops(rows.pop("fit_points"), rows["frame_index"])
+        self._drop_gray(needed)
+        return rows
+
+    def _drop_gray(self, needed: list[int]) -> None:
         keep_from = min(needed, default=self.last_frame + 1)
         for f in [f for f in self.gray if f < keep_from]:
             del self.gray[f]
-        if not parts:
-            return empty_rows(self.landmarker.points, self.cfg.align.crop_size)
-        return concat_rows(parts)
+
+    def _crops(self, fit_points: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """All rows' crops at once on the device: similarity fits of fit_points [R, P, 2] to
+        the template, then one batched warp of the buffered gray frames -> uint8 [R, S, S]."""
+        size = self.cfg.align.crop_size
+        uniq, owner = np.unique(frames, return_inverse=True)
+        images = torch.stack([self.gray[int(f)] for f in uniq])
+        src = torch.from_numpy(np.ascontiguousarray(fit_points)).to(self.device)
+        m = compose(self._to_crop, similarity_batch(src, self._template_t))
+        owner_t = torch.from_numpy(owner.reshape(-1).astype(np.int64)).to(self.device)
+        return warp_batch(images, owner_t, m, size).cpu().numpy()
 
     def _rows(self, t: Track, fr: np.ndarray) -> dict[str, np.ndarray]:
         known = np.asarray(t.frames)
@@ -188,12 +244,7 @@ class FaceStream:
         pos = np.searchsorted(known, fr)
         is_det = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == fr)
         scores = np.where(is_det, np.asarray(t.scores)[np.minimum(pos, len(known) - 1)], 0.0)
-        size = self.cfg.align.crop_size
-        crops = np.empty((len(fr), size, size), np.uint8)
-        for i, f in enumerate(fr.tolist()):
-            src = stable_subset(smooth[i], self.kind, self.cfg.align.stable_points)
-            m = crop_matrix(similarity_transform(src, self.template), self.square, size)
-            crops[i] = warp_crop(self.gray[f], m, size)
+        fit = stable_subset(smooth, self.kind, self.cfg.align.stable_points)
         return {
             "track_id": np.full(len(fr), self.out_id[t.track_id], np.int32),
             "frame_index": fr.astype(np.int32),
@@ -202,5 +253,5 @@ class FaceStream:
             "det_score": scores.astype(np.float32),
             "landmarks": raw[fr - lo].astype(np.float32),
             "interpolated": ~is_det,
-            "crop": crops,
+            "fit_points": np.asarray(fit, np.float64),  # replaced by "crop" in _finalise
         }
