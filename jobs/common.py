@@ -13,7 +13,14 @@ from schemas.config import VaerrConfig, load_config
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """Add `--config FILE` and repeatable `--set a.b=c` to a subcommand."""
-    p.add_argument("--config", metavar="FILE", help="YAML config; every section is optional.")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        nargs="+",
+        action="extend",
+        help="YAML config; every section is optional. Several files (or --config repeated) "
+        "merge in order, e.g. a dataset base then a row overlay.",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
