@@ -44,7 +44,9 @@ TRAIN = [
     "train.batch_size=4",
     "train.lr=3e-3",
 ]
-RAY2 = ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.loader_num_cpus=0.25"]
+# train.batch_size is the global batch: 8 over 2 workers keeps 4 clips per worker
+RAY2 = ["train.num_workers=2", "train.batch_size=8", "train.cpus_per_worker=0.5",
+        "train.loader_num_cpus=0.25"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

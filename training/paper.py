@@ -15,7 +15,7 @@ config's evaluate.splits (RECOLA: the dev set, which also selects the model: the
 the same since RECOLA's test labels are not public). Then OUT/table_<T>.md and
 OUT/table_<T>.parquet: per cell our CCC beside the paper's, the difference, labelled frames
 scored / present (coverage), run id and config hash. Table I's rows from other papers come
-from jobs/configs/paper/cited.yaml and are printed as cited figures, never run.
+from jobs/configs/paper/cited/table_<T>.yaml and are printed as cited figures, never run.
 """
 
 from __future__ import annotations
@@ -438,7 +438,7 @@ def run_paper(
 ) -> dict[str, Any]:
     """Plan, (pretrain,) run what is not done, build the table. Returns a summary; raises
     ValueError when a run's encoder is missing and with_pretext is off."""
-    cited = root / "cited.yaml" if cited is None else cited
+    cited = root / "cited" / f"table_{table}.yaml" if cited is None else cited
     plan = make_plan(table, out, datasets=datasets, rows=rows, overrides=overrides, root=root)
     echo(f"Table {table}: {len(plan)} runs -> {out}")
     for item in plan:
