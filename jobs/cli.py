@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "jobs.pretrain",
     "jobs.finetune",
     "jobs.evaluate",
+    "jobs.paper",
 )
 
 

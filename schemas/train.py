@@ -122,6 +122,16 @@ class DataConfig(Section):
         description="train/validation/test fractions, by subject, for datasets without an "
         "official split (AFEW-VA, generic without a split column).",
     )
+    label_tracks: Literal["one", "overlapping"] = Field(
+        "one",
+        description="Tracks kept per labelled face: 'one' = the face_rule's track (the "
+        "paper's); 'overlapping' = also every other track whose mean box overlaps it "
+        "(IoU >= overlap_iou) and shares no frame with a kept one: the same face lost and "
+        "re-found by the tracker, so its annotated frames are trained on and scored too.",
+    )
+    overlap_iou: float = Field(
+        0.3, gt=0, le=1, description="Mean-box IoU for label_tracks='overlapping'."
+    )
     keep_unlabelled: bool = Field(
         False, description="Also shard videos of a labelled dataset that have no annotation."
     )
@@ -473,7 +483,10 @@ PREPROCESS_STATUS = pa.schema(
         ("frames", pa.int64()),
         ("tracks", pa.int32()),
         ("sequences", pa.int32()),
-        ("labelled_frames", pa.int64()),
+        ("labelled_frames", pa.int64()),  # labelled frames kept in the sequences (scored)
+        # labelled frames the annotation has at the analysis rate (all persons), face or not:
+        # labelled_frames / annotated_frames is the coverage (null: shards written before it)
+        ("annotated_frames", pa.int64()),
         ("processing_s", pa.float64()),
         ("config_hash", pa.string()),
         ("source_etag", pa.string()),

@@ -158,6 +158,15 @@ def cell_index(runs: list[PaperRun]) -> dict[tuple[str, str, str], list[PaperRun
     return out
 
 
+def _rel(path: Path | str) -> str:
+    """A path shown relative to the working directory when under it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
 def pretext_sources(root: Path = PAPER_ROOT) -> dict[str, Path]:
     """Absolute encoder path -> the `vaerr pretrain` config (root/lrs3/pretrain_*.yaml)
     whose pretrain.output writes it."""
@@ -191,7 +200,7 @@ class PlanItem:
         s = f"{self.status:13s} {self.run.run_id:52s} cells {cells}  <- {src}"
         if self.status == "needs-encoder":
             how = (
-                f"vaerr pretrain --config {self.pretrain_config}"
+                f"vaerr pretrain --config {_rel(self.pretrain_config)}"
                 if self.pretrain_config
                 else "no pretrain config writes it"
             )
@@ -460,12 +469,12 @@ def run_paper(
     if missing and not with_pretext:
         need = "; ".join(
             f"{i.run.run_id} needs {i.encoder}: "
-            + (f"vaerr pretrain --config {i.pretrain_config}" if i.pretrain_config else "?")
+            + (f"vaerr pretrain --config {_rel(i.pretrain_config)}" if i.pretrain_config else "?")
             for i in missing
         )
         raise ValueError(f"missing pretext encoders (or pass --with-pretext): {need}")
     for conf in sorted({i.pretrain_config for i in missing if i.pretrain_config}):
-        echo(f"pretext: vaerr pretrain --config {conf}")
+        echo(f"pretext: vaerr pretrain --config {_rel(conf)}")
         run_pretext(conf, pretext_overrides, local=local, ray=ray_address)
     if missing:
         plan = make_plan(table, out, datasets=datasets, rows=rows, overrides=overrides, root=root)
