@@ -149,6 +149,22 @@ def test_several_config_files_merge_in_order(tmp_path):
 
     args = build_parser().parse_args(["finetune", "--config", str(base), str(row), "--local"])
     assert args.config == [str(base), str(row)]
+    # commands with positionals: --config repeated (a list would swallow the inputs)
+    args = build_parser().parse_args(
+        [
+            "infer",
+            "--config",
+            "a.yaml",
+            "v.mp4",
+            "--config",
+            "b.yaml",
+            "-o",
+            "o",
+            "--checkpoint",
+            "c",
+        ]
+    )
+    assert args.config == ["a.yaml", "b.yaml"] and args.inputs == ["v.mp4"]
     # a config without `paper:` stays valid; a malformed cell is an error naming the field
     assert load_config(REPO / "jobs" / "configs" / "synthetic.yaml").paper is None
     bad = "paper:\n  cells:\n  - {table: III, row: '9', column: sewa}\n"
