@@ -167,6 +167,11 @@ def _rel(path: Path | str) -> str:
         return str(p)
 
 
+def _abs(uri: str) -> str:
+    """Local paths absolute (as run_training resolves them); URIs unchanged."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
 def pretext_sources(root: Path = PAPER_ROOT) -> dict[str, Path]:
     """Absolute encoder path -> the `vaerr pretrain` config (root/lrs3/pretrain_*.yaml)
     whose pretrain.output writes it."""
@@ -174,7 +179,7 @@ def pretext_sources(root: Path = PAPER_ROOT) -> dict[str, Path]:
     for p in sorted((root / "lrs3").glob("pretrain_*.yaml")):
         cfg = load_config(p)
         if cfg.pretrain.output:
-            out[str(Path(cfg.pretrain.output).expanduser().resolve())] = p
+            out[_abs(cfg.pretrain.output)] = p
     return out
 
 
@@ -238,7 +243,7 @@ def make_plan(
         if _exists(join(results_dir(out), f"{run.hash}.json"), run.cfg):
             item.status = "done"
         elif run.cfg.model.encoder_checkpoint:
-            enc = str(Path(run.cfg.model.encoder_checkpoint).expanduser().resolve())
+            enc = _abs(run.cfg.model.encoder_checkpoint)
             if not _exists(enc, run.cfg):
                 item.status, item.encoder = "needs-encoder", enc
                 src = sources.get(enc)
