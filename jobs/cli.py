@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "jobs.pretrain",
     "jobs.finetune",
     "jobs.evaluate",
+    "jobs.paper",
 )
 
 

@@ -12,9 +12,20 @@ from pipeline.errors import escape
 from schemas.config import VaerrConfig, load_config
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """Add `--config FILE` and repeatable `--set a.b=c` to a subcommand."""
-    p.add_argument("--config", metavar="FILE", help="YAML config; every section is optional.")
+def add_config_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """Add `--config FILE` (repeatable: files merge in order) and repeatable `--set a.b=c`.
+    several: `--config A B` takes several files at once (only for commands without
+    positional arguments, which it would swallow)."""
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        nargs="+" if several else None,
+        action="extend" if several else "append",
+        help="YAML config; every section is optional. Several files merge in order (later "
+        "keys win), e.g. a dataset base then a row overlay: "
+        + ("--config BASE ROW or " if several else "")
+        + "--config BASE --config ROW.",
+    )
     p.add_argument(
         "--set",
         dest="overrides",

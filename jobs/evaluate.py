@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Checkpoint path/URI or registry name (else train.storage_path/train.name/best.pt).",
     )
     p.add_argument("--output", "-o", default=None, help="Report folder/URI (else evaluate.output).")
-    add_config_args(p)
+    add_config_args(p, several=True)
     p.set_defaults(func=run)
 
 

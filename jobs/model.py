@@ -1,4 +1,5 @@
-"""`vaerr model init NAME --output URI` and `vaerr model info URI`."""
+"""`vaerr model init NAME --output URI`, `vaerr model import-authors FILE --output URI` and
+`vaerr model info URI`."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_args(init)
     init.set_defaults(func=run_init)
 
+    imp = sub.add_parser(
+        "import-authors",
+        help="Convert a whole model saved by the authors' code (frontend3D.*, gru.fc) into a "
+        "vaerr checkpoint (heads must match model.bins).",
+    )
+    imp.add_argument("source", metavar="FILE", help="Their .pth (path or fsspec URI).")
+    imp.add_argument("--output", required=True, metavar="URI", help="vaerr checkpoint to write.")
+    add_config_args(imp)
+    imp.set_defaults(func=run_import_authors)
+
     info = sub.add_parser("info", help="Describe a checkpoint (path, URI or registry name).")
     info.add_argument("uri", metavar="URI", help="Checkpoint path, fsspec URI or registry name.")
     add_config_args(info)
@@ -43,6 +54,20 @@ def run_init(args: argparse.Namespace) -> int:
     print_json_line(
         {"uri": args.output, "arch": ckpt.arch, "model_id": ckpt.model_id, "untrained": True}
     )
+    return 0
+
+
+def run_import_authors(args: argparse.Namespace) -> int:
+    """Rename their tensors to ours, load strictly, save as a vaerr checkpoint."""
+    from pipeline.model import read_weights_file, save_checkpoint
+    from pipeline.model.authors import checkpoint_from_authors
+    from pipeline.storage import storage_options
+
+    cfg = config_from_args(args)
+    state = read_weights_file(args.source, storage_options(cfg.storage, args.source))
+    ckpt = checkpoint_from_authors(state, cfg.model, args.source)
+    save_checkpoint(ckpt, args.output, storage_options(cfg.storage, args.output))
+    print_json_line({"uri": args.output, "arch": ckpt.arch, "model_id": ckpt.model_id})
     return 0
 
 

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="Ray cluster (auto, ray://HOST:10001).")
     p.add_argument("--local", action="store_true", help="Run in this process, without Ray.")
     p.add_argument("--force", action="store_true", help="Re-shard videos already done.")
-    add_config_args(p)
+    add_config_args(p, several=True)
     p.set_defaults(func=run)
 
 

@@ -31,7 +31,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="Run name (else train.name).")
     p.add_argument("--ray-address", default=None, help="Ray cluster (auto, ray://HOST:10001).")
     p.add_argument("--local", action="store_true", help="Train in this process, without Ray.")
-    add_config_args(p)
+    add_config_args(p, several=True)
 
 
 def overrides(args: argparse.Namespace) -> list[str]:

@@ -24,10 +24,9 @@ from typing import Any, Protocol, TextIO
 
 from jobs.common import print_json_line
 
-# The jobs `vaerr submit` knows; each is `python -m jobs.<name>` on the cluster. Only `infer`
-# exists so far: preprocess/pretrain/finetune/evaluate arrive with the training issue, and
-# `submit` checks at submit time that the module is there.
-JOBS = ("infer", "preprocess", "pretrain", "finetune", "evaluate")
+# The jobs `vaerr submit` knows; each is `python -m jobs.<name>` on the cluster; `submit`
+# checks at submit time that the module is there in the checkout being sent.
+JOBS = ("infer", "preprocess", "pretrain", "finetune", "evaluate", "paper")
 
 # The repository root: the folder holding jobs/ (an editable install points here).
 REPO = Path(__file__).resolve().parents[1]
@@ -194,8 +193,7 @@ def check_job_module(job: str, working_dir: Path) -> None:
         ready = [j for j in JOBS if (working_dir / "jobs" / f"{j}.py").is_file()]
         raise ValueError(
             f"job {job!r}: no module jobs.{job} in {working_dir / 'jobs'} (not implemented in "
-            f"this checkout; preprocess, pretrain, finetune and evaluate arrive with the "
-            f"training issue). Submittable here: {', '.join(ready) or 'none'}"
+            f"this checkout). Submittable here: {', '.join(ready) or 'none'}"
         )
     if "__main__" not in mod.read_text():
         raise ValueError(

@@ -17,7 +17,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from schemas.base import Section
 from schemas.model import LossConfig, ModelConfig
-from schemas.train import AugmentConfig, DataConfig, EvalConfig, PretrainConfig, TrainConfig
+from schemas.train import (
+    AugmentConfig,
+    DataConfig,
+    EvalConfig,
+    PaperConfig,
+    PretrainConfig,
+    TrainConfig,
+)
 from schemas.yamlsafe import MAX_YAML_BYTES, load_yaml
 
 RETINAFACE_URL = "https://www.adrianbulat.com/downloads/python-fan/retinaface_mobilenet0.25.pth"
@@ -266,6 +273,9 @@ class VaerrConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training run.")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Pretext task.")
     evaluate: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    paper: PaperConfig | None = Field(
+        None, description="The paper's table cells this config reproduces (paper configs)."
+    )
 
     @field_validator("cache_dir")
     @classmethod
@@ -316,19 +326,32 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> VaerrConfig:
-    """Read YAML (optional), apply `--set` overrides, validate. Errors name the field."""
+ConfigPaths = str | Path | list[str | Path] | tuple[str | Path, ...] | None
+
+
+def read_config_files(paths: ConfigPaths) -> dict[str, Any]:
+    """The YAML files merged in order (later files override earlier ones key by key): a
+    dataset base, then a row overlay."""
+    if not paths:
+        return {}
     data: dict[str, Any] = {}
-    if path:
+    for path in [paths] if isinstance(paths, str | Path) else list(paths):
         p = Path(path)
         if p.is_dir():
             raise ValueError(f"--config {path} is a folder: give a YAML file")
         if p.is_file() and p.stat().st_size > MAX_YAML_BYTES:
             raise ValueError(f"{path}: config is over the {MAX_YAML_BYTES}-byte limit")
-        data = load_yaml(p.read_text(), str(path)) or {}
-        if not isinstance(data, dict):
+        one = load_yaml(p.read_text(), str(path)) or {}
+        if not isinstance(one, dict):
             raise ValueError(f"{path}: top level must be a mapping")
-    data = _merge(data, parse_overrides(overrides))
+        data = _merge(data, one)
+    return data
+
+
+def load_config(paths: ConfigPaths = None, overrides: list[str] | None = None) -> VaerrConfig:
+    """Read YAML files (none, one, or several merged in order), apply `--set` overrides,
+    validate. Errors name the field."""
+    data = _merge(read_config_files(paths), parse_overrides(overrides))
     return VaerrConfig.model_validate(data)
 
 

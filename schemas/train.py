@@ -122,6 +122,16 @@ class DataConfig(Section):
         description="train/validation/test fractions, by subject, for datasets without an "
         "official split (AFEW-VA, generic without a split column).",
     )
+    label_tracks: Literal["one", "overlapping"] = Field(
+        "one",
+        description="Tracks kept per labelled face: 'one' = the face_rule's track (the "
+        "paper's); 'overlapping' = also every other track whose mean box overlaps it "
+        "(IoU >= overlap_iou) and shares no frame with a kept one: the same face lost and "
+        "re-found by the tracker, so its annotated frames are trained on and scored too.",
+    )
+    overlap_iou: float = Field(
+        0.3, gt=0, le=1, description="Mean-box IoU for label_tracks='overlapping'."
+    )
     keep_unlabelled: bool = Field(
         False, description="Also shard videos of a labelled dataset that have no annotation."
     )
@@ -183,7 +193,14 @@ class TrainConfig(Section):
         "runs", description="Folder/URI (local or s3://) of runs, checkpoints and metrics."
     )
     epochs: int = Field(20, ge=1, description="Epochs (public code default: 20).")
-    batch_size: int = Field(5, ge=1, description="Clips per batch per worker (METHOD: 5).")
+    batch_size: int = Field(
+        5,
+        ge=1,
+        description="GLOBAL batch: clips per optimiser step summed over all workers (METHOD: "
+        "5). Each of num_workers workers takes batch_size / num_workers clips; a batch that "
+        "does not divide is an error. CCC terms are computed on the global batch (moments "
+        "all-reduced across workers).",
+    )
     clip_seconds: float = Field(
         4.0, gt=0, description="Training clip length, s; shorter sequences are used whole."
     )
@@ -238,6 +255,20 @@ class TrainConfig(Section):
         description="Frames per encoder pass when scoring whole sequences (bounds memory; "
         "results do not depend on it).",
     )
+
+    def per_worker_batch(self, workers: int | None = None) -> int:
+        """Clips per worker and step: the global `batch_size` split over `workers`
+        (default num_workers). Raises ValueError naming the fix when it does not divide."""
+        n = self.num_workers if workers is None else workers
+        if self.batch_size % n:
+            lo = max(n, self.batch_size - self.batch_size % n)
+            raise ValueError(
+                f"train.batch_size={self.batch_size} (global) does not divide over "
+                f"train.num_workers={n}: set train.batch_size to a multiple of {n} "
+                f"(e.g. {lo} or {lo + n}) or train.num_workers to a divisor of "
+                f"{self.batch_size} (e.g. 1)"
+            )
+        return self.batch_size // n
 
     def clip_frames_at(self, fps: float) -> int:
         """Clip length in frames at `fps`."""
@@ -357,6 +388,67 @@ class EvalConfig(Section):
     )
 
 
+PaperTable = Literal["I", "II", "III"]
+DATASET_COLUMNS = ("sewa", "recola")
+TABLE_III_COLUMNS = tuple(f"{d}-{m}" for d in DATASET_COLUMNS for m in ("finetuned", "frozen"))
+
+
+class PaperCell(Section):
+    """One cell of the paper's Tables I-III that a config reproduces, with the paper's
+    figures (CCC, AVEC convention) as data, so `vaerr paper` can print ours beside them."""
+
+    table: PaperTable = Field(description="Table of Jegorova et al., FG 2023: I, II or III.")
+    row: str = Field(
+        min_length=1,
+        description="Row key: Table III '1'..'8' (the loss rows in METHOD.md's order); "
+        "Table II '<pretext>-<finetuned|frozen>' (lira, byol, dino); Table I 'ss-vaerr', "
+        "'backbone', 'scratch'.",
+    )
+    column: str = Field(
+        description="Table III: '<sewa|recola>-<finetuned|frozen>'; Tables I, II: 'sewa' or "
+        "'recola'."
+    )
+    arousal: float | None = Field(
+        None, ge=-1, le=1, description="The paper's arousal CCC (None: not transcribed yet)."
+    )
+    valence: float | None = Field(
+        None, ge=-1, le=1, description="The paper's valence CCC (None: not transcribed yet)."
+    )
+    source: str = Field(
+        "METHOD.md", description="Where the figures were transcribed from (checkable)."
+    )
+    note: str | None = Field(None, description="E.g. where the paper disagrees with itself.")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(table, row, column): the cell's identity."""
+        return (self.table, self.row, self.column)
+
+    @model_validator(mode="after")
+    def _column_fits(self) -> PaperCell:
+        cols = TABLE_III_COLUMNS if self.table == "III" else DATASET_COLUMNS
+        if self.column not in cols:
+            raise ValueError(f"paper table {self.table}: column must be one of {cols}")
+        if self.table == "III" and self.row not in {str(i) for i in range(1, 9)}:
+            raise ValueError("paper table III: row must be '1'..'8'")
+        return self
+
+
+class PaperConfig(Section):
+    """`paper:` in a config: which table cells this config reproduces (a cell two tables
+    share is one config listing both) and which of its settings the paper leaves open."""
+
+    cells: tuple[PaperCell, ...] = Field(
+        (), description="The table cells this config is (empty: an extra, outside the tables)."
+    )
+    inferred: dict[str, str] = Field(
+        default_factory=dict,
+        description="Settings the paper does not state, each with the reason for our choice "
+        "(e.g. loss: 'Table II LiRA fine-tuned equals Table III row 1').",
+    )
+    note: str | None = Field(None, description="Free text shown in the plan.")
+
+
 # Tables of `vaerr preprocess` (CLIP_SHARD, in schemas/tables.py, is the frame table).
 
 # One row per kept sequence (labelled person or unlabelled track) of a video.
@@ -391,7 +483,10 @@ PREPROCESS_STATUS = pa.schema(
         ("frames", pa.int64()),
         ("tracks", pa.int32()),
         ("sequences", pa.int32()),
-        ("labelled_frames", pa.int64()),
+        ("labelled_frames", pa.int64()),  # labelled frames kept in the sequences (scored)
+        # labelled frames the annotation has at the analysis rate (all persons), face or not:
+        # labelled_frames / annotated_frames is the coverage (null: shards written before it)
+        ("annotated_frames", pa.int64()),
         ("processing_s", pa.float64()),
         ("config_hash", pa.string()),
         ("source_etag", pa.string()),

@@ -540,7 +540,7 @@ def test_missing_or_unrunnable_job_module_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "infer.py").write_text("print('no main block')\n")
     with pytest.raises(
-        ValueError, match=r"jobs\.pretrain.*training issue.*Submittable here: infer"
+        ValueError, match=r"jobs\.pretrain.*not implemented.*Submittable here: infer"
     ):
         submit.check_job_module("pretrain", tmp_path)
     with pytest.raises(ValueError, match="__main__"):

@@ -31,7 +31,7 @@ from pipeline.storage import join, storage_options
 from pipeline.timeline import TrackAccumulator
 from pipeline.windows import window_starts
 from schemas.config import VaerrConfig, config_dump
-from training.datasets.shards import read_sequence, read_sequences
+from training.datasets.shards import read_sequence, read_sequences, read_status
 from training.metrics import ccc, evaluate_sequences, pearson, rmse
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,52 @@ def validation_metrics(scored: list[dict[str, Any]], prefix: str = "val/") -> di
     return out
 
 
+def coverage(
+    scored: list[dict[str, Any]], status: list[dict[str, Any]], splits: Iterable[str]
+) -> dict[str, Any]:
+    """Labelled frames scored / labelled frames present, per split and overall.
+
+    scored: labelled frames (both targets finite) of the scored sequences; present: the
+    annotation's labelled frames at the analysis rate of every video of the split
+    (preprocess's `annotated_frames`, all persons, face found or not, failed videos
+    included). Shards written before that column fall back to the kept sequences' labelled
+    frames (`present_source` says which), which cannot show what preprocessing dropped.
+    """
+    out: dict[str, Any] = {}
+    tot_s = tot_p = 0
+    exact = True
+    for split in splits:
+        sc = sum(
+            int((np.isfinite(r["labels"]["arousal"]) & np.isfinite(r["labels"]["valence"])).sum())
+            for r in scored
+            if r["split"] == split
+        )
+        rows = [r for r in status if r["split"] == split]
+        known = bool(rows) and all(r.get("annotated_frames") is not None for r in rows)
+        pres = (
+            sum(int(r["annotated_frames"]) for r in rows)
+            if known
+            else sum(int(r["labelled_frames"] or 0) for r in rows)
+        )
+        exact &= known
+        out[split] = {
+            "scored": sc,
+            "labelled": pres,
+            "fraction": sc / pres if pres else None,
+            "videos": len(rows),
+            "videos_scored": len({r["video_id"] for r in scored if r["split"] == split}),
+            "present_source": "annotation" if known else "sequences",
+        }
+        tot_s, tot_p = tot_s + sc, tot_p + pres
+    out["overall"] = {
+        "scored": tot_s,
+        "labelled": tot_p,
+        "fraction": tot_s / tot_p if tot_p else None,
+        "present_source": "annotation" if exact else "sequences",
+    }
+    return out
+
+
 def _write_parquet(uri: str, table: pa.Table, cfg: VaerrConfig) -> None:
     with atomic_write(uri, cfg.storage) as f:
         pq.write_table(table, f, compression="zstd")
@@ -195,6 +241,9 @@ def run_evaluate(
         "sequences": len(scored),
         "frames": int(sum(len(r["frame_index"]) for r in scored)),
         "windows": {"window_frames": cfg.infer.window_frames, "hop_frames": cfg.infer.hop_frames},
+        "coverage": coverage(
+            scored, read_status(cfg.data.shards, cfg.storage).to_pylist(), ev.splits
+        ),
         "protocols": {},
         "output": out,
     }
@@ -259,6 +308,11 @@ def run_evaluate(
         _write_parquet(join(out, "predictions.parquet"), pa.concat_tables(pred_parts), cfg)
     _write_parquet(join(out, "metrics.parquet"), pa.Table.from_pylist(metrics_rows), cfg)
     _write_parquet(join(out, "per_sequence.parquet"), pa.Table.from_pylist(per_seq_rows), cfg)
+    if cfg.data.dataset == "recola":
+        summary["note"] = (
+            "RECOLA: reported on the development set, which also selected the model "
+            "(no public test labels; the paper does the same)"
+        )
     record = {**summary, "config": config_dump(cfg)}
     write_text(join(out, "summary.json"), json.dumps(record, indent=2, default=float), cfg.storage)
     return summary

@@ -54,7 +54,7 @@ from schemas.config import VaerrConfig, config_dump, config_yaml
 from training.augment import augment_clips, make_view
 from training.datasets.shards import ClipLoader, clip_specs, read_frames, read_sequences
 from training.evaluate import score_sequences, validation_metrics
-from training.losses import composite_loss, kmeans_bin_centres
+from training.losses import ccc_loss, composite_loss, kmeans_bin_centres
 from training.pretext import encoder_checkpoint
 from training.pretext.byol import ByolModel, ema_momentum
 from training.pretext.dino import DinoModel
@@ -164,11 +164,19 @@ class FinetuneTask(Task):
         valid = torch.isfinite(batch["arousal"]) & torch.isfinite(batch["valence"])
         if out.mask is not None:
             valid = valid & out.mask
+        all_sum = self.extras.get("all_sum")  # several workers: CCC on the global batch
         if not bool(valid.any()):  # keep every DDP rank's step: a zero loss on the graph
-            return (out.arousal.sum() + out.valence.sum()) * 0.0, {}
+            zero = (out.arousal.sum() + out.valence.sum()) * 0.0
+            if all_sum is not None:  # still join the CCC all-reduce of the other ranks
+                for k in targets:
+                    if getattr(self.cfg.loss, k).w_ccc:
+                        zero = zero + ccc_loss(getattr(out, k), targets[k], valid, all_sum) * 0
+            return zero, {}
         model = _unwrap(module)
         params = [p for p in model.parameters() if p.requires_grad] if self.cfg.loss.l2 else None
-        total, parts = composite_loss(out, targets, self.cfg.loss, model.bin_centres, valid, params)
+        total, parts = composite_loss(
+            out, targets, self.cfg.loss, model.bin_centres, valid, params, all_sum=all_sum
+        )
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def validate(self, module: nn.Module) -> dict[str, float]:
@@ -382,6 +390,10 @@ class Session(ABC):
         """Mean of each value over ranks (identity on one worker)."""
         return values
 
+    def all_sum(self) -> Any:
+        """An autograd-aware sum over ranks (None on one worker): CCC's global batch."""
+        return None
+
 
 def _save_state(state: dict[str, Any], folder: str) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -413,7 +425,7 @@ class LocalSession(Session):
     def batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         rng = np.random.default_rng([self.cfg.train.seed, 7, epoch])
         order = rng.permutation(len(self.specs))
-        bs = self.cfg.train.batch_size
+        bs = self.cfg.train.per_worker_batch(1)  # one worker: the global batch
         for i in range(0, len(order), bs):
             rows = [self.specs[j] for j in order[i : i + bs]]
             yield self.loader({k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]})
@@ -461,7 +473,7 @@ class RaySession(Session):
         import ray.train
 
         shard = ray.train.get_dataset_shard("train")
-        bs = self.cfg.train.batch_size
+        bs = self.cfg.train.per_worker_batch(self.world_size)
         yield from shard.iter_batches(
             batch_size=bs,
             batch_format="numpy",
@@ -500,6 +512,13 @@ class RaySession(Session):
         torch.distributed.all_reduce(t)
         return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
 
+    def all_sum(self) -> Any:
+        if self.world_size < 2 or not torch.distributed.is_initialized():
+            return None
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce
+
 
 # ---------------------------------------------------------------------------------------------
 # The per-worker function
@@ -535,6 +554,7 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed % (2**32))
+    extras = {**extras, "all_sum": session.all_sum()}
     task = TASKS[task_name](cfg, extras)
     module = task.build()
     device = session.device()
@@ -748,9 +768,10 @@ def run_training(
     rdir = run_dir(cfg)
     started = datetime.now(UTC).isoformat()
     t0 = time.perf_counter()
-    specs, extras = prepare_run(cfg, task)
     workers = t.num_workers if runner == "ray" else 1
-    steps = math.ceil(len(specs) / workers / t.batch_size)
+    per_worker = t.per_worker_batch(workers)  # ValueError naming the fix if it does not divide
+    specs, extras = prepare_run(cfg, task)
+    steps = math.ceil(len(specs) / t.batch_size)  # optimiser steps: the global batch
     extras["steps_per_epoch"] = min(steps, t.max_steps_per_epoch or steps)
     write_text(join(rdir, "config.yaml"), config_yaml(cfg), cfg.storage)
     fps = float(cfg.video.fps)
@@ -780,7 +801,8 @@ def run_training(
         "best": _read_best(rdir, cfg),
         "wall_s": round(time.perf_counter() - t0, 2),
         "runner": runner,
-        "num_workers": t.num_workers if runner == "ray" else 1,
+        "num_workers": workers,
+        "batch": {"global": t.batch_size, "per_worker": per_worker, "workers": workers},
         "error": error,
     }
     record = {
@@ -821,7 +843,7 @@ def _fit_ray(
         ds = ds.randomize_block_order().map_batches(
             load_clip_batch,
             fn_kwargs=loader_kwargs,
-            batch_size=t.batch_size,
+            batch_size=t.per_worker_batch(),
             batch_format="numpy",
             num_cpus=t.loader_num_cpus,
         )

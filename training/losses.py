@@ -8,7 +8,7 @@ are excluded as well. Reductions are means over valid frames of the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -64,8 +64,41 @@ def ccc(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     return 2 * cov / denom.clamp_min(torch.finfo(dtype).tiny)
 
 
-def ccc_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """1 - rho_c over the whole batch flattened; scalar in [0, 2]."""
+AllSum = Callable[[Tensor], Tensor]
+
+
+def ccc_global(pred: Tensor, target: Tensor, mask: Tensor | None, all_sum: AllSum) -> Tensor:
+    """rho_c of the GLOBAL batch under data parallelism: each worker's moment sums
+    (n, sum p, sum y, sum p^2, sum y^2, sum p*y; float64) are summed over workers by
+    `all_sum` (autograd-aware, e.g. torch.distributed.nn.functional.all_reduce), then
+    rho_c is formed from the pooled moments: the value every worker gets is the CCC of all
+    workers' frames together, as if the global batch ran on one device. With DDP's gradient
+    averaging, the gradient is exactly that of the global-batch CCC (all_reduce's backward
+    sums the identical upstream gradients, W times; DDP divides by W).
+
+    A worker without valid frames contributes zero sums (it still joins the collective).
+    """
+    valid = _valid(target, mask)
+    p = pred[valid].to(torch.float64)
+    y = target[valid].to(torch.float64)
+    n = p.new_tensor(float(p.numel()))
+    sums = all_sum(torch.stack([n, p.sum(), y.sum(), (p * p).sum(), (y * y).sum(), (p * y).sum()]))
+    n, sp, sy, spp, syy, spy = sums.unbind()
+    if float(n) == 0:  # no valid frame on any worker: a zero CCC without gradient
+        return (sums * 0).sum().float()
+    mp, my = sp / n, sy / n
+    cov = spy / n - mp * my
+    denom = (spp / n - mp * mp) + (syy / n - my * my) + (mp - my) ** 2
+    return (2 * cov / denom.clamp_min(torch.finfo(torch.float64).tiny)).float()
+
+
+def ccc_loss(
+    pred: Tensor, target: Tensor, mask: Tensor | None = None, all_sum: AllSum | None = None
+) -> Tensor:
+    """1 - rho_c over the whole batch flattened; scalar in [0, 2]. With `all_sum` (data
+    parallel training), over the global batch of all workers (`ccc_global`)."""
+    if all_sum is not None:
+        return 1 - ccc_global(pred, target, mask, all_sum)
     return 1 - ccc(pred, target, mask)
 
 
@@ -178,15 +211,17 @@ def target_loss(
     centres: Tensor,
     weights: TargetLoss,
     mask: Tensor | None = None,
+    all_sum: AllSum | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One target's w_ccc*CCC + w_mse*MSE + w_ce*CE + w_ncce*nCCE; zero-weight terms skipped.
+    `all_sum`: the CCC term over the global batch of all workers (see ccc_global).
 
     Returns (weighted sum, {term name: unweighted value}).
     """
     parts: dict[str, Tensor] = {}
     total = pred.new_zeros((), dtype=torch.float32)
     if weights.w_ccc:
-        parts["ccc"] = ccc_loss(pred, target, mask)
+        parts["ccc"] = ccc_loss(pred, target, mask, all_sum)
         total = total + weights.w_ccc * parts["ccc"]
     if weights.w_mse:
         parts["mse"] = mse_loss(pred, target, mask)
@@ -207,13 +242,15 @@ def composite_loss(
     bin_centres: Tensor,
     mask: Tensor | None = None,
     params: Iterable[Tensor] | None = None,
+    all_sum: AllSum | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The composite loss of METHOD.md summed over arousal and valence, plus optional L2.
 
     outputs: SSVAERROutput or a mapping with `arousal`, `valence` [B, T] and
     `arousal_logits`, `valence_logits` [B, T, bins]; targets: {"arousal", "valence"} [B, T]
     (NaN = unlabelled); bin_centres [2, bins] (arousal, valence) or [bins]; mask [B, T] bool
-    (default: the outputs' own mask when they carry one); params: required when cfg.l2 > 0.
+    (default: the outputs' own mask when they carry one); params: required when cfg.l2 > 0;
+    all_sum: data-parallel training's autograd all-reduce, so CCC terms use the global batch.
     Returns (total, parts) with unweighted parts keyed "arousal/ccc", ..., "l2", and the
     per-target weighted sums keyed "arousal", "valence".
     """
@@ -232,6 +269,7 @@ def composite_loss(
             centres[i],
             getattr(cfg, name),
             mask,
+            all_sum,
         )
         parts[name] = t_total
         parts.update({f"{name}/{k}": v for k, v in t_parts.items()})

@@ -65,6 +65,9 @@ def preprocess_hash(cfg: VaerrConfig) -> str:
     faces = dict(dump["faces"])
     faces.pop("device", None)
     data = {k: v for k, v in dump["data"].items() if k not in _RUNTIME_DATA}
+    if data.get("label_tracks") == "one":  # the default: shards made before the flag match
+        data.pop("label_tracks")
+        data.pop("overlap_iou", None)
     payload = json.dumps({"video": dump["video"], "faces": faces, "data": data}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -126,6 +129,63 @@ def choose_tracks(
     return out
 
 
+def overlapping_tracks(
+    tracks: dict[int, dict[str, np.ndarray]], chosen: int, iou_min: float, taken: set[int]
+) -> list[int]:
+    """Other tracks of the face `chosen` follows: mean box IoU >= iou_min with it and no frame
+    shared with `chosen` or an earlier pick (largest first). `taken`: tracks already used."""
+
+    def mean_box(t: int) -> np.ndarray:
+        return np.asarray(tracks[t]["box_xyxy"], np.float64).mean(0)
+
+    def iou(a: np.ndarray, b: np.ndarray) -> float:
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = w * h
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    ref = mean_box(chosen)
+    frames = set(tracks[chosen]["frame_index"].tolist())
+    out = []
+    others = sorted((t for t in tracks if t != chosen and t not in taken),
+                    key=lambda t: -len(tracks[t]["frame_index"]))  # fmt: skip
+    for t in others:
+        f = set(tracks[t]["frame_index"].tolist())
+        if iou(mean_box(t), ref) >= iou_min and not (f & frames):
+            out.append(t)
+            frames |= f
+    return out
+
+
+def annotated_frames(
+    labels: list[LabelTrack],
+    fps: float,
+    n_frames: int | None,
+    source_fps: float | None,
+    max_gap_s: float | None,
+) -> int | None:
+    """Labelled frames the annotation holds at the analysis rate, summed over the annotated
+    persons: frames 0..n_frames-1 (None: up to the last annotation) with both targets
+    finite after resampling. Independent of face detection: the coverage denominator."""
+    total = 0
+    try:
+        for lt in labels:
+            t = lt.times(source_fps)
+            if n_frames is None:
+                ok = np.isfinite(t)
+                n = int(np.floor(t[ok].max() * fps)) + 1 if ok.any() else 0
+            else:
+                n = int(n_frames)
+            ft = np.arange(n, dtype=np.float64) / fps
+            a = resample_labels(t, lt.arousal, ft, max_gap_s)
+            v = resample_labels(t, lt.valence, ft, max_gap_s)
+            total += int(np.sum(np.isfinite(a) & np.isfinite(v)))
+    except ValueError:  # frame-indexed labels without the video's frame rate
+        return None
+    return total
+
+
 # ---------------------------------------------------------------------------------------------
 # The stage
 
@@ -160,6 +220,7 @@ class ShardStage:
             build_extractor(self.audio_cfg) if self.audio_cfg.enabled else None
         )
         self.hash = preprocess_hash(cfg)
+        self._src_fps: float | None = None  # the current video's source rate (from _video)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [
@@ -186,6 +247,7 @@ class ShardStage:
             "tracks": 0,
             "sequences": 0,
             "labelled_frames": 0,
+            "annotated_frames": None,
             "processing_s": 0.0,
             "config_hash": self.hash,
             "source_etag": item["source_etag"] or None,
@@ -193,6 +255,7 @@ class ShardStage:
         try:
             clips, seqs, frames, tracks, reason = self._video(item)
             row.update(frames=frames, tracks=tracks, sequences=len(seqs))
+            row["annotated_frames"] = self._annotated(item, frames, self._src_fps)
             row["labelled_frames"] = int(sum(s["labelled_frames"] for s in seqs))
             if seqs:
                 row["status"] = OK
@@ -207,6 +270,7 @@ class ShardStage:
                 self._remove_stale(vid)
         except VideoError as exc:
             row["reason"] = str(exc)
+            row["annotated_frames"] = self._annotated(item, None, None)
             self._remove_stale(vid)
         except Exception as exc:  # a status row, not a crashed job (DESIGN principle 7)
             row["reason"] = f"{type(exc).__name__}: {exc}"
@@ -229,9 +293,17 @@ class ShardStage:
         )
         return row
 
+    def _annotated(self, item: dict[str, str], frames: int | None, src: float | None) -> Any:
+        labels = VideoItem.labels_from_json(item["labels"])
+        if not labels:
+            return 0
+        fps = float(self.cfg.video.fps)
+        return annotated_frames(labels, fps, frames or None, src, self.cfg.data.label_gap_s)
+
     def _video(self, item: dict[str, str]) -> tuple[pa.Table | None, list[dict], int, int, str]:
         cfg = self.cfg
         fps = float(cfg.video.fps)
+        self._src_fps = None
         run = self.pipe.run(item["uri"])
         parts: dict[int, list[dict[str, np.ndarray]]] = {}
         cols = ("frame_index", "time_s", "crop", "box_xyxy")
@@ -254,13 +326,19 @@ class ShardStage:
             track_stats(tracks), faces, cfg.data.face_rule, cfg.data.major_track_fraction
         )
         src_fps = run.info.src_fps if run.info else None
+        self._src_fps = src_fps
         pairs: list[tuple[int, LabelTrack | None, str]] = []
         if labels:
+            taken = {t for t in chosen if t is not None}
             for lt, tid in zip(labels, chosen):
                 if tid is None:
                     log.warning("%s: no track for labelled face %s", item["uri"], lt.face)
                     continue
                 pairs.append((tid, lt, lt.face or cfg.data.face_rule))
+                if cfg.data.label_tracks == "overlapping":
+                    for extra in overlapping_tracks(tracks, tid, cfg.data.overlap_iou, taken):
+                        taken.add(extra)
+                        pairs.append((extra, lt, f"{lt.face or cfg.data.face_rule}+overlap"))
         else:
             pairs = [(tid, None, cfg.data.face_rule) for tid in chosen if tid is not None]
         if not pairs:
@@ -497,6 +575,9 @@ def run_preprocess(
         "sequences": int(sum(s["sequences"] for s in status)),
         "frames": int(sum(s["frames"] for s in status)),
         "labelled_frames": int(sum(s["labelled_frames"] for s in status)),
+        # annotated frames at the analysis rate, whether or not a kept face track covers them
+        "annotated_frames": int(sum(s.get("annotated_frames") or 0 for s in status)),
+        "label_tracks": cfg.data.label_tracks,
         "splits": splits,
         "wall_s": round(time.perf_counter() - t0, 2),
         "config_hash": chash,

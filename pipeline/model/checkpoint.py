@@ -600,14 +600,19 @@ def load_encoder_weights(
     """Copy encoder (front-end + trunk) tensors from a pretext or SS-VAERR checkpoint.
 
     model: an SSVAERR (its `.encoder` is filled) or an Encoder. state: a state dict, a dict
-    holding one under "state_dict", or a Checkpoint. Tensors match by name after stripping
-    `prefix` (None: detected, e.g. "encoder." or "module.online.encoder.") and by shape;
-    everything else is reported, never silently dropped. Raises ValueError when nothing
-    matched at all (wrong file).
+    holding one under "state_dict", or a Checkpoint; names in the authors' public code
+    (`frontend3D.*`, `trunk.*.relu1`, ...; pipeline.model.authors) are renamed first.
+    Tensors match by name after stripping `prefix` (None: detected, e.g. "encoder." or
+    "module.online.encoder.") and by shape; everything else is reported, never silently
+    dropped. Raises ValueError when nothing matched at all (wrong file).
     """
     encoder = getattr(model, "encoder", model)
     if isinstance(state, Checkpoint):
         state = state.state_dict
+    from pipeline.model.authors import is_authors_naming, rename_authors_state
+
+    if is_authors_naming(state):  # the authors' public code (frontend3D.*, relu1/2, ...)
+        state = rename_authors_state(state).state
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     src = {k: v for k, v in state.items() if isinstance(v, Tensor)}

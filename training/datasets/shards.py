@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR = "clips", "sequences", "videos"
 
 
-def _read_dir(root: str, sub: str, schema: pa.Schema, storage: StorageConfig | None) -> pa.Table:
+def _read_dir(
+    root: str,
+    sub: str,
+    schema: pa.Schema,
+    storage: StorageConfig | None,
+    fill_missing: tuple[str, ...] = (),
+) -> pa.Table:
     fs, path = filesystem(join(root, sub), storage)
     if not fs.exists(path):
         return schema.empty_table()
@@ -41,13 +47,13 @@ def _read_dir(root: str, sub: str, schema: pa.Schema, storage: StorageConfig | N
     for p in sorted(fs.find(path)):
         if p.endswith(".parquet"):
             with fs.open(p, "rb") as f:
-                tables.append(conform(pq.read_table(f), schema))
+                tables.append(conform(pq.read_table(f), schema, fill_missing))
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
 def read_status(root: str, storage: StorageConfig | None = None) -> pa.Table:
     """Every committed video's status row under R/videos/."""
-    return _read_dir(root, STATUS_DIR, PREPROCESS_STATUS, storage)
+    return _read_dir(root, STATUS_DIR, PREPROCESS_STATUS, storage, ("annotated_frames",))
 
 
 def read_sequences(
