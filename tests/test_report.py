@@ -24,7 +24,7 @@ import pytest
 from jobs.cli import main
 from pipeline.events import find_happy, find_spikes
 from pipeline.ids import video_id
-from pipeline.report import JobData, ReportOptions, build_report, video_src
+from pipeline.report import JobData, ReportOptions, build_report, face_still, video_src
 from schemas.tables import VIDEOS
 from tests.conftest import asset, face_overrides
 from tests.test_events import (
@@ -200,6 +200,24 @@ def test_report_on_s3(s3_server: str, s3_bucket: str, tmp_path: Path, capsys):
     assert parse(text).counts["videos"] == "4"
 
 
+def test_face_stills_blurred_on_request(tmp_path: Path):
+    import cv2
+
+    clip = tmp_path / "speaker.mp4"
+    h264_clip(asset("videos/grid_bbaf2n.mpg"), clip, loops=1)
+    box = [120.0, 40.0, 240.0, 190.0]  # the speaker's face in the 360x288 GRID frame
+    sharp, blurred = (face_still(str(clip), 1.0, box, blur) for blur in (False, True))
+    imgs = [
+        cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE) for b in (sharp, blurred)
+    ]
+    assert imgs[0].shape == imgs[1].shape and imgs[0].shape[0] == 80
+    h, w = imgs[0].shape
+    centre = (slice(h // 4, 3 * h // 4), slice(w // 4, 3 * w // 4))  # inside the face box
+    detail = [cv2.Laplacian(i, cv2.CV_64F)[centre].var() for i in imgs]
+    assert detail[1] < 0.2 * detail[0], detail
+    assert face_still(str(clip), 1.0, None, False) is None
+
+
 # --------------------------------------------------------------------------------------------
 # In a real browser
 
@@ -272,7 +290,7 @@ def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
     write_status(out, [status_row(vid, uri, tracks=2, duration_s=duration)])
 
     report = tmp_path / "report" / "report.html"
-    assert main(["report", str(out), "--output", str(report)]) == 0
+    assert main(["report", str(out), "--output", str(report), "--stills"]) == 0
     facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     status = pq.read_table(out / "videos").to_pylist()
     expect = {s: sum(r["status"] == s for r in status) for s in ("ok", "no_face", "failed")}
@@ -298,6 +316,8 @@ def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
                 "img.timeline", "els => els.map(e => e.naturalWidth)"
             )
             assert len(widths) == facts["videos_shown"] == 2 and min(widths) > 0
+            stills = page.eval_on_selector_all("img.still", "els => els.map(e => e.naturalWidth)")
+            assert len(stills) == 2 and min(stills) > 0  # one face in each planted episode
             happy = page.locator(f'#events-happy tr.event[data-video-id="{vid}"]')
             assert happy.count() == 1 and float(happy.get_attribute("data-start")) == pytest.approx(
                 2.0, abs=0.11
