@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from pipeline.progress import set_verbosity
 from schemas.config import VaerrConfig, load_config
 
 
@@ -42,6 +43,7 @@ def setup_logging(verbose: int = 0) -> None:
     # at WARNING whatever the verbosity, so credentials never reach a log.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    set_verbosity(verbose)  # progress bars and epoch lines: off with -q, more with -v
 
 
 def print_json_line(record: dict[str, Any]) -> None:

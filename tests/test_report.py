@@ -267,7 +267,8 @@ def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
     overrides = [f"--set={o}" for o in face_overrides()] + [f"--set=cache_dir={tmp_path / 'c'}"]
     args = ["infer", str(clips), "--output", str(out), "--checkpoint", tiny_checkpoint, "--local"]
     assert main([*args, *overrides]) == 0
-    capsys.readouterr()
+    err = capsys.readouterr().err  # progress on the terminal (plain lines: not a TTY here)
+    assert re.search(r"infer: 2/2 videos, [\d,]+/[\d,]+ frames, [\d.]+ frames/s, done in", err)
 
     # A second, longer H.264 video whose timelines are planted: two faces, a happy episode on
     # face 0 and a distress spike on face 1, written where `vaerr infer` writes its own.
