@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "jobs.verify",
     "jobs.query",
     "jobs.render",
+    "jobs.report",
     "jobs.faces",
     "jobs.model",
     "jobs.demo",

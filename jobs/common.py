@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from pipeline.errors import escape
+from pipeline.progress import set_verbosity
 from schemas.config import VaerrConfig, load_config
 
 
@@ -65,6 +66,7 @@ def setup_logging(verbose: int = 0) -> None:
     # at WARNING whatever the verbosity, so credentials never reach a log.
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    set_verbosity(verbose)  # progress bars and epoch lines: off with -q, more with -v
 
 
 def print_json_line(record: dict[str, Any]) -> None:

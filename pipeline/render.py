@@ -38,6 +38,7 @@ import pyarrow.csv as pacsv
 from pipeline.emotion import emotion_words
 from pipeline.encode import write_video
 from pipeline.ids import video_id as video_id_of
+from pipeline.progress import Progress
 from pipeline.storage import open_uri, storage_options
 from pipeline.video import VideoReader
 from schemas.config import EmotionConfig, StorageConfig
@@ -555,10 +556,11 @@ def render_video(
         frames = rendered_frames(
             reader, tracks, truth, rate, scale, blur_faces, emotion, counter, banner
         )
-        with _local_temp(output) as target:
+        bar = Progress("render", 1, int(reader.info.duration_s * rate) or None)
+        with _local_temp(output) as target, bar:
             write_video(
                 target,
-                frames,
+                bar.count(frames),
                 rate,
                 crf=crf,
                 container_format=_FORMATS.get(posixpath.splitext(output)[1].lower()),

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
+from pipeline.progress import Progress
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK, VIDEO_FAILURE
@@ -522,8 +522,8 @@ def _run(
     _table_write(join(out, "manifest.parquet"), manifest, cfg)
     tried = {} if force else prior_attempts(manifest, done, ckpt.model_id, chash)
     writer = TimelineWriter(cfg, out, ckpt.model_id, ckpt.untrained, tried)
-    with tqdm(total=len(todo), desc="videos", unit="video", disable=None) as bar:
-        writer.on_done = lambda row: bar.update(1)
+    with Progress("infer", len(todo)) as bar:
+        writer.on_done = lambda row: bar.video_done(row["frames"], row["uri"], row["status"])
         if todo:
             if runner == "local":
                 run_local(todo, cfg, ckpt_uri, writer)

@@ -49,6 +49,7 @@ from pipeline.model.checkpoint import (
     save_checkpoint,
 )
 from pipeline.model.registry import build_encoder, build_model
+from pipeline.progress import EpochLine
 from pipeline.storage import filesystem, join, protocol, storage_options
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from training.augment import augment_clips, make_view
@@ -409,6 +410,8 @@ def _load_state(folder: str) -> dict[str, Any]:
 class LocalSession(Session):
     """In-process: clips read by ClipLoader here, checkpoints in RUN/local_checkpoints/."""
 
+    on_epoch: Any = None  # called with each epoch's metrics (the driver's epoch line)
+
     def __init__(self, cfg: VaerrConfig, specs: list[dict[str, Any]], loader: ClipLoader) -> None:
         self.cfg = cfg
         self.specs = specs
@@ -438,6 +441,8 @@ class LocalSession(Session):
         return _load_state(os.path.join(path, names[-1])) if names else None
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(metrics)
         if state is None or protocol(self.ckpt_root) != "file":
             return
         _save_state(state, os.path.join(self.ckpt_root, f"epoch_{epoch:04d}"))
@@ -784,7 +789,9 @@ def run_training(
         "audio_dim": int(extras.get("audio_dim", 0)),
     }
     if runner == "local":
-        last = fit_worker(cfg, task, extras, LocalSession(cfg, specs, ClipLoader(**loader_kwargs)))
+        session = LocalSession(cfg, specs, ClipLoader(**loader_kwargs))
+        session.on_epoch = EpochLine(t.epochs, task)
+        last = fit_worker(cfg, task, extras, session)
         error = None
     else:
         last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs, ray_address, ray_init)
@@ -830,6 +837,8 @@ def _fit_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from training.progress import EpochRelay
+
     t = cfg.train
     started = False
     if not ray.is_initialized():
@@ -848,6 +857,7 @@ def _fit_ray(
             num_cpus=t.loader_num_cpus,
         )
         storage_path, storage_fs = _storage_fs(cfg)
+        relay = EpochRelay(t.epochs, task)  # one line per epoch on this terminal
         resources = {"CPU": t.cpus_per_worker}
         if t.use_gpu:
             resources["GPU"] = 1
@@ -863,6 +873,7 @@ def _fit_ray(
                 storage_filesystem=storage_fs,
                 failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                callbacks=[relay.callback],
             ),
             datasets={"train": ds},
             dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -872,6 +883,8 @@ def _fit_ray(
         except Exception as exc:  # surfaced in result.json, then raised by run_training
             log.error("Ray Train run failed: %s", exc)
             return {}, f"{type(exc).__name__}: {exc}"
+        finally:
+            relay.close()
         return dict(result.metrics or {}), None
     finally:
         if started:

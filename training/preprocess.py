@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
+from pipeline.progress import Progress
 from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import filesystem, join
 from pipeline.video import VideoError, read_audio
@@ -490,9 +491,16 @@ def pending(rows: list[dict[str, str]], done: pa.Table, chash: str, force: bool)
     ]  # noqa: E501
 
 
-def run_local_stage(rows: list[dict[str, str]], stage: ShardStage) -> list[dict[str, Any]]:
-    """The stage, looped in this process."""
-    return [stage.process(r) for r in rows]
+def run_local_stage(
+    rows: list[dict[str, str]], stage: ShardStage, on_done: Any = None
+) -> list[dict[str, Any]]:
+    """The stage, looped in this process; `on_done(status_row)` after each video."""
+    out = []
+    for r in rows:
+        out.append(stage.process(r))
+        if on_done:
+            on_done(out[-1])
+    return out
 
 
 def run_ray_stage(
@@ -501,6 +509,7 @@ def run_ray_stage(
     root: str,
     address: str | None = None,
     ray_init: dict[str, Any] | None = None,
+    on_done: Any = None,
 ) -> list[dict[str, Any]]:
     """The stage on a Ray Data actor pool (fractional CPUs, optional GPU share); starts a
     local Ray unless one is running or `address` names a cluster."""
@@ -526,7 +535,10 @@ def run_ray_stage(
         )
         out = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            out += [{k: batch[k][i] for k in batch} for i in range(len(batch["video_id"]))]
+            for i in range(len(batch["video_id"])):
+                out.append({k: batch[k][i] for k in batch})
+                if on_done:
+                    on_done(out[-1])
         return out
     finally:
         if started:
@@ -554,11 +566,12 @@ def run_preprocess(
     todo = pending(rows, read_status(root, cfg.storage), chash, force)
     log.info("%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo))
     write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage)
-    if todo:
-        if runner == "local":
-            run_local_stage(todo, stage or ShardStage(cfg, root))
-        else:
-            run_ray_stage(todo, cfg, root, ray_address, ray_init)
+    with Progress("preprocess", len(todo)) as bar:
+        done = lambda r: bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))  # noqa: E731
+        if todo and runner == "local":
+            run_local_stage(todo, stage or ShardStage(cfg, root), done)
+        elif todo:
+            run_ray_stage(todo, cfg, root, ray_address, ray_init, done)
     status = read_status(root, cfg.storage).to_pylist()
     current = {r["video_id"] for r in rows}
     status = [s for s in status if s["video_id"] in current]

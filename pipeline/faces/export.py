@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from pipeline.errors import escape, status_reason
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.ids import video_id
 from pipeline.io import ParquetStream, write_text
+from pipeline.progress import Progress
 from pipeline.status import FAILED, face_status, status_record
 from pipeline.storage import filesystem, join
 from pipeline.video import VideoError
@@ -78,12 +78,15 @@ def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
         clips = ParquetStream(join(out_dir, "clips.parquet"), CLIPS, cfg.storage)
         streams.append(clips)
         run = pipe.run(uri)
-        with tqdm(desc="faces", unit="row", disable=None, leave=False) as bar:
+        with Progress("faces", 1) as bar:
             for rows in run:
                 frames = run.frames
                 tracks.write(tracks_table(rows))
                 clips.write(clips_table(rows))
-                bar.update(len(rows["track_id"]))
+                if bar.total_frames is None and run.info is not None:
+                    bar.set_total_frames(int(run.info.duration_s * cfg.video.fps) or None)
+                bar.frames_done(run.frames - bar.frames)
+            bar.frames_done(run.frames - bar.frames)
         frames = run.frames
         tracks.close()
         streams.remove(tracks)

@@ -1,0 +1,633 @@
+"""One self-contained HTML page for a finished job (local or remote OUT): `vaerr report`.
+
+The page needs nothing but itself: CSS and the few lines of script are inline, every image is a
+base64 PNG in a `data:` URI, nothing is fetched (it opens on an air-gapped laptop). Videos are
+the one exception by nature: a `<video>` element points at the source when the source is a
+local file or an http(s) URL a browser can play (mp4, webm, ogg, mov); s3:// and other sources
+get their URI and the episode times as text.
+
+What it shows, for an analyst reviewing a night's batch:
+  1. the run summary: videos by status (and every failure reason, capped), faces, hours of
+     video, frames/s of the last run, model id and whether it is untrained, config hash(es);
+  2. the top happy episodes and distress spikes across the collection, found with the same
+     detectors and defaults as `vaerr query` (pipeline.events), each with video, time and faces,
+     and with `stills=True` a small still of each face at the peak (faces blurred with
+     `blur_faces=True`);
+  3. per video: `vaerr plot`'s figure (pipeline.plot: every track, episodes shaded, the
+     emotion-word strip) and the video with one link per episode that seeks it.
+
+The cap (ReportOptions): per-video sections for the `max_videos` (40) videos with the highest
+scoring episodes (then the rest in URI order), `max_events` (25) episodes of each kind, and
+`max_failed` (200) failure rows. The figures are drawn at 72 dpi (about 25-45 KB a video), so
+a job of 10,000 videos gives a page of about 2-3 MB whatever its size; everything else is
+reached with `vaerr query happy|spikes OUT --output all.csv` and `vaerr plot OUT --video ID`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import os
+import posixpath
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from pipeline.events import COLUMNS, find_happy, find_spikes
+from pipeline.io import atomic_write
+from pipeline.plot import plot_timelines
+from pipeline.query import open_timelines
+from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.storage import filesystem, join, open_uri, protocol
+from schemas.config import EmotionConfig, StorageConfig
+from schemas.tables import EVENTS, VIDEOS, conform
+
+log = logging.getLogger(__name__)
+
+PLAYABLE = (".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov")
+"""Extensions a browser's <video> plays (H.264/VP9/AV1 in mp4 or webm; Theora in ogg).
+MPEG-1 (.mpg, the GRID corpus), AVI, MKV... are listed as text."""
+STILL_PX = 80  # height of a face still, px
+TIMELINE_COLUMNS = [*COLUMNS, "emotion", "untrained"]
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What goes into the page and the caps that keep it small (see the module doc)."""
+
+    max_videos: int = 40
+    max_events: int = 25
+    max_failed: int = 200
+    max_video_events: int = 30
+    max_bytes: int = 4_500_000  # stop adding video sections past this page size
+    stills: bool = False
+    blur_faces: bool = False
+    dpi: int = 72
+
+
+@dataclass
+class JobData:
+    """What a report reads from OUT: status rows (VIDEOS), timelines (TIMELINE_COLUMNS rows or
+    None when the job wrote none) and run.json (empty dict when missing)."""
+
+    status: pa.Table
+    timelines: pa.Table | None
+    run: dict[str, Any]
+    dataset: ds.Dataset | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_status_rows(out: str, storage: StorageConfig | None = None) -> pa.Table:
+    """All status rows under OUT/videos/ (an empty VIDEOS table when there are none)."""
+    fs, path = filesystem(join(out, "videos"), storage)
+    if not fs.exists(path):
+        return VIDEOS.empty_table()
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p)
+    if not files:
+        return VIDEOS.empty_table()
+    table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
+    return conform(table, VIDEOS, fill_missing=("warnings",))
+
+
+def load_job(out: str, storage: StorageConfig | None = None) -> JobData:
+    """Read a job's status rows, timelines and run.json from OUT (local or any fsspec URI)."""
+    status = read_status_rows(out, storage)
+    run: dict[str, Any] = {}
+    fs, path = filesystem(join(out, "run.json"), storage)
+    if fs.exists(path):
+        with fs.open(path, "rb") as f:
+            run = json.loads(f.read().decode("utf-8"))
+    dataset = None
+    timelines = None
+    try:
+        dataset = open_timelines(out, storage)
+    except FileNotFoundError:
+        pass
+    if dataset is not None:
+        cols = [c for c in TIMELINE_COLUMNS if c in dataset.schema.names]
+        timelines = dataset.to_table(columns=cols).sort_by(
+            [("video_id", "ascending"), ("track_id", "ascending"), ("time_s", "ascending")]
+        )
+    if status.num_rows == 0 and timelines is None:
+        raise FileNotFoundError(f"no job output at {out} (expected OUT/videos/ and OUT/timelines/)")
+    return JobData(status, timelines, run, dataset)
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+
+
+def _finite(x: Any) -> float:
+    """x as a float, 0 for None/NaN (a failed video has no duration)."""
+    return float(x) if x is not None and math.isfinite(float(x)) else 0.0
+
+
+def summary_of(job: JobData) -> dict[str, Any]:
+    """The run summary: counts by status, faces (tracks of ok videos), hours of video (all
+    decoded videos), frames, frames/s of the last run, model ids, untrained, config hashes."""
+    st = job.status.to_pylist()
+    counts = {OK: 0, NO_FACE: 0, FAILED: 0}
+    for r in st:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    models = sorted({r["model_id"] for r in st if r["model_id"]})
+    if not models and job.run.get("model_id"):
+        models = [job.run["model_id"]]
+    untrained = bool(job.run.get("untrained", False))
+    if job.timelines is not None and "untrained" in job.timelines.column_names:
+        untrained = untrained or bool(pc.any(job.timelines["untrained"]).as_py())
+    return {
+        "videos": len(st),
+        **counts,
+        "faces": int(sum(r["tracks"] or 0 for r in st if r["status"] == OK)),
+        "hours": sum(_finite(r["duration_s"]) for r in st) / 3600.0,
+        "frames": int(sum(r["frames"] or 0 for r in st)),
+        "frames_per_s": job.run.get("frames_per_s"),
+        "wall_s": job.run.get("wall_s"),
+        "model_ids": models,
+        "untrained": untrained,
+        "config_hashes": sorted({r["config_hash"] for r in st if r["config_hash"]}),
+        "started": job.run.get("started"),
+        "ended": job.run.get("ended"),
+    }
+
+
+def find_events(timelines: pa.Table | None) -> pa.Table:
+    """Happy episodes and spikes with `vaerr query`'s defaults, best score first per kind."""
+    if timelines is None or timelines.num_rows == 0:
+        return EVENTS.empty_table()
+    return pa.concat_tables([find_happy(timelines), find_spikes(timelines)])
+
+
+def video_order(events: pa.Table, status: pa.Table, timelines: pa.Table | None) -> list[str]:
+    """Video ids with timelines, those with the best-scoring episode first (highest score of
+    any kind), then the others in URI order."""
+    if timelines is None:
+        return []
+    have = set(pc.unique(timelines["video_id"]).to_pylist())
+    best: dict[str, float] = {}
+    for vid, score in zip(events["video_id"].to_pylist(), events["score"].to_pylist()):
+        best[vid] = max(best.get(vid, -math.inf), float(score))
+    uris = dict(zip(status["video_id"].to_pylist(), status["uri"].to_pylist()))
+    first = sorted(best, key=lambda v: (-best[v], uris.get(v, v)))
+    rest = sorted(have - set(best), key=lambda v: uris.get(v, v))
+    return [v for v in first if v in have] + rest
+
+
+def video_src(uri: str, report: str | None) -> str | None:
+    """The `src` for a <video> of `uri`, or None when a browser cannot play it from the page:
+    local files (relative to a local report, so a folder moved together keeps working) and
+    http(s) URLs with a playable extension."""
+    low = uri.lower().split("?", 1)[0]
+    if not low.endswith(PLAYABLE):
+        return None
+    proto = protocol(uri)
+    if proto in ("http", "https"):
+        return uri
+    if proto != "file":
+        return None
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    path = os.path.abspath(path)
+    if report and protocol(report) == "file" and "://" not in report:
+        rel = os.path.relpath(path, os.path.dirname(os.path.abspath(report)))
+        return quote(rel.replace(os.sep, "/"))
+    return "file://" + quote(path)
+
+
+def peak_time(timelines: pa.Table, event: dict[str, Any], track_id: int) -> tuple[float, Any]:
+    """(time s, box_xyxy or None) of a face's peak within an event: highest arousal for a
+    spike (the top of the rise), highest arousal + valence for a happy episode."""
+    m = (
+        (np.asarray(timelines["video_id"].to_pylist(), dtype=object) == event["video_id"])
+        & (timelines["track_id"].to_numpy() == track_id)
+        & (timelines["time_s"].to_numpy() >= event["start_s"] - 1e-6)
+        & (timelines["time_s"].to_numpy() <= event["end_s"] + 1e-6)
+    )
+    idx = np.flatnonzero(m)
+    if len(idx) == 0:
+        return float(event["start_s"]), None
+    a = timelines["arousal"].to_numpy()[idx].astype(np.float64)
+    v = timelines["valence"].to_numpy()[idx].astype(np.float64)
+    best = idx[int(np.argmax(a if event["kind"] == "spike" else a + v))]
+    box = timelines["box_xyxy"][int(best)].as_py() if "box_xyxy" in timelines.column_names else None
+    return float(timelines["time_s"][int(best)].as_py()), box
+
+
+def face_still(
+    uri: str, time_s: float, box: Any, blur: bool, storage: StorageConfig | None = None
+) -> bytes | None:
+    """PNG bytes of the face box (grown by 20 %) in the frame at `time_s`, STILL_PX high,
+    blurred beyond recognition with `blur`; None when the frame cannot be decoded."""
+    import cv2
+
+    from pipeline.render import blur_region
+    from pipeline.video import VideoError, VideoReader
+
+    if box is None:
+        return None
+    try:
+        with VideoReader(uri, storage) as reader:
+            chunk = next(reader.chunks(25.0, start_s=time_s, end_s=time_s + 0.2, chunk_frames=1))
+    except (VideoError, StopIteration, OSError) as exc:
+        log.warning("%s: no still at %.1f s: %s", uri, time_s, exc)
+        return None
+    img = np.ascontiguousarray(chunk.frames[0])
+    h, w = img.shape[:2]
+    if blur:
+        blur_region(img, np.asarray(box, np.float64))
+    x1, y1, x2, y2 = (float(c) for c in box)
+    gx, gy = 0.2 * (x2 - x1), 0.2 * (y2 - y1)
+    x1, y1 = max(0, int(x1 - gx)), max(0, int(y1 - gy))
+    x2, y2 = min(w, int(math.ceil(x2 + gx))), min(h, int(math.ceil(y2 + gy)))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return None
+    crop = img[y1:y2, x1:x2]
+    scale = STILL_PX / crop.shape[0]
+    crop = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), STILL_PX), cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    return buf.tobytes() if ok else None
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1260px;
+padding:0 16px 48px;color:#222}
+h1{font-size:1.5em;margin:18px 0 4px} h2{margin-top:32px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0;font-size:.9em}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.warn{background:#fde2e1;border:1px solid #d62728;padding:8px 12px;margin:10px 0}
+.note{color:#555;font-size:.9em} .kind-happy{color:#2ca02c} .kind-spike{color:#d62728}
+section.video{border-top:2px solid #ccc;margin-top:28px}
+img.timeline{max-width:100%;height:auto;display:block} img.still{height:60px;margin-right:4px}
+video{max-width:640px;max-height:360px;background:#000;display:block;margin:6px 0}
+code{background:#f4f4f4;padding:1px 4px}
+"""
+
+SCRIPT = """
+document.querySelectorAll('a.seek').forEach(function (a) {
+  a.addEventListener('click', function (ev) {
+    ev.preventDefault();
+    var v = document.getElementById(a.dataset.video);
+    if (!v) { return; }
+    v.currentTime = parseFloat(a.dataset.t);
+    v.scrollIntoView({block: 'center'});
+  });
+});
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def fmt_time(seconds: float) -> str:
+    """m:ss.s (h:mm:ss.s from an hour) for episode times."""
+    s = max(0.0, float(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{int(h)}:{int(m):02d}:{sec:04.1f}" if h else f"{int(m)}:{sec:04.1f}"
+
+
+def _png_img(png: bytes, cls: str, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img class="{cls}" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _name(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/")) or uri
+
+
+def _summary_html(s: dict[str, Any], status: pa.Table, options: ReportOptions) -> str:
+    rows = [
+        ("videos", s["videos"]),
+        ("ok", s[OK]),
+        ("no_face", s[NO_FACE]),
+        ("failed", s[FAILED]),
+    ]
+    counts = "".join(
+        f'<tr><th>{k}</th><td class="n" data-count="{k}">{v}</td></tr>' for k, v in rows
+    )
+    fps = s["frames_per_s"]
+    facts = [
+        ("faces (tracks in ok videos)", f'<span data-count="faces">{s["faces"]}</span>'),
+        (
+            "hours of video",
+            f'<span data-count="hours">{s["hours"]:.2f}</span> ({s["hours"] * 60:.1f} min)',
+        ),  # fmt: skip
+        ("frames analysed", f"{s['frames']:,}"),
+        ("frames/s (last run)", "n/a" if fps is None else f"{fps:.1f}"),
+        ("model", "<br>".join(f"<code>{_e(m)}</code>" for m in s["model_ids"]) or "n/a"),
+        (
+            "untrained",
+            f'<span data-untrained="{str(s["untrained"]).lower()}">'
+            f"{'yes' if s['untrained'] else 'no'}</span>",
+        ),  # fmt: skip
+        ("config hash", "<br>".join(f"<code>{_e(c)}</code>" for c in s["config_hashes"]) or "n/a"),
+        ("run", f"{_e(s['started'] or '?')} to {_e(s['ended'] or '?')}"),
+    ]
+    facts_html = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    out = [
+        '<h2 id="summary">Run summary</h2>',
+        '<div style="display:flex;gap:32px;flex-wrap:wrap">',
+        f'<table id="status-counts"><tr><th colspan=2>videos by status</th></tr>{counts}</table>',
+        f'<table id="facts">{facts_html}</table></div>',
+    ]
+    if s["untrained"]:
+        out.append(
+            '<div class="warn">UNTRAINED model: these values are not predictions of emotion; '
+            "the episodes below show the plumbing, not what happened.</div>"
+        )
+    bad = [r for r in status.to_pylist() if r["status"] != OK]
+    if bad:
+        bad.sort(key=lambda r: (r["status"] != FAILED, r["uri"]))
+        shown = bad[: options.max_failed]
+        body = "".join(
+            f"<tr><td>{_e(r['status'])}</td><td>{_e(r['uri'])}</td><td>{_e(r['reason'])}</td></tr>"
+            for r in shown
+        )
+        out.append(
+            f'<h3>Videos not ok ({len(bad)})</h3><table id="not-ok"><tr><th>status</th>'
+            f"<th>video</th><th>reason</th></tr>{body}</table>"
+        )
+        if len(bad) > len(shown):
+            out.append(
+                f'<p class="note">{len(bad) - len(shown)} more: every status row is in '
+                "<code>OUT/videos/</code> (Parquet); <code>vaerr verify OUT</code> checks them."
+                "</p>"
+            )
+    return "\n".join(out)
+
+
+def _faces(ids: list[int]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def _seek_link(video_dom: str | None, t: float, label: str) -> str:
+    if video_dom is None:
+        return _e(label)
+    attrs = f'href="#{video_dom}" class="seek" data-video="{video_dom}" data-t="{t:.3f}"'
+    return f"<a {attrs}>{label}</a>"
+
+
+def _events_html(
+    events: pa.Table,
+    kind: str,
+    anchors: dict[str, str],
+    players: dict[str, str],
+    stills: dict[tuple[Any, int], bytes],
+    options: ReportOptions,
+    title: str,
+) -> str:
+    rows = [r for r in events.to_pylist() if r["kind"] == kind]
+    rows.sort(key=lambda r: -r["score"])
+    total = len(rows)
+    rows = rows[: options.max_events]
+    head = (
+        "<tr><th>#</th><th>video</th><th>time</th><th>faces</th><th>peak arousal</th>"
+        "<th>peak valence</th><th>score</th>" + ("<th>stills</th>" if options.stills else "")
+    )
+    body = []
+    for i, r in enumerate(rows):
+        vid = r["video_id"]
+        name = _e(_name(r["uri"]))
+        video = f'<a href="#{anchors[vid]}">{name}</a>' if vid in anchors else name
+        span = f"{fmt_time(r['start_s'])}-{fmt_time(r['end_s'])}"
+        when = _seek_link(players.get(vid), r["start_s"], span)
+        cells = [
+            f'<td class="n">{i + 1}</td>',
+            f'<td title="{_e(r["uri"])}">{video}</td>',
+            f"<td>{when}</td>",
+            f"<td>{_faces(r['track_ids'])}</td>",
+            f'<td class="n">{r["peak_arousal"]:.2f}</td>',
+            f'<td class="n">{r["peak_valence"]:.2f}</td>',
+            f'<td class="n">{r["score"]:.2f}</td>',
+        ]
+        if options.stills:
+            imgs = "".join(
+                _png_img(stills[(_key(r), t)], "still", f"face {t} at the peak")
+                for t in r["track_ids"]
+                if (_key(r), t) in stills
+            )
+            cells.append(f"<td>{imgs}</td>")
+        body.append(
+            f'<tr class="event" data-kind="{kind}" data-video-id="{_e(vid)}" '
+            f'data-start="{r["start_s"]:.3f}" data-end="{r["end_s"]:.3f}" '
+            f'data-tracks="{_faces(r["track_ids"])}">{"".join(cells)}</tr>'
+        )
+    note = (
+        f'<p class="note">{total} found with <code>vaerr query</code>\'s defaults; the '
+        f"{len(rows)} best shown."
+    )
+    if total > len(rows):
+        note += " All of them: <code>vaerr query " + ("happy" if kind == "happy" else "spikes")
+        note += " OUT --output all.csv</code>."
+    note += "</p>"
+    table = f'<table id="events-{kind}">{head}</tr>{"".join(body)}</table>' if rows else ""
+    return f'<h2 id="{kind}">{title}</h2>{note}{table}'
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, float, tuple[int, ...]]:
+    """The identity of an event row within one report."""
+    return (r["video_id"], r["kind"], round(r["start_s"], 3), tuple(r["track_ids"]))
+
+
+def _video_html(
+    vid: str,
+    uri: str,
+    rows: pa.Table,
+    events: pa.Table,
+    anchor: str,
+    player: str | None,
+    src: str | None,
+    options: ReportOptions,
+    emotion: EmotionConfig | None,
+) -> str:
+    ev = events.filter(pc.equal(events["video_id"], vid))
+    png = plot_timelines(rows, ev, emotion=emotion, dpi=options.dpi, title=f"{_name(uri)}  ({vid})")
+    tracks = len(pc.unique(rows["track_id"]))
+    out = [
+        f'<section class="video" id="{anchor}" data-video-id="{_e(vid)}">',
+        f"<h3>{_e(_name(uri))}</h3>",
+        f'<p class="note"><code>{_e(uri)}</code> &middot; {tracks} face track(s) &middot; '
+        f"id <code>{_e(vid)}</code></p>",
+        _png_img(png, "timeline", f"arousal and valence of {uri}"),
+    ]
+    if src is not None and player is not None:
+        out.append(f'<video id="{player}" controls preload="metadata" src="{_e(src)}"></video>')
+    elif src is None:
+        out.append(
+            '<p class="note">Not playable in a browser from this page (not a local or http(s) '
+            "mp4/webm file): open the URI above at the times below, or "
+            f"<code>vaerr render {_e(uri)} OUT --output {_e(vid)}.mp4</code>.</p>"
+        )
+    rows_ev = sorted(ev.to_pylist(), key=lambda r: r["start_s"])
+    if rows_ev:
+        items = []
+        for r in rows_ev[: options.max_video_events]:
+            span = f"{fmt_time(r['start_s'])}-{fmt_time(r['end_s'])}"
+            link = _seek_link(player if src else None, r["start_s"], span)
+            items.append(
+                f'<li class="episode" data-kind="{r["kind"]}" data-start="{r["start_s"]:.3f}">'
+                f'<span class="kind-{r["kind"]}">{r["kind"]}</span> {link} '
+                f"faces {_faces(r['track_ids'])}, score {r['score']:.2f}</li>"
+            )
+        more = len(rows_ev) - len(items)
+        if more > 0:
+            items.append(f'<li class="note">{more} more (vaerr query ... --output)</li>')
+        out.append(f"<ul>{''.join(items)}</ul>")
+    else:
+        out.append('<p class="note">No happy episode or spike found.</p>')
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def build_report(
+    job: JobData,
+    out: str,
+    options: ReportOptions | None = None,
+    report_uri: str | None = None,
+    storage: StorageConfig | None = None,
+    emotion: EmotionConfig | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """(HTML text, facts) of the report of `job` read from `out`. `report_uri` is where the
+    page will be written (video links are made relative to it when both are local). facts:
+    the summary plus `events` (found), `videos_shown`, `videos_with_timelines`."""
+    options = options or ReportOptions()
+    s = summary_of(job)
+    events = find_events(job.timelines)
+    order = video_order(events, job.status, job.timelines)
+    shown = order[: options.max_videos]
+    anchors = {vid: f"video-{vid}" for vid in shown}
+    uris = dict(zip(job.status["video_id"].to_pylist(), job.status["uri"].to_pylist()))
+    if job.timelines is not None:
+        first = job.timelines.group_by("video_id").aggregate([("uri", "min")])
+        for vid, uri in zip(first["video_id"].to_pylist(), first["uri_min"].to_pylist()):
+            uris.setdefault(vid, uri)
+    srcs = {vid: video_src(uris[vid], report_uri) for vid in shown}
+    players = {vid: f"player-{vid}" for vid in shown if srcs[vid] is not None}
+
+    stills: dict[tuple[Any, int], bytes] = {}
+    if options.stills and job.timelines is not None:
+        stills = _stills(job, events, options, storage)
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',
+        f"<title>vaerr report: {_e(out)}</title><style>{CSS}</style></head><body>",
+        f'<h1>vaerr report</h1><p class="note">job <code>{_e(out)}</code> &middot; written '
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} &middot; "
+        '<a href="#summary">summary</a> &middot; <a href="#happy">happy</a> &middot; '
+        '<a href="#spike">spikes</a> &middot; <a href="#videos">videos</a></p>',
+        _summary_html(s, job.status, options),
+        _events_html(events, "happy", anchors, players, stills, options, "Top happy episodes"),
+        _events_html(events, "spike", anchors, players, stills, options, "Top distress spikes"),
+        '<p class="note">A spike is a reaction seen on faces (a scare, a shout, a jump cut look '
+        "the same); it says nothing about its cause.</p>",
+        '<h2 id="videos">Videos</h2>',
+        f'<p class="note" id="video-cap">{len(shown)} of {len(order)} videos with timelines '
+        f"shown (at most {options.max_videos}: those with the best-scoring episodes first). "
+        "Any other: <code>vaerr plot OUT --video NAME --output NAME.png</code>; all episodes: "
+        "<code>vaerr query happy|spikes OUT --output all.csv</code>.</p>",
+    ]
+    size = sum(len(p) for p in parts)
+    for n_done, vid in enumerate(shown):
+        if size > options.max_bytes:
+            left = len(shown) - n_done
+            log.warning("report over %d bytes: %d video sections left out", size, left)
+            parts.append(
+                f'<p class="note">Page size limit reached: {len(shown) - n_done} more video '
+                "sections left out (use <code>vaerr plot</code>).</p>"
+            )
+            shown = shown[:n_done]
+            break
+        rows = job.timelines.filter(pc.equal(job.timelines["video_id"], vid))
+        html_v = _video_html(
+            vid,
+            uris[vid],
+            rows,
+            events,
+            anchors[vid],
+            players.get(vid),
+            srcs[vid],
+            options,
+            emotion,
+        )
+        size += len(html_v)
+        parts.append(html_v)
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    facts = {
+        **s,
+        "events": events.num_rows,
+        "happy": int(pc.sum(pc.equal(events["kind"], "happy")).as_py() or 0),
+        "spikes": int(pc.sum(pc.equal(events["kind"], "spike")).as_py() or 0),
+        "videos_shown": len(shown),
+        "videos_with_timelines": len(order),
+    }
+    return "\n".join(parts), facts
+
+
+def _stills(
+    job: JobData, events: pa.Table, options: ReportOptions, storage: StorageConfig | None
+) -> dict[tuple[Any, int], bytes]:
+    """Face stills at the peak of each shown event: {(event key, track id): PNG}."""
+    assert job.dataset is not None
+    out: dict[tuple[Any, int], bytes] = {}
+    for kind in ("happy", "spike"):
+        rows = [r for r in events.to_pylist() if r["kind"] == kind]
+        rows.sort(key=lambda r: -r["score"])
+        for r in rows[: options.max_events]:
+            rows_v = job.dataset.to_table(
+                columns=["video_id", "track_id", "time_s", "arousal", "valence", "box_xyxy"],
+                filter=pc.field("video_id") == r["video_id"],
+            )
+            for tid in r["track_ids"]:
+                t, box = peak_time(rows_v, r, tid)
+                png = face_still(r["uri"], t, box, options.blur_faces, storage)
+                if png is not None:
+                    out[(_key(r), tid)] = png
+    return out
+
+
+def write_report(
+    out: str,
+    output: str,
+    options: ReportOptions | None = None,
+    storage: StorageConfig | None = None,
+    emotion: EmotionConfig | None = None,
+) -> dict[str, Any]:
+    """Read the job at `out`, write its report to `output` (local or any fsspec URI,
+    atomically) and return the facts of `build_report` plus `output` and `bytes`."""
+    job = load_job(out, storage)
+    text, facts = build_report(job, out, options, output, storage, emotion)
+    data = text.encode("utf-8")
+    with atomic_write(output, storage) as f:
+        f.write(data)
+    return {**facts, "output": output, "bytes": len(data)}
+
+
+__all__ = [
+    "JobData",
+    "ReportOptions",
+    "build_report",
+    "load_job",
+    "open_uri",
+    "summary_of",
+    "video_src",
+    "write_report",
+]

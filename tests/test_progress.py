@@ -1,0 +1,143 @@
+"""pipeline/progress.py and training/progress.py: what the driver's terminal shows during long
+steps (plain lines when not a terminal, tqdm on one, silent with -q), and per-epoch lines
+carried from Ray Train workers to the driver through the reported metrics."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from pipeline.progress import EpochLine, Progress, fmt_duration, set_verbosity, verbosity
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(autouse=True)
+def default_verbosity():
+    saved = verbosity()
+    set_verbosity(0)
+    yield
+    set_verbosity(saved)
+
+
+def test_plain_lines_every_n_seconds_with_frames_rate_and_eta():
+    clock, out = Clock(), io.StringIO()
+    with Progress("infer", 4, stream=out, every_s=10, tty=False, clock=clock) as bar:
+        clock.t += 5
+        bar.video_done(250)  # 5 s in: no line yet
+        assert out.getvalue() == ""
+        clock.t += 5
+        bar.video_done(250)  # 10 s: a line; 2 of 4 videos at 5 s each -> 10 s left
+        assert bar.lines == ["infer: 2/4 videos, 500/~1,000 frames, 50.0 frames/s, ETA 10s"]
+        clock.t += 20
+        bar.video_done(300)
+        bar.video_done(200)
+    assert bar.lines[-1] == "infer: 4/4 videos, 1,000/1,000 frames, 33.3 frames/s, done in 30s"
+    assert out.getvalue().splitlines() == bar.lines
+
+
+def test_one_video_counts_frames_of_its_total():
+    clock, out = Clock(), io.StringIO()
+    bar = Progress("render", 1, 1000, stream=out, every_s=1, tty=False, clock=clock)
+    with bar:
+        for _ in bar.count(range(250)):
+            pass
+        clock.t += 2
+        bar.frames_done(250)
+    assert bar.lines[0] == "render: 500/1,000 frames, 250.0 frames/s, ETA 2s"
+    assert bar.lines[-1].startswith("render: 500/1,000 frames") and "done in 2s" in bar.lines[-1]
+
+
+def test_terminal_gets_a_tqdm_bar_and_quiet_gets_nothing():
+    out = io.StringIO()
+    with Progress("infer", 3, stream=out, tty=True) as bar:
+        for _ in range(3):
+            bar.video_done(100)
+    text = out.getvalue()
+    assert "infer" in text and "3/3" in text and "frames/s" in text and "\r" in text
+    set_verbosity(-1)
+    quiet = io.StringIO()
+    with Progress("infer", 3, stream=quiet, tty=False, every_s=0) as bar:
+        bar.video_done(100)
+    line = EpochLine(3, stream=quiet)({"epoch": 0, "train/loss": 1.0})
+    assert quiet.getvalue() == "" and line  # formatted, not printed
+
+
+def test_verbose_adds_a_line_per_video():
+    set_verbosity(1)
+    out = io.StringIO()
+    with Progress("infer", 2, stream=out, tty=False) as bar:
+        bar.video_done(75, "/v/a.mp4", "ok")
+    assert "infer: /v/a.mp4: ok, 75 frames" in out.getvalue()
+
+
+def test_epoch_line():
+    out = io.StringIO()
+    line = EpochLine(16, "finetune", stream=out)
+    text = line({"epoch": 2, "train/loss": 0.41234, "val/ccc_arousal": 0.612,
+                 "val/ccc_valence": 0.834, "best_score": 0.723, "best_epoch": 2,
+                 "time_s": 20.0})  # fmt: skip
+    assert text == (
+        "finetune: epoch 3/16  loss 0.4123  val CCC arousal 0.612 valence 0.834  "
+        "best 0.723 (epoch 3)  20.0 s/epoch  ETA 4m20s"
+    )
+    assert out.getvalue() == text + "\n"
+    assert fmt_duration(3725) == "1h02m" and fmt_duration(None) == "?"
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Train -> driver
+
+
+@pytest.mark.slow
+def test_ray_train_epochs_reach_the_driver(ray_local, tmp_path, capsys):
+    """A real Ray Train run (1 worker, 2 epochs) on a tiny synthetic corpus: the driver prints
+    one line per epoch, with validation CCC, from the workers' reported metrics (worker logs
+    stay off: log_to_driver=False)."""
+    from schemas.config import load_config
+    from tests.conftest import face_overrides
+    from training.loop import run_training
+    from training.preprocess import run_preprocess
+    from training.synth import make_corpus
+
+    make_corpus(tmp_path / "corpus", 6, 1, 1.5, 3, (0.5, 0.5, 0.0), size=(240, 320),
+                with_audio=False)  # fmt: skip
+    cfg = load_config(
+        None,
+        face_overrides()
+        + [
+            "faces.detector.every_k=10",
+            "data.threads=1",
+            f"data.videos={tmp_path / 'corpus'}",
+            f"data.labels={tmp_path / 'corpus' / 'labels.csv'}",
+            f"data.manifest={tmp_path / 'corpus' / 'manifest.csv'}",
+            f"data.shards={tmp_path / 'shards'}",
+            "model.arch=ssvaerr_tiny",
+            "train.threads=1",
+            "train.clip_seconds=1",
+            "train.clips_per_file=1",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "train.num_workers=1",
+            "train.cpus_per_worker=1",
+            "train.loader_num_cpus=0.25",
+            f"train.storage_path={tmp_path / 'runs'}",
+        ],
+    )
+    run_preprocess(cfg, runner="local")
+    err = capsys.readouterr().err
+    assert re.search(r"preprocess: 6/6 videos, [\d,]+/[\d,]+ frames, [\d.]+ frames/s, done", err)
+    run_training(cfg, "finetune")
+    lines = [s for s in capsys.readouterr().err.splitlines() if s.startswith("finetune: epoch")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("finetune: epoch 1/2  loss ")
+    assert "val CCC arousal" in lines[0] and "s/epoch  ETA" in lines[0]
+    assert lines[1].startswith("finetune: epoch 2/2") and lines[1].endswith("ETA 0s")
