@@ -403,7 +403,6 @@ def work_naive(task: dict[str, Any]) -> dict[str, Any]:
 def work_imports(task: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of the imports alone (torch with its CUDA libraries, face-alignment, the
     pipeline): the floor under every other peak."""
-    import face_alignment  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from itertools import product
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import cv2
@@ -111,12 +112,41 @@ def fuse_conv_bn(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def import_fa(module: str) -> Any:
+    """Import a face-alignment submodule that needs only torch (the network definitions). If
+    face-alignment's package __init__ cannot run because an import-time dependency the face
+    stage never uses is missing (scikit-image, numba on a bare GPU image), the parent
+    packages are registered without running their __init__ and the submodule loads alone."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        spec = importlib.util.find_spec("face_alignment")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        root = list(spec.submodule_search_locations)[0]
+        parts = module.split(".")
+        for i in range(1, len(parts)):
+            name = ".".join(parts[:i])
+            mod = sys.modules.get(name)
+            if mod is None or not hasattr(mod, "__path__"):
+                stub = types.ModuleType(name)
+                stub.__path__ = [str(Path(root, *parts[1:i]))]
+                sys.modules[name] = stub
+        log.warning("face_alignment's package init failed to import; loaded %s alone", module)
+        return importlib.import_module(module)
+
+
 def load_retinaface(weights: str, device: str, cache: str | None = None) -> torch.nn.Module:
     """face-alignment's RetinaFace network with weights from a path, URI or URL, prepared for
     inference: conv+BN fused and channels-last memory layout (NHWC). Together 1.46x faster
     than the plain network on 2 CPU cores (oneDNN's depthwise convolutions prefer NHWC; so do
     cuDNN's half-precision ones)."""
-    from face_alignment.detection.retinaface.net_retinaface import RetinaFace, cfg_mnet
+    fa = import_fa("face_alignment.detection.retinaface.net_retinaface")
+    RetinaFace, cfg_mnet = fa.RetinaFace, fa.cfg_mnet  # noqa: N806
 
     net = fuse_conv_bn(load_weights(RetinaFace(cfg=cfg_mnet), weights, device, cache))
     return net.to(memory_format=torch.channels_last)
