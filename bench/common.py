@@ -237,12 +237,14 @@ def random_fan(path: Path, seed: int = 0) -> str:
     """A randomly initialised FAN 2D (4 hourglasses) state dict saved at `path` (cached):
     the same network, so the same cost per face, as the real weights (not downloadable here)."""
     if not path.exists():
-        import face_alignment
         import torch
 
+        from pipeline.faces.detect import import_fa
+
+        fan = import_fa("face_alignment.models.fan").FAN
         torch.manual_seed(seed)
         tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(face_alignment.models.FAN(4).state_dict(), tmp)
+        torch.save(fan(4).state_dict(), tmp)
         tmp.replace(path)
     return str(path)
 

@@ -1,44 +1,56 @@
 #!/usr/bin/env bash
-# GPU throughput check: on a fresh GPU machine with no network, install vaerr from a wheel
-# folder prepared beforehand, then run bench/throughput.py on synthetic 720p videos in both
-# landmark modes (retina5, fan68) and print the table. Budget: under 8 minutes in all.
+# GPU throughput check on a machine that already has a CUDA torch (no network, no Ray needed):
+# run bench/throughput.py from this source checkout (PYTHONPATH, no install) with an existing
+# interpreter, on synthetic 640x360 (1 face) and 1280x720 (2 faces) videos in both landmark
+# modes, with the per-step split of the face stage, and write the table under $OUT.
+# Budget: under 8 minutes in all (VAERR_GPU_BUDGET_S, default 450).
 #
-#   bench/gpu.sh [extra bench.throughput arguments]
+#   OUT=/tmp/gpu-bench VAERR_PYTHON=python3 bench/gpu.sh [--cpu] [--quick] [bench.throughput args]
 #
-# Fails fast (exit 2, one clear line) when no GPU is visible (nvidia-smi, then
-# torch.cuda.is_available()), when the wheel folder or Python 3.11 is missing, or when the
-# assets (RetinaFace weights, mean face) are not found.
-#
-# Preparing the wheel folder (once, on a networked Linux x86_64 machine, at the repo root):
-#
-#   python3.11 -m pip download -d wheels -c constraints.txt -e . "setuptools>=68" wheel
-#   # from another platform, add: --platform manylinux_2_28_x86_64 --python-version 3.11 \
-#   #                             --only-binary=:all:
-#
-# then copy `wheels/` (about 4 GB: torch with its CUDA 13 libraries) next to the checkout on
-# the GPU machine (or point VAERR_WHEELS at it), together with the assets folder
-# (VAERR_ASSETS, default ../shared/assets). The GPU's driver must support CUDA 13
-# (torch==2.14.1 from PyPI).
+#   --cpu    no GPU: run the same script on the CPU (a smoke test of the whole path)
+#   --quick  short settings (2 s videos, 1 copy, no naive rows): about 2 minutes on 2 CPU cores
 #
 # Environment:
-#   VAERR_WHEELS   wheel folder (default: wheels)
-#   VAERR_PYTHON   an existing interpreter with vaerr installed: skips the install
-#                  (default: $VENV/bin/python if it works, else .venv/bin/python if it
-#                  sees the GPU, else a fresh $VENV from the wheels)
-#   VAERR_GPU_VENV where that fresh venv goes (default ~/.cache/vaerr/venv-gpu, outside the
-#                  checkout so the working tree stays clean)
-#   PYTHON311      the Python 3.11 used to create .venv-gpu (default: python3.11)
-#   VAERR_GPU_BUDGET_S  total budget in seconds (default 470, under 8 minutes)
-#   VAERR_ASSETS   the shared assets folder (default ../shared/assets)
+#   OUT            output folder (default bench/out): throughput.md (the tables), gpu.log
+#   VAERR_PYTHON   the interpreter to use, with torch (CUDA build) installed (default python3);
+#                  Python >= 3.11 (3.12 with torch 2.11 is what the H100 machine had)
+#   VAERR_WHEELS   a folder of wheels for what that interpreter lacks, installed without
+#                  dependencies into VAERR_DEPS (never into the interpreter itself): av,
+#                  face-alignment, pydantic, pydantic-core, annotated-types, typing-inspection
+#                  (under 60 MB; prepare on a networked machine for the target's Python:
+#                  pip download -d wheels --no-deps --python-version 3.12 --only-binary=:all:
+#                  --platform manylinux_2_28_x86_64 av==18.1.0 face-alignment==1.5.0 pydantic \
+#                  pydantic-core annotated-types typing-inspection)
+#   VAERR_DEPS     where those wheels go (default ~/.cache/vaerr/gpu-deps), put on PYTHONPATH
+#   VAERR_ASSETS   the shared assets folder (default ../shared/assets): RetinaFace weights and
+#                  the mean face; the weights cache (VAERR_CACHE) is seeded from it
+#   VAERR_GPU_BUDGET_S  total budget in seconds (default 450)
+#
+# Ray is not needed: without it the table has local-runner rows only and says so.
 set -euo pipefail
 
 START=$(date +%s)
-BUDGET=${VAERR_GPU_BUDGET_S:-470}
+BUDGET=${VAERR_GPU_BUDGET_S:-450}
 cd "$(dirname "$0")/.."
-WHEELS=${VAERR_WHEELS:-wheels}
-PY311=${PYTHON311:-python3.11}
+REPO=$PWD
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 ASSETS=${VAERR_ASSETS:-../shared/assets}
-VENV=${VAERR_GPU_VENV:-$HOME/.cache/vaerr/venv-gpu}
+WHEELS=${VAERR_WHEELS:-wheels}
+DEPS=${VAERR_DEPS:-$HOME/.cache/vaerr/gpu-deps}
+PY=${VAERR_PYTHON:-python3}
+DEVICE=cuda
+QUICK=0
+ARGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --cpu) DEVICE=cpu ;;
+    --quick) QUICK=1 ;;
+    *) ARGS+=("$arg") ;;
+  esac
+done
+exec > >(tee "$OUT/gpu.log") 2>&1
 
 die() {
   echo "bench/gpu.sh: $*" >&2
@@ -47,76 +59,91 @@ die() {
 elapsed() { echo $(($(date +%s) - START)); }
 
 # 1. A GPU, before anything slow.
-command -v nvidia-smi >/dev/null 2>&1 ||
-  die "no GPU: nvidia-smi not found (no NVIDIA driver on this machine)"
-if ! GPUS=$(timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version \
-  --format=csv,noheader 2>&1) || [ -z "$GPUS" ] || ! grep -q . <<<"$GPUS"; then
-  die "no GPU visible: nvidia-smi says: ${GPUS:-nothing}"
+if [ "$DEVICE" = cuda ]; then
+  command -v nvidia-smi >/dev/null 2>&1 ||
+    die "no GPU: nvidia-smi not found (no NVIDIA driver here; --cpu runs on the CPU)"
+  if ! GPUS=$(timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version \
+    --format=csv,noheader 2>&1) || [ -z "$GPUS" ] || grep -qiE "no devices|failed|error" <<<"$GPUS"; then
+    die "no GPU visible: nvidia-smi says: ${GPUS:-nothing}"
+  fi
+  echo "GPU: $GPUS"
 fi
-if grep -qiE "no devices|failed|error" <<<"$GPUS"; then
-  die "no GPU visible: nvidia-smi says: $GPUS"
-fi
-echo "GPU: $GPUS"
 
-# 2. Assets (the face stage needs the RetinaFace weights and the mean face).
+# 2. Assets; seed the weights cache from them (nothing is downloaded).
 for f in detectors/retinaface_mobilenet0.25_Final.pth landmarks/20words_mean_face.npy; do
   [ -f "$ASSETS/$f" ] || die "asset $ASSETS/$f not found (set VAERR_ASSETS to shared/assets)"
 done
-export VAERR_ASSETS
 VAERR_ASSETS=$(cd "$ASSETS" && pwd)
+export VAERR_ASSETS
+export VAERR_CACHE=${VAERR_CACHE:-$HOME/.cache/vaerr}
+mkdir -p "$VAERR_CACHE"
+cp -n "$VAERR_ASSETS/detectors/retinaface_mobilenet0.25_Final.pth" \
+  "$VAERR_CACHE/retinaface_mobilenet0.25.pth" 2>/dev/null || true
+cp -n "$VAERR_ASSETS/landmarks/20words_mean_face.npy" "$VAERR_CACHE/" 2>/dev/null || true
 
-# 3. An interpreter with vaerr and a CUDA torch.
-cuda_ok() { "$1" -c "import torch, pipeline.runner; assert torch.cuda.is_available()" \
-  >/dev/null 2>&1; }
-PY=${VAERR_PYTHON:-}
-if [ -z "$PY" ]; then
-  for cand in "$VENV/bin/python" .venv/bin/python; do
-    if [ -x "$cand" ] && cuda_ok "$cand"; then
-      PY=$cand
-      break
-    fi
-  done
+# 3. The interpreter: torch from it, the rest from the wheel folder where missing.
+command -v "$PY" >/dev/null 2>&1 || die "interpreter '$PY' not found (set VAERR_PYTHON)"
+"$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null ||
+  die "$PY is older than Python 3.11"
+"$PY" -c 'import torch, torchvision' 2>/dev/null ||
+  die "$PY has no torch/torchvision (this script uses the machine's own CUDA torch)"
+export PYTHONPATH="$REPO:$DEPS${PYTHONPATH:+:$PYTHONPATH}"
+missing() {
+  "$PY" - <<'EOF'
+import importlib
+wheel = {"av": "av", "face_alignment": "face-alignment", "pydantic": "pydantic",
+         "pydantic_core": "pydantic-core", "annotated_types": "annotated-types",
+         "typing_inspection": "typing-inspection"}
+for mod, dist in wheel.items():
+    try:
+        importlib.import_module(mod)
+    except ImportError:
+        print(dist)
+EOF
+}
+NEED=$(missing | tr '\n' ' ')
+if [ -n "${NEED// /}" ]; then
+  [ -d "$WHEELS" ] || die "missing $NEED and no wheel folder '$WHEELS' (set VAERR_WHEELS)"
+  echo "installing $NEED from $WHEELS into $DEPS (no dependencies, offline) ..."
+  mkdir -p "$DEPS"
+  # shellcheck disable=SC2086
+  timeout 120 "$PY" -m pip install -q --no-index --no-deps --find-links "$WHEELS" \
+    --target "$DEPS" --upgrade $NEED || die "installing $NEED from $WHEELS failed"
+  NEED=$(missing | tr '\n' ' ')
+  [ -z "${NEED// /}" ] || die "still missing after the install: $NEED"
 fi
-if [ -z "$PY" ]; then
-  [ -d "$WHEELS" ] && ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 ||
-    die "no wheel folder '$WHEELS' with a torch wheel (and no network to install from):" \
-      "prepare it on a networked machine with" \
-      "'python3.11 -m pip download -d wheels -c constraints.txt -e . \"setuptools>=68\" wheel'" \
-      "and copy it here, or set VAERR_WHEELS (see the top of bench/gpu.sh)"
-  command -v "$PY311" >/dev/null 2>&1 || die "Python 3.11 not found ($PY311); set PYTHON311"
-  echo "installing from $WHEELS into $VENV (offline) ..."
-  rm -rf "$VENV"
-  mkdir -p "$(dirname "$VENV")"
-  "$PY311" -m venv "$VENV"
-  PIP=("$VENV/bin/python" -m pip install -q --no-index --find-links "$WHEELS")
-  timeout 240 "${PIP[@]}" "setuptools>=68" wheel ||
-    die "installing setuptools from $WHEELS failed (is it in the folder?)"
-  timeout 300 "${PIP[@]}" --no-build-isolation -c constraints.txt -e . ||
-    die "offline install from $WHEELS failed or took over 300 s: a wheel is missing" \
-      "(re-run the pip download above) or the folder is for another platform/Python"
-  PY=$VENV/bin/python
-  echo "installed in $(elapsed) s"
-fi
-"$PY" - <<'EOF' || die "torch cannot use the GPU (see above); the driver must support CUDA 13"
+"$PY" - <<EOF || die "the pipeline does not import with $PY (a module above is missing)"
 import sys
 import torch
-if not torch.cuda.is_available():
-    print(f"torch {torch.__version__} (CUDA {torch.version.cuda}): torch.cuda.is_available() "
-          "is False", file=sys.stderr)
-    sys.exit(1)
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+import pipeline.faces.pipeline, pipeline.runner  # noqa: F401
+ok = torch.cuda.is_available()
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}),",
+      torch.cuda.get_device_name(0) if ok else "no CUDA device")
+if "$DEVICE" == "cuda" and not ok:
+    sys.exit("torch.cuda.is_available() is False")
 EOF
+"$PY" -c 'import ray' 2>/dev/null && STAGES=decode,face,split,local,ray,naive ||
+  { echo "Ray is not installed: local runner rows only"; STAGES=decode,face,split,local,naive; }
 
-# 4. The benchmark: synthetic 720p (2 faces each), both landmark modes, GPU overrides; the
-#    naive baseline (one frame / one face per call) on the first 4 s of each video only.
+# 4. The benchmark. GPU: 4 distinct 12 s videos per size, each listed 4 times (about 190 s of
+#    video per size), the naive baseline on the first 1 s of each; CPU --quick: tiny.
+if [ "$QUICK" = 1 ]; then
+  SIZE=(--videos 1 --copies 1 --seconds 2 --fan-seconds 1)
+  STAGES=${STAGES%,naive}
+else
+  SIZE=(--videos 4 --copies 4 --seconds 12 --naive-seconds 1 --fan-seconds 12)
+fi
 LEFT=$((BUDGET - $(elapsed) - 15))
-[ "$LEFT" -gt 90 ] || die "only $LEFT s left of the $BUDGET s budget after the install"
-echo "running bench.throughput on the GPU (budget ${LEFT} s) ..."
+[ "$LEFT" -gt 60 ] || die "only $LEFT s left of the $BUDGET s budget"
+echo "running bench.throughput on $DEVICE (budget ${LEFT} s) ..."
 set +e
-timeout $((LEFT + 10)) "$PY" -m bench.throughput --device cuda --inputs 720p \
-  --modes retina5,fan68 --videos 4 --copies 4 --seconds 12 --naive-seconds 4 \
-  --long "" --budget-s "$LEFT" "$@"
+timeout $((LEFT + 20)) "$PY" -m bench.throughput --device "$DEVICE" --inputs 360p,720p \
+  --modes retina5,fan68 --stages "$STAGES" --knobs "" --long "" --repeat 1 \
+  --budget-s "$LEFT" --workdir "$OUT/work" --no-append "${SIZE[@]}" "${ARGS[@]}" \
+  >"$OUT/throughput.md"
 rc=$?
 set -e
-echo "bench/gpu.sh: done in $(elapsed) s (exit $rc)"
+cat "$OUT/throughput.md"
+rm -rf "$OUT/work/videos"
+echo "bench/gpu.sh: done in $(elapsed) s (exit $rc); table in $OUT/throughput.md"
 exit $rc

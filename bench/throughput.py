@@ -70,7 +70,7 @@ from bench.common import (
 
 MODULE = "bench.throughput"
 KINDS = ("retina5", "fan68")
-STAGES = ("decode", "face", "local", "ray", "naive")
+STAGES = ("decode", "face", "split", "local", "ray", "naive")
 GROUPS = ("assets", "360p", "720p")
 FPS = 25.0
 MIN_DECODE_S = 3.0  # decode passes over the inputs repeat until this much time has passed
@@ -147,6 +147,38 @@ def work_face(task: dict[str, Any]) -> dict[str, Any]:
         return {"frames": frames, "faces": rows}
 
     return _timed(go)
+
+
+def work_split(task: dict[str, Any]) -> dict[str, Any]:
+    """The face stage with a StageTimer attached: time per frame in decode, pixel conversion,
+    detection network, detection post-processing, FAN, tracking and alignment (device work
+    synchronised at each step, decode in line: the sum is a little over the `face` row)."""
+    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.timing import StageTimer
+
+    pipe = FacePipeline(_cfg(task))
+    timer = StageTimer()
+
+    def go() -> dict[str, Any]:
+        frames = 0
+        for u in task["inputs"]:
+            run = pipe.run(u)
+            for _ in run:
+                pass
+            frames += run.frames
+        return {"frames": frames}
+
+    warm = task["inputs"][:1]  # one warm-up video: kernels, allocator, priors
+    for _ in pipe.run(warm[0]):
+        pass
+    pipe.set_timer(timer)
+    out = _timed(go)
+    out["steps_s"] = dict(timer.seconds)
+    if task["device"] == "cuda":
+        import torch
+
+        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _job(task: dict[str, Any], runner: str) -> dict[str, Any]:
@@ -371,7 +403,6 @@ def work_naive(task: dict[str, Any]) -> dict[str, Any]:
 def work_imports(task: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of the imports alone (torch with its CUDA libraries, face-alignment, the
     pipeline): the floor under every other peak."""
-    import face_alignment  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
@@ -385,6 +416,7 @@ WORKERS = {
     "imports": work_imports,
     "decode": work_decode,
     "face": work_face,
+    "split": work_split,
     "local": work_local,
     "ray": work_ray,
     "naive": work_naive,
@@ -539,6 +571,14 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible to torch (nvidia-smi?)")
     cmd = begin(MODULE, argv, a.workdir)
+    a.ray_missing = False
+    if "ray" in _split(a.stages):
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            a.ray_missing = True
+            a.stages = ",".join(x for x in _split(a.stages) if x != "ray")
+            log("Ray is not installed: local runner rows only")
     log(f"inputs and weights in {a.workdir}")
     groups = prepare_inputs(a)
     fan = random_fan(a.workdir / "fan4_random.pth")
@@ -589,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             end = a.fan_seconds if kind == "fan68" else None
             lim = [f"video.end_s={end}"] if end else []
-            for stage in ("face", "local", "ray"):
+            for stage in ("face", "split", "local", "ray"):
                 if stage in stages:
                     plan.append(((g, kind, stage, ""), task(stage, kind, uris, lim, end_s=end)))
             if "naive" in stages:
@@ -674,7 +714,45 @@ def aggregate(
     loads = [x for r in ok for x in r["load"]]
     row["load"] = [min(loads), max(loads)]
     row["threads"] = ok[0].get("threads")
+    if all("steps_s" in r for r in ok):
+        row["steps_ms"] = {
+            k: statistics.median(1000 * r["steps_s"].get(k, 0.0) / r["frames"] for r in ok)
+            for k in ok[0]["steps_s"]
+        }
+    gpu = [r["gpu_peak_mib"] for r in ok if r.get("gpu_peak_mib")]
+    row["gpu_peak_mib"] = max(gpu) if gpu else None
     return row
+
+
+def split_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The `split` rows as a table of milliseconds per analysis frame per step."""
+    from pipeline.faces.timing import STEPS
+
+    out = []
+    for r in rows:
+        if r["stage"] != "split" or "steps_ms" not in r:
+            continue
+        ms = r["steps_ms"]
+        total = sum(ms.values())
+        host = ms.get("decode", 0.0) + ms.get("track", 0.0)
+        out.append(
+            [r["group"], r["kind"], r.get("frames", "-")]
+            + [num(ms.get(k, 0.0), 3) for k in STEPS]
+            + [num(total, 3), f"{100 * host / total:.0f}%" if total else "-"]
+            + [num(r.get("gpu_peak_mib"), 0)]
+        )
+    if not out:
+        return []
+    headers = ["inputs", "landmarks", "frames", *[f"{k} ms" for k in STEPS], "sum ms"]
+    headers += ["host-only share", "GPU peak MiB"]
+    return [
+        "Face stage time per analysis frame by step (`split` rows: a StageTimer syncs the "
+        "device at each step and decode runs in line, so the sum exceeds the overlapped "
+        "`face` row; `host-only share` = decode + tracking, the work no GPU can take):",
+        "",
+        markdown_table(headers, out),
+        "",
+    ]
 
 
 def threads_note(rows: list[dict[str, Any]]) -> str:
@@ -763,6 +841,9 @@ def render(
     parts = ["Inputs:", ""]
     parts += [f"* `{g}`: {desc}" for g, (desc, _) in groups.items()]
     parts += ["", markdown_table(headers, table), ""]
+    parts += split_table(rows)
+    if getattr(a, "ray_missing", False):
+        parts += ["**Ray is not installed on this machine: local runner rows only.**", ""]
     if long_rows:
         lt = []
         for r in long_rows:

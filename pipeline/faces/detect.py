@@ -12,8 +12,10 @@ import logging
 import pickle
 from functools import lru_cache
 from itertools import product
+from pathlib import Path
 from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
@@ -133,12 +135,41 @@ def fuse_conv_bn(net: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+def import_fa(module: str) -> Any:
+    """Import a face-alignment submodule that needs only torch (the network definitions). If
+    face-alignment's package __init__ cannot run because an import-time dependency the face
+    stage never uses is missing (scikit-image, numba on a bare GPU image), the parent
+    packages are registered without running their __init__ and the submodule loads alone."""
+    import importlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        spec = importlib.util.find_spec("face_alignment")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        root = list(spec.submodule_search_locations)[0]
+        parts = module.split(".")
+        for i in range(1, len(parts)):
+            name = ".".join(parts[:i])
+            mod = sys.modules.get(name)
+            if mod is None or not hasattr(mod, "__path__"):
+                stub = types.ModuleType(name)
+                stub.__path__ = [str(Path(root, *parts[1:i]))]
+                sys.modules[name] = stub
+        log.warning("face_alignment's package init failed to import; loaded %s alone", module)
+        return importlib.import_module(module)
+
+
 def load_retinaface(weights: str, device: str, cache: str | None = None) -> torch.nn.Module:
     """face-alignment's RetinaFace network with weights from a path, URI or URL, prepared for
     inference: conv+BN fused and channels-last memory layout (NHWC). Together 1.46x faster
     than the plain network on 2 CPU cores (oneDNN's depthwise convolutions prefer NHWC; so do
     cuDNN's half-precision ones)."""
-    from face_alignment.detection.retinaface.net_retinaface import RetinaFace, cfg_mnet
+    fa = import_fa("face_alignment.detection.retinaface.net_retinaface")
+    RetinaFace, cfg_mnet = fa.RetinaFace, fa.cfg_mnet  # noqa: N806
 
     net = fuse_conv_bn(load_weights(RetinaFace(cfg=cfg_mnet), weights, device, cache))
     return net.to(memory_format=torch.channels_last)
@@ -153,15 +184,43 @@ def frames_tensor(frames: np.ndarray | torch.Tensor, device: str | torch.device)
 
 
 @lru_cache(maxsize=16)
-def _area_matrix(n_in: int, n_out: int, device: str) -> torch.Tensor:
-    """[n_out, n_in] float32 weights of OpenCV's INTER_AREA shrink along one axis: output
-    pixel i averages input [i s, (i + 1) s) with s = n_in / n_out, fractional pixels weighted
-    by their overlap. Applied as two matmuls, the resize runs batched on any device."""
+def _area_taps(n_in: int, n_out: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's INTER_AREA shrink along one axis as taps: (input indices int64 [n_out, K],
+    weights float32 [n_out, K]). Output pixel i averages input [i s, (i + 1) s) with
+    s = n_in / n_out, fractional pixels weighted by their overlap; K = ceil(s) + 1 at most."""
     s = n_in / n_out
-    lo = np.arange(n_out)[:, None] * s
-    j = np.arange(n_in)[None, :]
-    overlap = np.clip(np.minimum(j + 1, lo + s) - np.maximum(j, lo), 0, None)
-    return torch.from_numpy((overlap / s).astype(np.float32)).to(device)
+    lo = np.arange(n_out) * s
+    first = np.floor(lo).astype(np.int64)
+    k = int(np.ceil(s)) + 1
+    idx = first[:, None] + np.arange(k)[None, :]
+    wts = np.clip(np.minimum(idx + 1, (lo + s)[:, None]) - np.maximum(idx, lo[:, None]), 0, None)
+    idx = np.minimum(idx, n_in - 1)
+    return (
+        torch.from_numpy(idx).to(device),
+        torch.from_numpy((wts / s).astype(np.float32)).to(device),
+    )
+
+
+def area_resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Float images [N, C, H, W] -> [N, C, h, w] (h <= H, w <= W) as OpenCV's INTER_AREA
+    shrinks, separably with a few taps per output pixel, on the images' device."""
+    for dim, n_out in ((2, h), (3, w)):
+        n_in = x.shape[dim]
+        if n_in == n_out:
+            continue
+        if n_in % n_out == 0:  # integer factor: plain box average
+            f = n_in // n_out
+            x = torch.nn.functional.avg_pool2d(x, (f, 1) if dim == 2 else (1, f))
+            continue
+        idx, wts = _area_taps(n_in, n_out, str(x.device))
+        k = idx.shape[1]
+        g = x.index_select(dim, idx.reshape(-1))
+        shape = list(x.shape)
+        shape[dim : dim + 1] = [n_out, k]
+        g = g.reshape(shape)
+        wv = wts.view([n_out, k] + [1] * (x.dim() - dim - 1))
+        x = (g * wv).sum(dim + 1)
+    return x
 
 
 def prepare_frames(
@@ -173,12 +232,16 @@ def prepare_frames(
     INTER_AREA does (rounded to uint8 levels)."""
     n, h, w = frames.shape[:3]
     scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0 and frames.device.type == "cpu":  # cv2 itself: far faster on a CPU
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames.numpy()]
+        frames, scale_done = torch.from_numpy(np.stack(small)), True
+    else:
+        scale_done = scale >= 1.0
     x = frames.permute(0, 3, 1, 2).flip(1).float()  # RGB -> BGR, NCHW view
-    if scale < 1.0:
+    if not scale_done:
         hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-        wy = _area_matrix(h, hs, str(x.device))
-        wx = _area_matrix(w, ws, str(x.device))
-        x = torch.matmul(torch.matmul(wy, x), wx.T).round_()  # uint8 levels, as cv2 gives
+        x = area_resize(x, hs, ws).round_()  # uint8 levels, as cv2 gives
     mean = torch.tensor(BGR_MEAN, device=x.device).view(1, 3, 1, 1)
     x = (x - mean).to(dtype).contiguous(memory_format=torch.channels_last)
     return x, scale

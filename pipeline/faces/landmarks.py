@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.device import batch_for
-from pipeline.faces.detect import autocast, frames_tensor, load_weights
+from pipeline.faces.detect import autocast, frames_tensor, import_fa, load_weights
 from pipeline.faces.warp import warp_batch
 from schemas.config import LandmarkConfig
 
@@ -106,7 +106,7 @@ def fan_crops(
 
 def load_fan(weights: str, device: str, cache: str | None = None) -> torch.nn.Module:
     """FAN 2D (4 stacked hourglasses) from a state dict at a path, URI or URL."""
-    from face_alignment.models import FAN
+    FAN = import_fa("face_alignment.models.fan").FAN  # noqa: N806
 
     return load_weights(FAN(4), weights, device, cache)
 

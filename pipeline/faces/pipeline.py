@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.device import resolve_device
 from pipeline.faces.detect import RetinaFaceDetector
@@ -105,7 +106,10 @@ class FaceRun:
             v = cfg.video
             frame_bytes = max(1, reader.info.width * reader.info.height * 3)
             per_chunk = max(1, min(v.chunk_frames, (v.chunk_mb << 20) // frame_bytes))
-            chunks = reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=True)
+            # Planes to a GPU (converted there); on a CPU, PyAV's SIMD conversion in the decode
+            # thread is cheaper than tensor maths on the host (and overlaps the detector).
+            planes = torch.device(self.pipe.device).type != "cpu"
+            chunks = reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=planes)
             if timer is None:  # decode overlaps the device work
                 chunks = decode_ahead(chunks)
             else:  # the per-step split needs decode on this thread, timed on its own

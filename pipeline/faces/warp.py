@@ -9,6 +9,8 @@ already on the device, so a crop never needs its whole frame copied or sent to t
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 
 
@@ -55,11 +57,18 @@ def warp_batch(
     m: torch.Tensor,
     size: int,
     border: str = "replicate",
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Crops [R, size, size(, C)] uint8 from images uint8 [F, H, W(, C)]: crop r samples
     image owner[r] (int64 [R]) through its image -> crop affine m[r] ([R, 2, 3]),
     bilinearly, like cv2.warpAffine(INTER_LINEAR) with BORDER_REPLICATE ("replicate") or
-    BORDER_CONSTANT 0 ("constant"). Runs on the images' device; memory O(R size^2)."""
+    BORDER_CONSTANT 0 ("constant"), on the images' device; memory O(R size^2).
+
+    kernel: "tensor" (gathers; any device), "cv2" (cv2.warpAffine per crop; CPU tensors
+    only) or "auto": cv2 for CPU tensors, where it is about 40x faster than the gathers on 2
+    cores (large float temporaries), tensor elsewhere. Both agree within 1 gray level."""
+    if kernel == "cv2" or (kernel == "auto" and images.device.type == "cpu"):
+        return _warp_cv2(images, owner, m, size, border)
     dev = images.device
     f, h, w = images.shape[:3]
     chans = images.shape[3] if images.dim() == 4 else 1
@@ -89,3 +98,19 @@ def warp_batch(
             out += vals.to(torch.float32) * wgt[..., None]
     out = out.round_().clamp_(0, 255).to(torch.uint8)
     return out if images.dim() == 4 else out[..., 0]
+
+
+def _warp_cv2(
+    images: torch.Tensor, owner: torch.Tensor, m: torch.Tensor, size: int, border: str
+) -> torch.Tensor:
+    """warp_batch's CPU kernel: cv2.warpAffine per crop on numpy views of the CPU images."""
+    imgs = images.numpy()
+    mats = m.detach().cpu().numpy().astype(np.float64)
+    own = owner.cpu().numpy()
+    flag = cv2.BORDER_REPLICATE if border == "replicate" else cv2.BORDER_CONSTANT
+    out = np.empty((len(mats), size, size) + imgs.shape[3:], np.uint8)
+    for i, (o, mat) in enumerate(zip(own, mats)):
+        out[i] = cv2.warpAffine(
+            imgs[o], mat, (size, size), flags=cv2.INTER_LINEAR, borderMode=flag
+        ).reshape(out.shape[1:])
+    return torch.from_numpy(out)
