@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ray-address",
         default=None,
-        help="Ray cluster (auto, ray://HOST:10001). Default: start a local Ray.",
+        help="Ray cluster (auto, ray://HOST:10001). Default: $RAY_ADDRESS, else a new local Ray.",
     )
     p.add_argument(
         "--local", action="store_true", help="Run the stages in this process, without Ray."
