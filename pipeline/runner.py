@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
+from pipeline.raysetup import start_ray
 from pipeline.retry import with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import FAILED, NO_FACE, OK
@@ -266,13 +267,10 @@ def run_ray(
 ) -> None:
     """The same stages on Ray Data actor pools; starts a local Ray unless one is running or
     `address` names a cluster."""
+    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
     import ray
     from ray.data import ActorPoolStrategy
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
-        started = True
     try:
         inf = cfg.infer
         ctx = ray.data.DataContext.get_current()

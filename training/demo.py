@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.raysetup import start_ray
 from pipeline.runner import run_inference
 from pipeline.weights import seed_cache
 from schemas.config import VaerrConfig
@@ -114,13 +115,7 @@ def run_demo(
         if copied:
             log.info("seeded the weights cache from %s: %s", assets, ", ".join(copied))
     cfg = demo_config(cfg, root)
-    started = False
-    if runner == "ray":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False, **(ray_init or {}))
-            started = True
+    started = start_ray(None, ray_init) if runner == "ray" else False
     try:
         log.info("rendering the training corpus: %d people x %d videos x %.1f s",
                  identities, videos_per_identity, train_seconds)  # fmt: skip

@@ -68,7 +68,7 @@ def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
     clips = ParquetStream(join(out_dir, "clips.parquet"), CLIPS, cfg.storage)
     run = pipe.run(uri)
     try:
-        with Progress("faces", 1) as bar:
+        with Progress("faces", 1, unit="frame") as bar:
             for rows in run:
                 tracks.write(tracks_table(rows))
                 clips.write(clips_table(rows))
