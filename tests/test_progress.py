@@ -182,3 +182,28 @@ def test_ray_loggers_quiet_unless_verbose():
     assert logging.getLogger("ray").level == logging.INFO
     set_verbosity(0)
     quiet_loggers()
+
+
+# --------------------------------------------------------------------------------------------
+# The demo's figure and its time
+
+
+def test_ccc_interval_over_people_and_time_estimate():
+    import numpy as np
+
+    from training.demo import ccc_interval, estimated_minutes
+
+    rng = np.random.default_rng(0)
+    good = []
+    for _ in range(12):
+        g = rng.uniform(-1, 1, 60)
+        good.append((g + rng.normal(0, 0.1, 60), g))
+    lo, hi = ccc_interval(good, n_boot=300)
+    assert 0.9 < lo < hi <= 1.0
+    noisy = [(rng.uniform(-1, 1, 60), g) for _, g in good]
+    lo2, hi2 = ccc_interval(noisy, n_boot=300)
+    assert lo2 < 0.2 and hi2 < lo and hi2 - lo2 > hi - lo
+    assert ccc_interval(good[:2]) is None  # too few people for an interval
+    assert estimated_minutes(6.0, cpus=2, load=0.0) == 6.0
+    assert estimated_minutes(6.0, cpus=2, load=4.0) == 18.0  # a machine shared three ways
+    assert estimated_minutes(6.0, cpus=16, load=1.0) == 6.0

@@ -825,7 +825,7 @@ def _fit_ray(
         rows = list(specs)
         np.random.default_rng(t.seed).shuffle(rows)
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-        ds = ds.randomize_block_order().map_batches(
+        ds = ds.randomize_block_order(seed=t.seed).map_batches(
             load_clip_batch,
             fn_kwargs=loader_kwargs,
             batch_size=t.batch_size,
