@@ -4,9 +4,13 @@ synthetic videos and score the timelines against the truth (what `make demo` run
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from jobs.common import add_config_args, print_json_line
+from pipeline.progress import verbosity
 from schemas.config import load_config
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "synthetic.yaml"
@@ -28,8 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--output", "-o", default="demo_out", help="Output folder.")
-    p.add_argument("--videos", type=int, default=3, help="Unseen videos to score.")
-    p.add_argument("--seconds", type=float, default=8.0, help="Length of each unseen video, s.")
+    p.add_argument(
+        "--videos",
+        type=int,
+        default=12,
+        help="Unseen videos (people) to score (12: enough for a stable figure and interval).",
+    )
+    p.add_argument("--seconds", type=float, default=6.0, help="Length of each unseen video, s.")
+    p.add_argument(
+        "--seed", type=int, default=7, help="Seeds the people, the weights and the clip order."
+    )
     p.add_argument(
         "--identities",
         type=int,
@@ -47,14 +59,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
-    from training.demo import run_demo
+    from training.demo import estimated_minutes, run_demo
 
     cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
+    if verbosity() >= 0:
+        print(
+            f"vaerr demo: about {estimated_minutes():.0f} minutes here (6 on a quiet 2-core "
+            "CPU; scaled by this machine's cores and load): render a synthetic corpus, "
+            "preprocess, fine-tune with one line per epoch, score unseen people, write a report.",
+            file=sys.stderr,
+            flush=True,
+        )
     summary = run_demo(
         cfg,
         args.output,
         args.videos,
         args.seconds,
+        seed=args.seed,
         runner="local" if args.local else "ray",
         identities=args.identities,
         videos_per_identity=args.videos_per_identity,
@@ -67,18 +88,28 @@ def run(args: argparse.Namespace) -> int:
         f"{tr['epochs']}; validation CCC arousal {_f(tr['val_ccc_arousal'])}, valence "
         f"{_f(tr['val_ccc_valence'])}; per-epoch metrics in {tr['run']}/metrics.jsonl)"
     )
-    cc = summary.get("ccc", {})
+    cc, ci = summary.get("ccc", {}), summary.get("ccc_interval", {})
     print(
-        f"unseen people, timelines vs rendered truth: CCC arousal {_f(cc.get('arousal'))}, "
-        f"valence {_f(cc.get('valence'))}"
+        f"{summary.get('unseen_videos', 0)} unseen people, timelines vs rendered truth "
+        f"(seed {args.seed}): CCC arousal {_f(cc.get('arousal'))}{_ci(ci.get('arousal'))}, "
+        f"valence {_f(cc.get('valence'))}{_ci(ci.get('valence'))}"
     )
     print(
         f"timelines: {out / 'timelines'}/   status rows: {out / 'videos'}/   "
         f"run: {out / 'run.json'}"
     )
+    print(f"report: {summary['report']}   (one HTML file: open it in a browser)")
+    vaerr = _vaerr()
+    first = sorted((Path(args.output) / "videos").glob("*.mp4"))
+    name = first[0].name if first else "synthetic_00.mp4"
+    stem = Path(name).stem
+    print("explore the results:")
+    print(f"  {vaerr} query happy {out}")
+    print(f"  {vaerr} query spikes {out} --output {Path(args.output) / 'spikes.csv'}")
+    print(f"  {vaerr} plot {out} --video {name} --output {Path(args.output) / (stem + '.png')}")
     print(
-        'query them, e.g.:\n  .venv/bin/python -c "import pyarrow.parquet as pq; '
-        f"print(pq.read_table('{out}/timelines').to_pandas().head())\""
+        f"  {vaerr} render {Path(args.output) / 'videos' / name} {out} "
+        f"--output {Path(args.output) / (stem + '_annotated.mp4')}"
     )
     if summary.get("untrained"):
         print("NOTE: the checkpoint is UNTRAINED: values are not predictions of emotion.")
@@ -88,3 +119,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _f(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def _ci(interval: tuple[float, float] | None) -> str:
+    if not interval:
+        return ""
+    return f" (95% interval over the people {interval[0]:.2f} to {interval[1]:.2f})"
+
+
+def _vaerr() -> str:
+    """How to call vaerr from here: on PATH, else the script that is running, else -m."""
+    if shutil.which("vaerr"):
+        return "vaerr"
+    if Path(sys.argv[0]).name == "vaerr":
+        return os.path.relpath(sys.argv[0])
+    return f"{os.path.relpath(sys.executable)} -m jobs.cli"

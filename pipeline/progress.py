@@ -55,8 +55,9 @@ def fmt_duration(seconds: float | None) -> str:
 
 class Progress:
     """Videos and frames done of the total, frames/s, ETA. Use as a context manager; call
-    `video_done(frames, ...)` as each video completes (batch jobs) or `frames_done(n)` as
-    frames stream (one video). `total_frames` may be an estimate (duration x fps) or None."""
+    `video_done(frames, ...)` as each video completes (batch jobs: unit "video") or
+    `frames_done(n)` as frames stream (one video: unit "frame"; `total_frames` then comes from
+    its duration x fps, or None when unknown)."""
 
     def __init__(
         self,
@@ -69,8 +70,10 @@ class Progress:
         tty: bool | None = None,
         enabled: bool | None = None,
         clock: Any = time.monotonic,
+        unit: str = "video",
     ) -> None:
         self.desc = desc
+        self.single = unit == "frame"
         self.videos_total = videos
         self.total_frames = total_frames
         self.stream = stream or sys.stderr
@@ -90,11 +93,10 @@ class Progress:
         if self.enabled and self.tty:
             from tqdm import tqdm
 
-            single = self.videos_total <= 1
             self._bar = tqdm(
-                total=self.total_frames if single else self.videos_total,
+                total=self.total_frames if self.single else self.videos_total,
                 desc=self.desc,
-                unit="frame" if single else "video",
+                unit="frame" if self.single else "video",
                 file=self.stream,
                 dynamic_ncols=True,
                 leave=True,
@@ -118,7 +120,7 @@ class Progress:
     def set_total_frames(self, n: int | None) -> None:
         """The frame total once known (a single video: duration x fps, once it is opened)."""
         self.total_frames = n
-        if self._bar is not None and self._bar.unit == "frame" and n:
+        if self._bar is not None and self.single and n:
             self._bar.total = n
             self._bar.refresh()
 
@@ -147,12 +149,12 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
-            single = self._bar.unit == "frame"
-            self._bar.update(frames if single else videos)
+            self._bar.update(frames if self.single else videos)
             self._bar.set_postfix_str(self._postfix(), refresh=False)
             return
         now = self.clock()
-        if now - self._last_line >= self.every_s:
+        finished = not self.single and self.videos >= self.videos_total
+        if now - self._last_line >= self.every_s and not finished:  # close() writes the last
             self._write(self.line())
 
     # -- figures -----------------------------------------------------------------------------
@@ -165,7 +167,7 @@ class Progress:
         """(total frames, exact?): the given total, else frames per finished video x
         videos (an estimate), else None."""
         if self.total_frames:
-            return int(self.total_frames), self.videos_total <= 1
+            return int(self.total_frames), self.single
         if self.videos and self.videos_total:
             if self.videos >= self.videos_total:
                 return self.frames, True
@@ -175,7 +177,7 @@ class Progress:
     def eta(self) -> float | None:
         """Seconds left at the rate seen so far (None before anything is done)."""
         dt = self.clock() - self.t0
-        if self.videos_total > 1:
+        if not self.single:
             if not self.videos:
                 return None
             return dt / self.videos * max(0, self.videos_total - self.videos)
@@ -192,7 +194,7 @@ class Progress:
         """The plain progress line: `infer: 3/10 videos, 1,234/~4,100 frames, 41.2 frames/s,
         ETA 1m10s` (`done in ...` at the end)."""
         parts = [f"{self.desc}:"]
-        if self.videos_total > 1:
+        if not self.single:
             parts.append(f"{self.videos}/{self.videos_total} videos,")
         parts.append(self._postfix() + ",")
         if final:

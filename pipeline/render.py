@@ -556,7 +556,7 @@ def render_video(
         frames = rendered_frames(
             reader, tracks, truth, rate, scale, blur_faces, emotion, counter, banner
         )
-        bar = Progress("render", 1, int(reader.info.duration_s * rate) or None)
+        bar = Progress("render", 1, int(reader.info.duration_s * rate) or None, unit="frame")
         with _local_temp(output) as target, bar:
             write_video(
                 target,

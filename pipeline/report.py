@@ -47,7 +47,7 @@ from pipeline.io import atomic_write
 from pipeline.plot import plot_timelines
 from pipeline.query import open_timelines
 from pipeline.status import FAILED, NO_FACE, OK
-from pipeline.storage import filesystem, join, open_uri, protocol
+from pipeline.storage import filesystem, join, protocol
 from schemas.config import EmotionConfig, StorageConfig
 from schemas.tables import EVENTS, VIDEOS, conform
 
@@ -626,7 +626,6 @@ __all__ = [
     "ReportOptions",
     "build_report",
     "load_job",
-    "open_uri",
     "summary_of",
     "video_src",
     "write_report",

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
+from pipeline.raysetup import start_ray
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK, VIDEO_FAILURE
@@ -346,19 +347,10 @@ def run_ray(
 ) -> None:
     """The same stages on Ray Data actor pools; starts a local Ray unless one is running or
     `address` names a cluster."""
+    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
     import ray
     from ray.data import ActorPoolStrategy
 
-    from pipeline.raylink import ray_target
-
-    started = False
-    if not ray.is_initialized():
-        target, how = ray_target(address)
-        log.info("Ray: %s", how)
-        ray.init(address=target, log_to_driver=False, **(ray_init or {}))
-        started = True
-    else:
-        log.info("Ray: using the Ray this process already joined")
     try:
         inf = cfg.infer
         ctx = ray.data.DataContext.get_current()

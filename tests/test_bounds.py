@@ -24,7 +24,7 @@ from pipeline.query import (
     read_timelines,
     run_sql,
 )
-from pipeline.raylink import ray_target
+from pipeline.raysetup import ray_target
 from pipeline.video import VideoReader, decode_warnings
 from schemas.config import config_hash, load_config
 from schemas.tables import TIMELINES

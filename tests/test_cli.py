@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -68,12 +69,17 @@ def test_demo_code_path_with_tiny_settings(tmp_path, monkeypatch, capsys):
         + [x for s in sets for x in ("--set", s)]
     )  # fmt: skip
     assert code == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    assert "vaerr demo: about" in captured.err and "minutes" in captured.err
+    lines = captured.out.strip().splitlines()
     summary = json.loads(lines[-1])
     assert summary["ok"] == 1 and summary["untrained"] is False
     assert set(summary["ccc"]) == {"arousal", "valence"}
     assert summary["training"]["checkpoint"] == str(out / "runs" / "demo" / "best.pt")
     assert any(line.startswith("trained checkpoint:") for line in lines)
+    assert f"report: {out / 'report.html'}" in "\n".join(lines)
+    assert (out / "report.html").stat().st_size > 10_000
+    assert any(re.match(r"\s+.* render \S*synthetic_00.mp4 \S+ --output", s) for s in lines)
     assert not any("UNTRAINED" in line for line in lines)
     t = pq.read_table(out / "run" / "timelines").to_pandas()
     assert 15 <= len(t) <= 20 and not t.untrained.any()  # <= 2 s at 10 Hz

@@ -46,7 +46,7 @@ def test_plain_lines_every_n_seconds_with_frames_rate_and_eta():
 
 def test_one_video_counts_frames_of_its_total():
     clock, out = Clock(), io.StringIO()
-    bar = Progress("render", 1, 1000, stream=out, every_s=1, tty=False, clock=clock)
+    bar = Progress("render", 1, 1000, stream=out, every_s=1, tty=False, clock=clock, unit="frame")
     with bar:
         for _ in bar.count(range(250)):
             pass
@@ -141,3 +141,69 @@ def test_ray_train_epochs_reach_the_driver(ray_local, tmp_path, capsys):
     assert lines[0].startswith("finetune: epoch 1/2  loss ")
     assert "val CCC arousal" in lines[0] and "s/epoch  ETA" in lines[0]
     assert lines[1].startswith("finetune: epoch 2/2") and lines[1].endswith("ETA 0s")
+
+
+# --------------------------------------------------------------------------------------------
+# A quiet first screen
+
+
+def _auth_mode_after(env: dict, address: str | None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from pipeline.raysetup import before_local_start; "
+        f"before_local_start({address!r}); print(os.environ.get('RAY_AUTH_MODE', 'unset'))"
+    )
+    full = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    out = subprocess.run([sys.executable, "-c", code], env={**full, **env}, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_local_ray_states_token_auth_so_ray_does_not_warn():
+    assert _auth_mode_after({}, None) == "token"  # what Ray defaults to, said explicitly
+    assert _auth_mode_after({}, "auto") == "unset"  # a cluster's own setting applies
+    assert _auth_mode_after({"RAY_ADDRESS": "10.0.0.1:6379"}, None) == "unset"
+    assert _auth_mode_after({"RAY_AUTH_MODE": "disabled"}, None) == "disabled"  # the user's
+
+
+def test_ray_loggers_quiet_unless_verbose():
+    import logging
+
+    from pipeline.raysetup import quiet_loggers
+
+    quiet_loggers()
+    assert logging.getLogger("ray.data").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("ray.data._internal.progress").level == logging.ERROR
+    set_verbosity(1)
+    quiet_loggers()
+    assert logging.getLogger("ray").level == logging.INFO
+    set_verbosity(0)
+    quiet_loggers()
+
+
+# --------------------------------------------------------------------------------------------
+# The demo's figure and its time
+
+
+def test_ccc_interval_over_people_and_time_estimate():
+    import numpy as np
+
+    from training.demo import ccc_interval, estimated_minutes
+
+    rng = np.random.default_rng(0)
+    good = []
+    for _ in range(12):
+        g = rng.uniform(-1, 1, 60)
+        good.append((g + rng.normal(0, 0.1, 60), g))
+    lo, hi = ccc_interval(good, n_boot=300)
+    assert 0.9 < lo < hi <= 1.0
+    noisy = [(rng.uniform(-1, 1, 60), g) for _, g in good]
+    lo2, hi2 = ccc_interval(noisy, n_boot=300)
+    assert lo2 < 0.2 and hi2 < lo and hi2 - lo2 > hi - lo
+    assert ccc_interval(good[:2]) is None  # too few people for an interval
+    assert estimated_minutes(6.0, cpus=2, load=0.0) == 6.0
+    assert estimated_minutes(6.0, cpus=2, load=4.0) == 18.0  # a machine shared three ways
+    assert estimated_minutes(6.0, cpus=16, load=1.0) == 6.0

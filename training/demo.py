@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
+from pipeline.raysetup import start_ray
+from pipeline.report import write_report
 from pipeline.runner import run_inference
 from pipeline.weights import seed_cache
 from schemas.config import VaerrConfig
@@ -59,6 +63,53 @@ def make_videos(
     return truths
 
 
+def truth_pairs(out: str, truths: list[dict[str, Any]]) -> dict[str, list]:
+    """Per unseen single-face video (track 0): {dim: [(prediction [N], truth [N]), ...]}, the
+    truth interpolated at the timeline's times."""
+    t = pq.read_table(f"{out}/timelines").to_pandas()
+    pairs: dict[str, list] = {"arousal": [], "valence": []}
+    for truth in truths:
+        if np.ndim(truth["arousal"]) != 1:
+            continue
+        g = t[t.uri.str.endswith(Path(truth["path"]).name) & (t.track_id == 0)]
+        if g.empty:
+            continue
+        for k in pairs:
+            gold = np.interp(g.time_s.to_numpy(), truth["time_s"], truth[k])
+            pairs[k].append((g[k].to_numpy(np.float64), gold))
+    return pairs
+
+
+def ccc_interval(
+    pairs: list[tuple[np.ndarray, np.ndarray]], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95 % bootstrap interval of the pooled CCC over videos: videos (people) are resampled
+    with replacement, since they, not frames, are the independent units. None for < 3 videos."""
+    if len(pairs) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(pairs), len(pairs))
+        p = np.concatenate([pairs[i][0] for i in pick])
+        g = np.concatenate([pairs[i][1] for i in pick])
+        stats.append(ccc(p, g))
+    lo, hi = np.nanpercentile(stats, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def estimated_minutes(
+    base: float = 6.0, cpus: int | None = None, load: float | None = None
+) -> float:
+    """Rough wall time of the default demo here: `base` minutes on a quiet 2-core machine
+    (measured: README), scaled by the CPU share it can expect, (load + 2) / cores (it keeps
+    about 2 cores busy), never below 1."""
+    cpus = cpus or os.cpu_count() or 2
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return base * max(1.0, (load + 2.0) / cpus)
+
+
 def truth_ccc(out: str, truths: list[dict[str, Any]], fps: float) -> dict[str, float]:
     """CCC of the written timelines against the rendered truth (single-face videos, track 0,
     all videos concatenated: the AVEC convention)."""
@@ -95,8 +146,8 @@ def demo_config(cfg: VaerrConfig, root: Path) -> VaerrConfig:
 def run_demo(
     cfg: VaerrConfig,
     out: str,
-    videos: int = 3,
-    seconds: float = 8.0,
+    videos: int = 12,
+    seconds: float = 6.0,
     seed: int = 7,
     runner: str = "ray",
     ray_init: dict[str, Any] | None = None,
@@ -106,7 +157,15 @@ def run_demo(
     size: tuple[int, int] = FRAME_SIZE,
 ) -> dict[str, Any]:
     """Generate, train, score and report; returns the inference summary plus `ccc` (unseen
-    videos vs truth), `training` (the fine-tuning summary) and `checkpoint`."""
+    videos vs truth), `ccc_interval` (95 % over the unseen videos), `training` (the
+    fine-tuning summary) and `report` (the HTML report of the run). `seed` seeds the corpus,
+    the unseen people, the weights, clip order and augmentations (train.seed) and this
+    process's RNGs; Ray Train's two workers still take batches in the order they arrive, so
+    runs with one seed agree closely, not bit for bit."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
     root = Path(out).resolve()
     assets = default_assets()
     if assets.is_dir():
@@ -114,13 +173,7 @@ def run_demo(
         if copied:
             log.info("seeded the weights cache from %s: %s", assets, ", ".join(copied))
     cfg = demo_config(cfg, root)
-    started = False
-    if runner == "ray":
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False, **(ray_init or {}))
-            started = True
+    started = start_ray(None, ray_init) if runner == "ray" else False
     try:
         log.info("rendering the training corpus: %d people x %d videos x %.1f s",
                  identities, videos_per_identity, train_seconds)  # fmt: skip
@@ -141,6 +194,13 @@ def run_demo(
 
             ray.shutdown()
     summary["ccc"] = truth_ccc(str(root / "run"), truths, cfg.video.fps)
+    pairs = truth_pairs(str(root / "run"), truths)
+    summary["ccc_interval"] = {k: ccc_interval(v, seed=seed) for k, v in pairs.items()}
+    summary["unseen_videos"] = len(pairs["arousal"])
+    report = root / "report.html"
+    write_report(str(root / "run"), str(report), storage=cfg.storage, emotion=cfg.emotion)
+    summary["report"] = str(report)
+    summary["seed"] = seed
     best = training.get("best") or {}
     summary["training"] = {
         "checkpoint": ckpt,

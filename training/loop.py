@@ -50,6 +50,7 @@ from pipeline.model.checkpoint import (
 )
 from pipeline.model.registry import build_encoder, build_model
 from pipeline.progress import EpochLine
+from pipeline.raysetup import start_ray
 from pipeline.storage import filesystem, join, protocol, storage_options
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from training.augment import augment_clips, make_view
@@ -833,6 +834,7 @@ def _fit_ray(
     address: str | None,
     ray_init: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], str | None]:
+    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -840,16 +842,12 @@ def _fit_ray(
     from training.progress import EpochRelay
 
     t = cfg.train
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
-        started = True
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         rows = list(specs)
         np.random.default_rng(t.seed).shuffle(rows)
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-        ds = ds.randomize_block_order().map_batches(
+        ds = ds.randomize_block_order(seed=t.seed).map_batches(
             load_clip_batch,
             fn_kwargs=loader_kwargs,
             batch_size=t.per_worker_batch(),

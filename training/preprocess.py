@@ -41,6 +41,7 @@ from pipeline.faces.pipeline import FacePipeline
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
+from pipeline.raysetup import start_ray
 from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import filesystem, join
 from pipeline.video import VideoError, read_audio
@@ -513,13 +514,10 @@ def run_ray_stage(
 ) -> list[dict[str, Any]]:
     """The stage on a Ray Data actor pool (fractional CPUs, optional GPU share); starts a
     local Ray unless one is running or `address` names a cluster."""
+    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
     import ray
     from ray.data import ActorPoolStrategy
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, **(ray_init or {}))
-        started = True
     try:
         d = cfg.data
         ray.data.DataContext.get_current().enable_progress_bars = False

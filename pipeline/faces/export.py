@@ -78,7 +78,7 @@ def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
         clips = ParquetStream(join(out_dir, "clips.parquet"), CLIPS, cfg.storage)
         streams.append(clips)
         run = pipe.run(uri)
-        with Progress("faces", 1) as bar:
+        with Progress("faces", 1, unit="frame") as bar:
             for rows in run:
                 frames = run.frames
                 tracks.write(tracks_table(rows))

@@ -1,0 +1,103 @@
+"""Start (or join) Ray with a quiet first screen, using Ray's supported settings only.
+
+Which Ray a job uses is said in its log: the cluster named by --ray-address, the one in
+RAY_ADDRESS (set inside `ray job submit` jobs), or else a fresh local Ray started by the job.
+A running `ray start` cluster on this machine is joined only when asked (`--ray-address auto`):
+Ray's own default (address=None) would join it silently, which is not what the help says.
+
+What a single-machine user saw and could not act on, and what happens to it here:
+
+* "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt
+  out": Ray prints it when RAY_AUTH_MODE is unset and it turns token authentication on by
+  default for a new local cluster. For a local Ray started by vaerr, RAY_AUTH_MODE is set to
+  `token` (the same secure default, stated explicitly, so Ray does not warn) before Ray is
+  imported; never when joining a cluster (`--ray-address`, RAY_ADDRESS), whose own setting
+  applies, nor when the user set RAY_AUTH_MODE.
+* Ray's and Ray Data's INFO lines ("Started a local Ray instance", "Starting execution of
+  Dataset ...", the execution plan) and Ray Data's "Progress bars disabled" note (vaerr draws
+  its own progress): `ray.init(logging_level=WARNING)` and the `ray`, `ray.data`,
+  `ray.train` loggers at WARNING (`vaerr -v`: INFO), as Ray's logging docs show; the
+  progress-bar note's logger at ERROR.
+* Two lines come from Ray's C++ core and raylet, outside Python logging, and no supported
+  setting turns them off without hiding real errors too: an actor "has constructor arguments
+  in the object store and max_restarts > 0" and "N PYTHON worker processes have been
+  started". `NOTE` says in one line, before them, what they mean for the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from pipeline.progress import verbosity
+
+log = logging.getLogger("vaerr")
+
+NOTE = (
+    "Ray may print 'constructor arguments in the object store and max_restarts > 0' and "
+    "'N PYTHON worker processes have been started': both are expected on one machine and need "
+    "no action (an interrupted run is resumed by running it again)."
+)
+_noted = False
+
+
+def before_local_start(address: str | None) -> None:
+    """Environment for a Ray that this process is about to start (nothing when joining).
+    Only before Ray is first imported: Ray reads RAY_AUTH_MODE into its C++ config then (when
+    it turns token mode on by default itself it sets the same variable and refreshes that
+    config, which is why a process that already imported Ray is left as it is)."""
+    if "ray" in sys.modules:
+        return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def quiet_loggers() -> None:
+    """Ray's driver-side loggers at WARNING (INFO with `vaerr -v`). Call after importing
+    ray.data: it installs its own logging config (level DEBUG, console handler at INFO)."""
+    level = logging.INFO if verbosity() >= 1 else logging.WARNING
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def ray_target(address: str | None) -> tuple[str, str]:
+    """(address for `ray.init`, a log line saying what the job does)."""
+    if address:
+        return address, f"joining the Ray cluster at {address} (--ray-address)"
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return env, f"joining the Ray cluster at RAY_ADDRESS={env}"
+    return "local", (
+        "starting a local Ray for this job (a running `ray start` cluster is joined only "
+        "with --ray-address auto)"
+    )
+
+
+def start_ray(address: str | None = None, ray_init: dict[str, Any] | None = None) -> bool:
+    """`ray.init` unless Ray is already initialised; returns True when it started it here (the
+    caller shuts it down). Worker logs stay off the driver (`log_to_driver=False`): progress
+    comes through the stages' results and Ray Train's reported metrics instead."""
+    global _noted
+    before_local_start(address)
+    import ray
+    import ray.data  # noqa: F401  (its logging config must exist before quiet_loggers)
+
+    started = False
+    if not ray.is_initialized():
+        target, how = ray_target(address)
+        log.info("Ray: %s", how)
+        quiet_loggers()
+        if not _noted and verbosity() >= 0 and address is None:
+            log.info(NOTE)
+            _noted = True
+        level = logging.INFO if verbosity() >= 1 else logging.WARNING
+        kwargs = {"logging_level": level, **(ray_init or {})}  # ray.init's own setting
+        ray.init(address=target, log_to_driver=False, **kwargs)
+        started = True
+    else:
+        log.info("Ray: using the Ray this process already joined")
+    quiet_loggers()
+    return started
