@@ -118,6 +118,8 @@ BASE: dict[str, Argv] = {
     "pretrain": lambda c: ["pretrain", "--local"],
     "finetune": lambda c: ["finetune", "--local"],
     "evaluate": lambda c: ["evaluate", "--checkpoint", c.ckpt],
+    "paper": lambda c: ["paper", "III", "--dry-run", "--out", c.new_dir],
+    "report": lambda c: ["report", c.out, "--output", c.new_dir + "/r.html"],
 }
 """A command line per command that parses (what it would do with good config is not run)."""
 
@@ -199,6 +201,14 @@ ROWS: list[Row] = [
     Row("model", "missing checkpoint", lambda c: ["model", "info", c.missing], 2),
     Row("submit", "unknown job", lambda c: ["submit", "nosuchjob"], 2),
     Row("evaluate", "missing checkpoint", lambda c: ["evaluate", "--checkpoint", c.missing], 2),
+    Row("paper", "unknown row", lambda c: [*BASE["paper"](c), "--rows", "99"], 2),
+    Row("paper", "out under a file", lambda c: ["paper", "III", "--out", c.under_file], 2),
+    Row("report", "OUT does not exist",
+        lambda c: ["report", c.new_dir + "/nothing", "--output", c.new_dir + "/r.html"], 2),
+    Row("report", "OUT without timelines",
+        lambda c: ["report", c.empty_out, "--output", c.new_dir + "/e.html"], 0),
+    Row("report", "output under a file",
+        lambda c: ["report", c.out, "--output", c.under_file + "/r.html"], 2),
 ]  # fmt: skip
 """Cases of one command each."""
 
