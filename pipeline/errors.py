@@ -52,7 +52,8 @@ def _storage_error_kind(exc: BaseException) -> str | None:
     e: BaseException | None = exc
     while e is not None and e not in chain and len(chain) < 20:
         chain.append(e)
-        e = e.__cause__ or e.__context__
+        # `raise ... from None` says the context is not the cause: do not classify by it.
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     for e in chain:
         mod = type(e).__module__ or ""
         name = type(e).__name__
