@@ -113,18 +113,12 @@ def estimated_minutes(
 def truth_ccc(out: str, truths: list[dict[str, Any]], fps: float) -> dict[str, float]:
     """CCC of the written timelines against the rendered truth (single-face videos, track 0,
     all videos concatenated: the AVEC convention)."""
-    t = pq.read_table(f"{out}/timelines").to_pandas()
-    preds, gold = {"arousal": [], "valence": []}, {"arousal": [], "valence": []}
-    for truth in truths:
-        if np.ndim(truth["arousal"]) != 1:
-            continue
-        g = t[t.uri.str.endswith(Path(truth["path"]).name) & (t.track_id == 0)]
-        if g.empty:
-            continue
-        for k in preds:
-            preds[k].append(g[k].to_numpy())
-            gold[k].append(np.interp(g.time_s.to_numpy(), truth["time_s"], truth[k]))
-    return {k: ccc(np.concatenate(preds[k]), np.concatenate(gold[k])) for k in preds if preds[k]}
+    pairs = truth_pairs(out, truths)
+    return {
+        k: ccc(np.concatenate([p for p, _ in v]), np.concatenate([g for _, g in v]))
+        for k, v in pairs.items()
+        if v
+    }
 
 
 def demo_config(cfg: VaerrConfig, root: Path) -> VaerrConfig:
