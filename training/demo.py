@@ -99,7 +99,7 @@ def ccc_interval(
 
 
 def estimated_minutes(
-    base: float = 6.0, cpus: int | None = None, load: float | None = None
+    base: float = 17.0, cpus: int | None = None, load: float | None = None
 ) -> float:
     """Rough wall time of the default demo here: `base` minutes on a quiet 2-core machine
     (measured: README), scaled by the CPU share it can expect, (load + 2) / cores (it keeps
