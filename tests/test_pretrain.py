@@ -15,12 +15,13 @@ from pipeline.model.registry import build_encoder
 from schemas.config import load_config
 from schemas.train import LiraConfig
 from tests.conftest import asset, face_overrides
-from training.loop import FinetuneTask, read_metrics, run_training
+from training.loop import read_metrics, run_training
 from training.preprocess import run_preprocess
 from training.pretext.byol import ema_momentum
 from training.pretext.conformer import Conformer
 from training.pretext.dino import dino_loss
 from training.pretext.lira import LiraModel, lira_loss, shift_targets
+from training.tasks import FinetuneTask
 
 GRID = ["grid_bbaf2n.mpg", "grid_lbbc2a.mpg", "grid_swiz3n.mpg"]
 SMALL_LIRA = [
