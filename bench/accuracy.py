@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.harness import (
     add_common_args,
     append_results,
     begin,

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.harness import (
     CommitWatcher,
     ReapTree,
     add_common_args,
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = untrained_checkpoint(a.workdir / f"{a.arch}_untrained.pt", a.arch)
     fan = None
     if a.kind == "fan68":
-        from bench.common import random_fan
+        from bench.harness import random_fan
 
         fan = random_fan(a.workdir / "fan4_random.pth")
     overrides = face_overrides(a.kind, fan) + list(a.sets)

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.harness import (
     ASSETS,
     MEAN_FACE,
     RETINA,
