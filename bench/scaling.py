@@ -27,13 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    CommitWatcher,
-    ReapTree,
     add_common_args,
     append_results,
     begin,
     bench_parser,
-    cmdline,
     face_overrides,
     fmt_load,
     load1,
@@ -43,9 +40,9 @@ from bench.harness import (
     report,
     run_worker,
     synth_videos,
-    tree_pids,
     untrained_checkpoint,
 )
+from bench.probes import CommitWatcher, ReapTree, cmdline, tree_pids
 
 MODULE = "bench.scaling"
 
