@@ -298,6 +298,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--arch", default="ssvaerr_r18", help="model of the full job (untrained)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--ray-cpus", type=int, default=None, help="num_cpus of the local Ray")
+    _add_memory_args(p)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds over all measurements; the table shows the median and range "
+        "(default 3 on cpu, 1 with --quick or on cuda)",
+    )
+    p.add_argument("--timeout", type=float, default=3600, help="per measurement, s")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall budget of the whole run, s: measurements that would start after it are "
+        "skipped and the table is printed with what was measured",
+    )
+    add_common_args(p)
+    return _fill_defaults(p.parse_args(argv))
+
+
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    """The memory table's flags (--long, --long-size, --long-arch, --long-knobs)."""
     p.add_argument(
         "--long",
         default="30,300",
@@ -318,23 +340,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "windows per model batch, so the 30 s video (7 windows) runs full batches as the 5 min "
         "one does and the peaks compare video lengths, not batch sizes)",
     )
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=None,
-        help="rounds over all measurements; the table shows the median and range "
-        "(default 3 on cpu, 1 with --quick or on cuda)",
-    )
-    p.add_argument("--timeout", type=float, default=3600, help="per measurement, s")
-    p.add_argument(
-        "--budget-s",
-        type=float,
-        default=None,
-        help="wall budget of the whole run, s: measurements that would start after it are "
-        "skipped and the table is printed with what was measured",
-    )
-    add_common_args(p)
-    a = p.parse_args(argv)
+
+
+def _fill_defaults(a: argparse.Namespace) -> argparse.Namespace:
+    """Defaults that depend on --quick and --device."""
     if a.seconds is None:
         a.seconds = 4.0 if a.quick else 12.0
     if a.fan_seconds is None and a.quick:
@@ -371,6 +380,18 @@ def prepare_inputs(a: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
     return groups
 
 
+def _drop_ray_if_missing(a: argparse.Namespace) -> None:
+    """Without Ray installed: no `ray` rows, and a.ray_missing set for the table's note."""
+    a.ray_missing = False
+    if "ray" in _split(a.stages):
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            a.ray_missing = True
+            a.stages = ",".join(x for x in _split(a.stages) if x != "ray")
+            log("Ray is not installed: local runner rows only")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parse_args(argv)
@@ -383,14 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: no CUDA device visible to torch (nvidia-smi?)")
     cmd = begin(MODULE, argv, a.workdir)
-    a.ray_missing = False
-    if "ray" in _split(a.stages):
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            a.ray_missing = True
-            a.stages = ",".join(x for x in _split(a.stages) if x != "ray")
-            log("Ray is not installed: local runner rows only")
+    _drop_ray_if_missing(a)
     log(f"inputs and weights in {a.workdir}")
     groups = prepare_inputs(a)
     fan = random_fan(a.workdir / "fan4_random.pth")
@@ -434,7 +448,43 @@ def main(argv: list[str] | None = None) -> int:
 
     # The plan: (group, kind, stage, knobs) -> task; run in rounds so that a change of the
     # machine's load hits every measurement alike.
-    plan: list[tuple[tuple[str, str, str, str], dict[str, Any]]] = []
+    plan = build_plan(a, groups, kinds, stages, task)
+    runs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {k: [] for k, _ in plan}
+    long_rows: list[dict[str, Any]] = []
+    # SIGTERM / Ctrl-C stop the run but still print (and append) what was measured.
+    signal.signal(signal.SIGTERM, _interrupt)
+    a.interrupted = False
+    try:
+        run_rounds(a, plan, attempt, runs)
+        if a.long:
+            memory_runs(a, task, attempt, long_rows)
+    except KeyboardInterrupt:
+        a.interrupted = True
+        log("interrupted: printing what was measured")
+    rows = [aggregate(key, rs, t.get("end_s")) for (key, t), rs in zip(plan, runs.values())]
+
+    total_s = time.perf_counter() - t_all
+    text = render(a, groups, rows, long_rows, total_s, CUDA_OVERRIDES, MIN_DECODE_S)
+    print(text)
+    if not a.no_append:
+        append_results("throughput", cmd, text, a.results)
+        log(f"appended to {a.results}")
+    return 0
+
+
+Plan = list[tuple[tuple[str, str, str, str], dict[str, Any]]]
+
+
+def build_plan(
+    a: argparse.Namespace,
+    groups: dict[str, tuple[str, list[str]]],
+    kinds: list[str],
+    stages: list[str],
+    task: Any,
+) -> Plan:
+    """Every measurement: ((group, kind, stage, knobs), worker task), `task` making the task
+    dicts (mode, kind, inputs, extra overrides, **fields)."""
+    plan: Plan = []
     for g, (_, uris) in groups.items():
         if "decode" in stages:
             plan.append(((g, "-", "decode", ""), task("decode", None, uris, [])))
@@ -455,44 +505,42 @@ def main(argv: list[str] | None = None) -> int:
                     th = [int(k.split("=")[1]) for k in _split(knobs) if k.startswith("threads=")]
                     t = task("local", kind, uris, lim + ov, end_s=end, threads=th[-1] if th else 0)
                     plan.append(((g, kind, "local", knobs), t))
-    runs: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {k: [] for k, _ in plan}
-    long_rows: list[dict[str, Any]] = []
-    # SIGTERM / Ctrl-C stop the run but still print (and append) what was measured.
-    signal.signal(signal.SIGTERM, _interrupt)
-    a.interrupted = False
-    try:
-        for rnd in range(a.repeat):
-            for key, t in plan:
-                what = " ".join(x for x in key if x and x != "-")
-                log(f"round {rnd + 1}/{a.repeat}: {what} ...")
-                r = attempt(t)
-                if "frames" in r:
-                    timed = r.get("frames_timed", r["frames"])
-                    r["fps"] = timed / r["wall_s"] if r["wall_s"] > 0 else float("nan")
-                    log(f"  {r['frames']} frames in {r['wall_s']:.1f} s = {r['fps']:.2f} frames/s")
-                runs[key].append(r)
-        if a.long:
-            h, w = (int(x) for x in a.long_size.split("x"))
-            lck = untrained_checkpoint(a.workdir / f"{a.long_arch}_untrained.pt", a.long_arch)
-            for secs in (float(x) for x in _split(a.long)):
-                (uri,) = synth_videos(a.workdir, "long", 1, secs, (h, w), 1, 300)
-                t = task("long", "retina5", [uri], _split(a.long_knobs), checkpoint=lck)
-                log(f"memory: {secs:g} s {h}x{w} video ...")
-                r = attempt(t)
-                r.update(seconds=secs, size=f"{w}x{h}")
-                long_rows.append(r)
-    except KeyboardInterrupt:
-        a.interrupted = True
-        log("interrupted: printing what was measured")
-    rows = [aggregate(key, rs, t.get("end_s")) for (key, t), rs in zip(plan, runs.values())]
+    return plan
 
-    total_s = time.perf_counter() - t_all
-    text = render(a, groups, rows, long_rows, total_s, CUDA_OVERRIDES, MIN_DECODE_S)
-    print(text)
-    if not a.no_append:
-        append_results("throughput", cmd, text, a.results)
-        log(f"appended to {a.results}")
-    return 0
+
+def run_rounds(
+    a: argparse.Namespace,
+    plan: Plan,
+    attempt: Any,
+    runs: dict[tuple[str, str, str, str], list[dict[str, Any]]],
+) -> None:
+    """a.repeat rounds over the plan, each result (with its frames/s) appended to runs[key]
+    as it comes, so an interrupt keeps what was measured."""
+    for rnd in range(a.repeat):
+        for key, t in plan:
+            what = " ".join(x for x in key if x and x != "-")
+            log(f"round {rnd + 1}/{a.repeat}: {what} ...")
+            r = attempt(t)
+            if "frames" in r:
+                n_timed = r.get("frames_timed", r["frames"])
+                r["fps"] = n_timed / r["wall_s"] if r["wall_s"] > 0 else float("nan")
+                log(f"  {r['frames']} frames in {r['wall_s']:.1f} s = {r['fps']:.2f} frames/s")
+            runs[key].append(r)
+
+
+def memory_runs(
+    a: argparse.Namespace, task: Any, attempt: Any, long_rows: list[dict[str, Any]]
+) -> None:
+    """The memory table's runs: the job on one synthetic video of each --long length."""
+    h, w = (int(x) for x in a.long_size.split("x"))
+    lck = untrained_checkpoint(a.workdir / f"{a.long_arch}_untrained.pt", a.long_arch)
+    for secs in (float(x) for x in _split(a.long)):
+        (uri,) = synth_videos(a.workdir, "long", 1, secs, (h, w), 1, 300)
+        t = task("long", "retina5", [uri], _split(a.long_knobs), checkpoint=lck)
+        log(f"memory: {secs:g} s {h}x{w} video ...")
+        r = attempt(t)
+        r.update(seconds=secs, size=f"{w}x{h}")
+        long_rows.append(r)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
