@@ -7,13 +7,14 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import escape
 from pipeline.progress import set_verbosity
 from schemas.config import VaerrConfig, load_config
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def add_config_args(p: argparse.ArgumentParser, several: bool = False) -> None:
