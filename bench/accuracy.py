@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
+from bench.harness import (
     add_common_args,
     append_results,
     begin,
@@ -434,6 +434,44 @@ def _ccc_cells(r: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _curve_section(out: dict[str, Any]) -> list[str]:
+    """The label-efficiency table (scratch vs LiRA init per label fraction) and the LiRA
+    training note."""
+    parts: list[str] = []
+    rows = []
+    for c in out["curve"]:
+        lab = f"{100 * c['fraction']:g}%" + (
+            f" ({c['kept']}/{c['total']} videos)" if c["kept"] else ""
+        )
+        for init in ("scratch", "lira"):
+            r = c.get(init)
+            rows.append([lab, init, *_ccc_cells(r)])
+    parts += [
+        "Label efficiency (fine-tuning on a fraction of the training videos' labels):",
+        "",
+    ]
+    parts += [
+        markdown_table(
+            ["labels", "init", "CCC arousal", "CCC valence", "CCC mean", "wall s", "load1"],
+            rows,
+        ),
+        "",
+    ]
+    li, lc = out.get("lira"), out.get("lira_control")
+    if li:
+        note = (
+            f"LiRA ({li['epochs']} epochs, {' '.join(LIRA[:3])}, small Conformer): "
+            f"training L1 {num(li['first_loss'], 3)} -> {num(li['last_loss'], 3)}"
+        )
+        if lc:
+            note += (
+                f"; the same on audio shifted out of sync (control): "
+                f"{num(lc['first_loss'], 3)} -> {num(lc['last_loss'], 3)}"
+            )
+        parts += [note + ".", ""]
+    return parts
+
+
 def render(a: argparse.Namespace, out: dict[str, Any], total_s: float, runs: Path) -> str:
     """The tables as markdown."""
     h, w = a.size.split("x")
@@ -468,37 +506,7 @@ def render(a: argparse.Namespace, out: dict[str, Any], total_s: float, runs: Pat
                 "",
             ]
     if "curve" in out:
-        rows = []
-        for c in out["curve"]:
-            lab = f"{100 * c['fraction']:g}%" + (
-                f" ({c['kept']}/{c['total']} videos)" if c["kept"] else ""
-            )
-            for init in ("scratch", "lira"):
-                r = c.get(init)
-                rows.append([lab, init, *_ccc_cells(r)])
-        parts += [
-            "Label efficiency (fine-tuning on a fraction of the training videos' labels):",
-            "",
-        ]
-        parts += [
-            markdown_table(
-                ["labels", "init", "CCC arousal", "CCC valence", "CCC mean", "wall s", "load1"],
-                rows,
-            ),
-            "",
-        ]
-        li, lc = out.get("lira"), out.get("lira_control")
-        if li:
-            note = (
-                f"LiRA ({li['epochs']} epochs, {' '.join(LIRA[:3])}, small Conformer): "
-                f"training L1 {num(li['first_loss'], 3)} -> {num(li['last_loss'], 3)}"
-            )
-            if lc:
-                note += (
-                    f"; the same on audio shifted out of sync (control): "
-                    f"{num(lc['first_loss'], 3)} -> {num(lc['last_loss'], 3)}"
-                )
-            parts += [note + ".", ""]
+        parts += _curve_section(out)
     if "losses" in out:
         rows = []
         for name, r in out["losses"]:

@@ -26,14 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    CommitWatcher,
-    ReapTree,
+from bench.harness import (
     add_common_args,
     append_results,
     begin,
     bench_parser,
-    cmdline,
     face_overrides,
     fmt_load,
     load1,
@@ -43,9 +40,9 @@ from bench.common import (
     report,
     run_worker,
     synth_videos,
-    tree_pids,
     untrained_checkpoint,
 )
+from bench.probes import CommitWatcher, ReapTree, cmdline, tree_pids
 
 MODULE = "bench.scaling"
 
@@ -254,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = untrained_checkpoint(a.workdir / f"{a.arch}_untrained.pt", a.arch)
     fan = None
     if a.kind == "fan68":
-        from bench.common import random_fan
+        from bench.harness import random_fan
 
         fan = random_fan(a.workdir / "fan4_random.pth")
     overrides = face_overrides(a.kind, fan) + list(a.sets)

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from jobs.common import setup_logging
+from jobs.cli_io import setup_logging
 from pipeline.errors import escape, exit_line, log_traceback
 
 # Order is the order shown by `vaerr --help`.
@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "jobs.infer",
     "jobs.verify",
     "jobs.query",
+    "jobs.plot",
     "jobs.render",
     "jobs.report",
     "jobs.faces",

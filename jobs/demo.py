@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from jobs.common import add_config_args, print_json_line
+from jobs.cli_io import add_config_args, print_json_line
 from pipeline.progress import verbosity
 from schemas.config import load_config
 

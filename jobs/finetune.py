@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import config_from_args, print_json_line
-from jobs.pretrain import add_run_args, overrides
+from jobs.cli_io import add_run_args, config_from_args, print_json_line, run_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     from training.loop import run_training
 
-    args.overrides = overrides(args)
+    args.overrides = run_overrides(args)
     cfg = config_from_args(args)
     summary = run_training(
         cfg, "finetune", runner="local" if args.local else "ray", ray_address=args.ray_address

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs.common import add_config_args, config_from_args, print_json_line
+from jobs.cli_io import add_config_args, config_from_args, print_json_line
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import print_json_line
+from jobs.cli_io import print_json_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import add_config_args, config_from_args, print_json_line
+from jobs.cli_io import add_config_args, config_from_args, print_json_line
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.common import add_config_args, config_from_args, print_json_line
+from jobs.cli_io import add_run_args, config_from_args, print_json_line, run_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,24 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_run_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by pretrain and finetune."""
-    p.add_argument("--name", default=None, help="Run name (else train.name).")
-    p.add_argument("--ray-address", default=None, help="Ray cluster (auto, ray://HOST:10001).")
-    p.add_argument("--local", action="store_true", help="Train in this process, without Ray.")
-    add_config_args(p, several=True)
-
-
-def overrides(args: argparse.Namespace) -> list[str]:
-    """--name as a config override."""
-    return [*args.overrides, *([f"train.name={args.name}"] if args.name else [])]
-
-
 def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     from training.loop import run_training
 
-    args.overrides = overrides(args)
+    args.overrides = run_overrides(args)
     cfg = config_from_args(args)
     summary = run_training(
         cfg, "pretrain", runner="local" if args.local else "ray", ray_address=args.ray_address

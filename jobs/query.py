@@ -1,4 +1,4 @@
-"""`vaerr query happy|spikes|sql TIMELINES ...` and `vaerr plot TIMELINES ...`."""
+"""`vaerr query happy|spikes|sql TIMELINES ...`."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import logging
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-from pydantic import BaseModel
 
-from jobs.common import add_config_args, config_from_args, print_json_line
+from jobs.cli_io import (
+    TIMELINES_HELP,
+    add_config_args,
+    config_from_args,
+    print_json_line,
+    warn_untrained,
+)
+from jobs.section_args import add_section_args, section_from_args
 from pipeline.events import COLUMNS, find_happy, find_spikes
 from pipeline.io import check_output
-from pipeline.plot import plot_timelines
 from pipeline.query import (
     SqlLimits,
     format_table,
@@ -22,36 +26,12 @@ from pipeline.query import (
     run_sql,
     write_table,
 )
-from pipeline.storage import open_uri
 from schemas.query import HappyConfig, SpikeConfig
-from schemas.tables import EVENTS
 
 log = logging.getLogger("vaerr.query")
 
-TIMELINES_HELP = "A job's output folder OUT or OUT/timelines/ (local path or any fsspec URI)."
 SHOWN = ("uri", "video_id", "kind", "track_ids", "start_s", "end_s", "peak_arousal",
          "peak_valence", "mean_arousal", "mean_valence", "score")  # fmt: skip
-
-
-def add_section_args(p: argparse.ArgumentParser, section: type[BaseModel]) -> None:
-    """One `--field-name` flag per field of a config section; help is the field's description
-    and its default, and an omitted flag keeps the section's default."""
-    for name, field in section.model_fields.items():
-        kind = field.annotation if field.annotation in (int, float) else str
-        p.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=kind,
-            default=None,
-            metavar=kind.__name__.upper(),
-            help=f"{field.description} (default {field.default})",
-        )
-
-
-def section_from_args(args: argparse.Namespace, section: type[BaseModel]) -> Any:
-    """The section with the flags that were given."""
-    given = {k: getattr(args, k) for k in section.model_fields if getattr(args, k) is not None}
-    return section(**given)
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -63,7 +43,7 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `query` (happy, spikes, sql) and `plot` subcommands."""
+    """Add the `query` subcommand (happy, spikes, sql)."""
     q = sub.add_parser(
         "query",
         help="Find happy episodes or distress spikes, or run read-only SQL over timelines.",
@@ -122,30 +102,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_output_args(sql)
     sql.set_defaults(func=run_sql_command)
 
-    plot = sub.add_parser(
-        "plot",
-        help="PNG of one video's arousal and valence per face, episodes shaded.",
-        description=(
-            "Plot arousal and valence over time, one panel per face track, with happy "
-            "episodes (green) and spikes (red) shaded and the emotion words along the top. "
-            "Episodes are found with the default thresholds unless --events gives a Parquet "
-            "file written by `vaerr query ... --output`."
-        ),
-    )
-    plot.add_argument("timelines", metavar="TIMELINES", help=TIMELINES_HELP)
-    plot.add_argument(
-        "--video", metavar="ID_OR_URI", help="video_id, uri or file name (needed if several)."
-    )
-    plot.add_argument("--output", "-o", required=True, metavar="PNG", help="Image path or URI.")
-    plot.add_argument("--events", metavar="PARQUET", help="Episodes to shade (EVENTS table).")
-    add_config_args(plot)
-    plot.set_defaults(func=run_plot)
-
-
-def _warn_untrained(table: pa.Table) -> None:
-    if "untrained" in table.column_names and any(table["untrained"].to_pylist()):
-        log.warning("these timelines come from an UNTRAINED checkpoint: values are not emotions")
-
 
 def _report(
     args: argparse.Namespace, table: pa.Table, summary: dict[str, Any], shown: pa.Table
@@ -165,7 +121,7 @@ def _events_command(args: argparse.Namespace, kind: str) -> int:
     if args.output:
         check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, columns=[*COLUMNS, "untrained"])
-    _warn_untrained(table)
+    warn_untrained(table)
     if kind == "happy":
         events = find_happy(table, section_from_args(args, HappyConfig))
     else:
@@ -195,54 +151,3 @@ def run_sql_command(args: argparse.Namespace) -> int:
         check_output(args.output)
     result = run_sql(args.sql, open_timelines(args.timelines, cfg.storage), limits)
     return _report(args, result, {"query": "sql", "columns": result.column_names}, result)
-
-
-def read_events(uri: str, storage: object) -> pa.Table:
-    """An EVENTS table written by `vaerr query ... --output x.parquet`; ValueError naming the
-    file when it is not Parquet or lacks the event columns."""
-    try:
-        with open_uri(uri, "rb", storage) as f:
-            table = pq.read_table(f)
-    except (pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise FileNotFoundError(f"--events {uri}: no such file") from None
-        raise ValueError(
-            f"--events {uri} is not a Parquet file ({type(exc).__name__}); give the "
-            "file written by `vaerr query happy|spikes --output events.parquet`"
-        ) from None
-    missing = [c for c in ("video_id", "track_ids", "start_s", "end_s", "kind")
-               if c not in table.column_names]  # fmt: skip
-    if missing:
-        raise ValueError(
-            f"--events {uri} is not an events table (no column {missing[0]!r}); give the "
-            "file written by `vaerr query happy|spikes --output events.parquet`"
-        )
-    try:
-        return table.select(EVENTS.names).cast(EVENTS)
-    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"--events {uri}: columns do not match the events table ({exc})") from None
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    """Parse -> build -> run: `vaerr plot`."""
-    cfg = config_from_args(args)
-    check_output(args.output)
-    table = read_timelines(args.timelines, cfg.storage, video=args.video)
-    if table.num_rows == 0:
-        raise ValueError(f"no timeline rows in {args.timelines}")
-    _warn_untrained(table)
-    if args.events:
-        events = read_events(args.events, cfg.storage)
-    else:
-        events = pa.concat_tables([find_happy(table), find_spikes(table)])
-    plot_timelines(table, events, args.output, cfg.storage, cfg.emotion)
-    print_json_line(
-        {
-            "video_id": table["video_id"][0].as_py(),
-            "uri": table["uri"][0].as_py(),
-            "tracks": len(set(table["track_id"].to_pylist())),
-            "events": events.num_rows,
-            "output": args.output,
-        }
-    )
-    return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs.common import add_config_args, config_from_args, print_json_line
+from jobs.cli_io import add_config_args, config_from_args, print_json_line
 from pipeline.errors import is_storage_outage, status_reason
 from pipeline.ids import video_id
 from pipeline.io import check_output

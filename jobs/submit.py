@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from jobs.common import print_json_line
+from jobs.cli_io import print_json_line
 
 # The jobs `vaerr submit` knows; each is `python -m jobs.<name>` on the cluster; `submit`
 # checks at submit time that the module is there in the checkout being sent.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jobs.common import add_config_args, config_from_args, print_json_line
+from jobs.cli_io import add_config_args, config_from_args, print_json_line
 from pipeline.verify import verify_output
 
 

@@ -26,9 +26,10 @@ first (MP4 needs a seekable output to write its index) and uploaded when complet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
@@ -137,22 +138,12 @@ def write_video(
     if _is_remote(path_or_file):
         uri = str(path_or_file)
         fmt = _container_format(uri, container_format)
-        suffix = Path(uri.split("?")[0]).suffix
-        fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="vaerr_encode_")
-        os.close(fd)
-        try:
+        with _local_then_upload(uri, storage_options) as tmp:
             write_video(
                 tmp, frames, fps, codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
                 audio=audio, audio_rate=audio_rate, rotation=rotation, audio_codec=audio_codec,
                 container_format=fmt,
             )  # fmt: skip
-            import fsspec
-
-            with open(tmp, "rb") as src, fsspec.open(uri, "wb", **(storage_options or {})) as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-        finally:
-            os.unlink(tmp)
         return
     if isinstance(path_or_file, str) and path_or_file.startswith("file://"):
         path_or_file = path_or_file[len("file://") :]
@@ -167,36 +158,71 @@ def write_video(
         os.fspath(path_or_file) if isinstance(path_or_file, str | os.PathLike) else path_or_file
     )
     with av.open(target, mode="w", format=fmt) as container:
-        vstream: av.VideoStream | None = None
-        astream = None
-        audio_pos = 0  # samples already sent to the audio encoder
-        n = 0
-        for frame in frames:
-            rgb = _as_rgb(frame)
-            if vstream is None:
-                vstream = _open_video_stream(container, vcodec, vpix, voptions, rate, rgb, rotation)
-                if samples is not None:
-                    astream = container.add_stream(acodec, rate=audio_rate, layout="mono")
-            elif rgb.shape[:2] != (vstream.height, vstream.width):
-                raise ValueError(
-                    f"frame {n} is {rgb.shape[:2]}, earlier frames were "
-                    f"{(vstream.height, vstream.width)}"
-                )
-            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            vf.pts = n
-            container.mux(vstream.encode(vf))
-            n += 1
-            if astream is not None:
-                # Interleave: send audio up to the end of this frame so the muxer never has to
-                # buffer a whole track.
-                upto = min(len(samples), int(round(n / rate * audio_rate)))
-                audio_pos = _mux_audio(container, astream, samples, audio_pos, upto)
+        _encode(container, frames, rate, (vcodec, vpix, voptions), rotation, samples, acodec,
+                audio_rate)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _local_then_upload(uri: str, storage_options: dict[str, Any] | None) -> Iterator[str]:
+    """A local temp file (same suffix as `uri`) to write; copied to `uri` through fsspec when
+    the block succeeds, removed either way."""
+    suffix = Path(uri.split("?")[0]).suffix
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="vaerr_encode_")
+    os.close(fd)
+    try:
+        yield tmp
+        import fsspec
+
+        with open(tmp, "rb") as src, fsspec.open(uri, "wb", **(storage_options or {})) as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+    finally:
+        os.unlink(tmp)
+
+
+def _encode(
+    container: Any,
+    frames: Iterable[np.ndarray],
+    rate: Fraction,
+    video: tuple[str, str, dict[str, str]],
+    rotation: int | None,
+    samples: np.ndarray | None,
+    acodec: str,
+    audio_rate: int,
+) -> None:
+    """Encode and mux `frames` (and `samples`, interleaved per frame) into an open container;
+    `video` is (codec, pix_fmt, options) from _video_settings."""
+    vcodec, vpix, voptions = video
+    vstream: av.VideoStream | None = None
+    astream = None
+    audio_pos = 0  # samples already sent to the audio encoder
+    n = 0
+    for frame in frames:
+        rgb = _as_rgb(frame)
         if vstream is None:
-            raise ValueError("write_video needs at least one frame")
-        container.mux(vstream.encode(None))
+            vstream = _open_video_stream(container, vcodec, vpix, voptions, rate, rgb, rotation)
+            if samples is not None:
+                astream = container.add_stream(acodec, rate=audio_rate, layout="mono")
+        elif rgb.shape[:2] != (vstream.height, vstream.width):
+            raise ValueError(
+                f"frame {n} is {rgb.shape[:2]}, earlier frames were "
+                f"{(vstream.height, vstream.width)}"
+            )
+        vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        vf.pts = n
+        container.mux(vstream.encode(vf))
+        n += 1
         if astream is not None:
-            _mux_audio(container, astream, samples, audio_pos, len(samples))
-            container.mux(astream.encode(None))
+            # Interleave: send audio up to the end of this frame so the muxer never has to
+            # buffer a whole track.
+            upto = min(len(samples), int(round(n / rate * audio_rate)))
+            audio_pos = _mux_audio(container, astream, samples, audio_pos, upto)
+    if vstream is None:
+        raise ValueError("write_video needs at least one frame")
+    container.mux(vstream.encode(None))
+    if astream is not None:
+        _mux_audio(container, astream, samples, audio_pos, len(samples))
+        container.mux(astream.encode(None))
 
 
 def _open_video_stream(

@@ -20,17 +20,9 @@ import pyarrow.parquet as pq
 from pipeline.ids import video_id
 from pipeline.storage import filesystem, protocol
 from schemas.config import InferConfig, StorageConfig
+from schemas.tables import MANIFEST
 
 log = logging.getLogger(__name__)
-
-MANIFEST = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("size", pa.int64()),
-        ("source_etag", pa.string()),
-    ]
-)
 
 
 def _uri(fs: Any, path: str, original: str) -> str:

@@ -26,7 +26,7 @@ from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
-_VERBOSITY = 0  # -1 quiet, 0 default, 1+ verbose; set by jobs.common.setup_logging
+_VERBOSITY = 0  # -1 quiet, 0 default, 1+ verbose; set by jobs.cli_io.setup_logging
 EVERY_S = 10.0
 
 

@@ -24,45 +24,17 @@ from pipeline.status import ENVIRONMENT_FAILURE, FAILED, face_status, failure_ki
 from pipeline.video import VideoError, decode_warnings
 from pipeline.windows import WindowCutter
 from schemas.config import VaerrConfig
+from schemas.windows import END, FACE_COLUMNS, FRAME_COLUMNS, MODEL_COLUMNS, WINDOW
 
 log = logging.getLogger(__name__)
 
-WINDOW, END = "window", "end"
-
-# Columns of every batch the face stage yields (shapes per row; W = infer.window_frames).
-FACE_STAGE_OUTPUT = {
-    "video_id": "str",
-    "uri": "str",
-    "source_etag": "str",
-    "kind": "str: window | end",
-    "track_id": "int32",
-    "start": "int32: window start, frames from the track's first frame",
-    "n": "int32: valid frames in this window (<= W)",
-    "crops": "uint8 [W, S, S]",
-    "frame_index": "int32 [W]",
-    "box_xyxy": "float32 [W, 4]",
-    "det_score": "float32 [W]",
-    "interpolated": "bool [W]",
-    "status": "str (end rows)",
-    "reason": "str (end rows; '' when none)",
-    "frames": "int64 (end rows)",
-    "tracks": "int32 (end rows)",
-    "windows": "int32 (end rows: windows this video produced)",
-    "duration_s": "float64 (end rows)",
-    "fps": "float64 (end rows: analysis rate)",
-    "processing_s": "float64 (end rows: face-stage seconds)",
-    "warnings": "str (end rows: decode damage; '' when clean)",
-    "failure_kind": "str (end rows of failed videos: video | environment; '' otherwise)",
-}
+# Column contracts, derived from the one declaration in schemas/windows.py (shapes per row;
+# W = infer.window_frames, S = faces.align.crop_size).
+FACE_STAGE_OUTPUT = {c.name: c.describe() for c in FACE_COLUMNS}
 MODEL_STAGE_INPUT = tuple(FACE_STAGE_OUTPUT)
-MODEL_STAGE_OUTPUT = {
-    **{k: v for k, v in FACE_STAGE_OUTPUT.items() if k != "crops"},
-    "arousal": "float32 [W] (NaN past n and on end rows)",
-    "valence": "float32 [W]",
-}
+MODEL_STAGE_OUTPUT = {c.name: c.describe() for c in MODEL_COLUMNS}
 
-
-_WINDOW_COLUMNS = ("crop", "frame_index", "box_xyxy", "det_score", "interpolated")
+_WINDOW_COLUMNS = tuple(str(c.frames) for c in FRAME_COLUMNS)
 
 
 def _s(x: Any) -> str:
@@ -182,62 +154,22 @@ class FaceStage:
         def padded(a: np.ndarray) -> np.ndarray:
             return np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
 
-        return {
-            **head,
-            "kind": WINDOW,
-            "track_id": tid,
-            "start": start,
-            "n": n,
-            "crops": padded(w["crop"]),
-            "frame_index": padded(w["frame_index"]),
-            "box_xyxy": padded(w["box_xyxy"]),
-            "det_score": padded(w["det_score"]),
-            "interpolated": padded(w["interpolated"]),
-        }
+        frames = {c.name: padded(w[str(c.frames)]) for c in FRAME_COLUMNS}
+        return {**head, "kind": WINDOW, "track_id": tid, "start": start, "n": n, **frames}
 
     def _stack(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        w, s = self.window, self.size
-        defaults: dict[str, Any] = {
-            "kind": WINDOW,
-            "track_id": -1,
-            "start": 0,
-            "n": 0,
-            "crops": np.zeros((w, s, s), np.uint8),
-            "frame_index": np.zeros(w, np.int32),
-            "box_xyxy": np.zeros((w, 4), np.float32),
-            "det_score": np.zeros(w, np.float32),
-            "interpolated": np.zeros(w, bool),
-            "status": "",
-            "reason": "",
-            "frames": 0,
-            "tracks": 0,
-            "windows": 0,
-            "duration_s": 0.0,
-            "fps": 0.0,
-            "processing_s": 0.0,
-            "warnings": "",
-            "failure_kind": "",
-        }
-        dtypes = {
-            "track_id": np.int32,
-            "start": np.int32,
-            "n": np.int32,
-            "frames": np.int64,
-            "tracks": np.int32,
-            "windows": np.int32,
-            "duration_s": np.float64,
-            "fps": np.float64,
-            "processing_s": np.float64,
-        }
+        """Rows -> one batch of every FACE_COLUMNS column: declared dtypes, arrays stacked,
+        strings as object arrays, a column a row lacks filled with its declared default."""
+        dims = {"W": self.window, "S": self.size}
         cols: dict[str, np.ndarray] = {}
-        for k in FACE_STAGE_OUTPUT:
-            vals = [r.get(k, defaults.get(k)) for r in rows]
-            if k in dtypes:
-                cols[k] = np.asarray(vals, dtypes[k])
-            elif isinstance(defaults.get(k), np.ndarray):
-                cols[k] = np.stack(vals)
+        for c in FACE_COLUMNS:
+            if c.shape:
+                zero = np.zeros(c.resolved_shape(dims), c.dtype)
+                cols[c.name] = np.stack([r.get(c.name, zero) for r in rows]).astype(
+                    c.dtype, copy=False
+                )
             else:
-                cols[k] = np.asarray(vals, dtype=object)
+                cols[c.name] = np.asarray([r.get(c.name, c.default) for r in rows], c.dtype)
         return cols
 
 

@@ -83,6 +83,35 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
     """All violations found under OUT (an empty list means the outputs are sound)."""
     problems: list[str] = []
     fs, vpath = filesystem(join(out, "videos"), cfg.storage)
+    rows = _status_rows(fs, vpath, problems)
+    if not rows and not fs.exists(vpath):
+        return [f"{out}: no videos/ folder (not a vaerr output?)"]
+    run = _run_record(out, cfg, problems)
+    # Pending means attempts left under the limit the run used (else this command's config).
+    limit = ((run or {}).get("config") or {}).get("infer", {}).get("max_attempts")
+    limit = int(limit or cfg.infer.max_attempts)
+    by_id: dict[str, list[dict]] = {}
+    for r in rows:
+        by_id.setdefault(r["video_id"], []).append(r)
+    _check_status_rows(by_id, limit, problems)
+    pairs, mixed = _mixed_runs(rows, run)
+    _check_manifest(out, cfg, by_id, problems)
+    seen_tl = _check_timelines(out, cfg, by_id, problems)
+    for vid, rs in by_id.items():
+        if any(r["status"] == OK and (r["tracks"] or 0) > 0 for r in rs) and vid not in seen_tl:
+            problems.append(f"video {vid}: status ok with tracks but no timeline")
+    if mixed and not allow_mixed:
+        problems.append(
+            f"OUT mixes models or configs ({len(pairs)} (model_id, config_hash) pairs in status "
+            "rows); the differing videos follow (--allow-mixed accepts an OUT built from "
+            "several runs on purpose)"
+        )
+        problems += mixed
+    return problems
+
+
+def _status_rows(fs: Any, vpath: str, problems: list[str]) -> list[dict]:
+    """Every status row of OUT/videos (columns added later read as None), with its `_file`."""
     rows = []
     for p in _parquet_files(fs, vpath):
         t = _read(fs, p, problems)
@@ -93,15 +122,11 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
             continue
         for r in t.to_pylist():
             rows.append({"failure_kind": None, "attempts": None, **r, "_file": p})
-    if not rows and not fs.exists(vpath):
-        return [f"{out}: no videos/ folder (not a vaerr output?)"]
-    run = _run_record(out, cfg, problems)
-    # Pending means attempts left under the limit the run used (else this command's config).
-    limit = ((run or {}).get("config") or {}).get("infer", {}).get("max_attempts")
-    limit = int(limit or cfg.infer.max_attempts)
-    by_id: dict[str, list[dict]] = {}
-    for r in rows:
-        by_id.setdefault(r["video_id"], []).append(r)
+    return rows
+
+
+def _check_status_rows(by_id: dict[str, list[dict]], limit: int, problems: list[str]) -> None:
+    """One known status per video, a reason when not ok, no environment failure pending."""
     for vid, rs in by_id.items():
         if len(rs) > 1:
             problems.append(f"video {vid}: {len(rs)} status rows (expected exactly 1)")
@@ -120,7 +145,10 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
                     f"(attempt {r['attempts'] or 1} of {limit})"
                 )
 
-    # One model and config across the whole OUT.
+
+def _mixed_runs(rows: list[dict], run: dict | None) -> tuple[Counter, list[str]]:
+    """(model_id, config_hash) pair counts and the videos (and an unfinished run record) that
+    break "one model and config across the whole OUT"."""
     pairs = Counter((r["model_id"], r["config_hash"]) for r in rows)
     if run and run.get("model_id"):
         ref = (run.get("model_id"), run.get("config_hash"))
@@ -138,13 +166,26 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
             f"run.json: run {run.get('run_id')} (model {run.get('model_id')}) started "
             f"{run.get('started')} is {run.get('state')}: it never completed"
         )
+    return pairs, mixed
 
+
+def _check_manifest(
+    out: str, cfg: VaerrConfig, by_id: dict[str, list[dict]], problems: list[str]
+) -> None:
+    """Every input of OUT/manifest.parquet (when present) has a status row."""
     mfs, mpath = filesystem(join(out, "manifest.parquet"), cfg.storage)
     if mfs.exists(mpath):
         mt = _read(mfs, mpath, problems)
         for m in mt.to_pylist() if mt is not None else []:
             if m["video_id"] not in by_id:
                 problems.append(f"input {m['uri']} ({m['video_id']}): no status row")
+
+
+def _check_timelines(
+    out: str, cfg: VaerrConfig, by_id: dict[str, list[dict]], problems: list[str]
+) -> set[str]:
+    """Timeline files: schema, one file per video, only ok videos, the status row's model, no
+    duplicate rows, values finite in [-1, 1]. Returns the video ids with timelines."""
     tfs, tpath = filesystem(join(out, "timelines"), cfg.storage)
     seen_tl: set[str] = set()
     for p in _parquet_files(tfs, tpath):
@@ -176,14 +217,4 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
         vals = df[["arousal", "valence"]].to_numpy()
         if not np.isfinite(vals).all() or np.abs(vals).max(initial=0) > 1:
             problems.append(f"{p}: arousal/valence not finite or outside [-1, 1]")
-    for vid, rs in by_id.items():
-        if any(r["status"] == OK and (r["tracks"] or 0) > 0 for r in rs) and vid not in seen_tl:
-            problems.append(f"video {vid}: status ok with tracks but no timeline")
-    if mixed and not allow_mixed:
-        problems.append(
-            f"OUT mixes models or configs ({len(pairs)} (model_id, config_hash) pairs in status "
-            "rows); the differing videos follow (--allow-mixed accepts an OUT built from "
-            "several runs on purpose)"
-        )
-        problems += mixed
-    return problems
+    return seen_tl

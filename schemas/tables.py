@@ -95,6 +95,17 @@ CLIPS = pa.schema(
     ]
 )
 
+# `list_inputs` (pipeline/manifest.py): one row per input video, deduplicated by URI.
+# source_etag: the object's ETag, else size + mtime (a rerun skips a video only if unchanged).
+MANIFEST = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("size", pa.int64()),
+        ("source_etag", pa.string()),
+    ]
+)
+
 STATUS_FIELDS = ("video_id", "uri", "status", "reason", "tracks", "frames")
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from jobs.common import OneLineFormatter
+from jobs.cli_io import OneLineFormatter
 from pipeline.device import check_device
 from pipeline.manifest import list_inputs
 from pipeline.query import (

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from schemas.config import load_config
-from training.datasets.common import LabelTrack
+from training.datasets.items import LabelTrack
 from training.evaluate import coverage
 from training.preprocess import annotated_frames, overlapping_tracks, preprocess_hash
 

@@ -12,7 +12,8 @@ from training.datasets import read_dataset
 from training.datasets.afewva import parse_afewva
 from training.datasets.affwild2 import parse_affwild2
 from training.datasets.avec2019 import parse_ces
-from training.datasets.common import (
+from training.datasets.generic import parse_generic
+from training.datasets.items import (
     LabelTrack,
     VideoItem,
     normalise_split,
@@ -20,7 +21,6 @@ from training.datasets.common import (
     split_by_subject,
     split_from_dirs,
 )
-from training.datasets.generic import parse_generic
 from training.datasets.recola import parse_arff, parse_gold_standard
 from training.datasets.sewa import parse_sewa_csv, subject_of
 

@@ -14,6 +14,7 @@ from jobs.cli import main
 from pipeline.model.registry import build_model
 from pipeline.windows import blend_weights, window_starts
 from schemas.config import load_config
+from schemas.evaluation import EVAL_METRICS, EVAL_PER_SEQUENCE, eval_predictions_schema
 from tests.conftest import asset, face_overrides
 from training.evaluate import predict_whole, predict_windows
 from training.metrics import ccc_concat
@@ -94,6 +95,13 @@ def test_evaluate_cli_reports_both_protocols(labelled_shards, tiny_checkpoint, t
     assert set(summary["protocols"]) == {"sequence", "windows"}
     assert json.loads((out / "summary.json").read_text())["model_id"] == summary["model_id"]
 
+    declared = {  # the report tables are written exactly as schemas/evaluation.py declares
+        "predictions": eval_predictions_schema(["sequence", "windows"]),
+        "metrics": EVAL_METRICS,
+        "per_sequence": EVAL_PER_SEQUENCE,
+    }
+    for name, schema in declared.items():
+        assert pq.read_schema(out / f"{name}.parquet").remove_metadata().equals(schema), name
     pred = pq.read_table(out / "predictions.parquet").to_pandas()
     metrics = pq.read_table(out / "metrics.parquet").to_pandas()
     per_seq = pq.read_table(out / "per_sequence.parquet").to_pandas()

@@ -25,9 +25,10 @@ from schemas.train import AugmentConfig
 from tests.conftest import face_overrides
 from training.augment import augment_clips, make_view
 from training.datasets.shards import read_sequences
-from training.loop import read_metrics, run_dir, run_training
+from training.loop import prepare_run, read_metrics, run_dir, run_training
 from training.preprocess import run_preprocess
 from training.synth import make_corpus
+from training.tasks import TASKS, resolve_task
 
 # The corpus: 24 people x 2 videos x 2 s; people (not videos) split 16 train / 8 validation.
 # Detection on every 10th frame (synthetic heads move slowly) keeps preprocessing to seconds.
@@ -237,3 +238,23 @@ def test_augmentations_keep_shapes_and_are_seeded():
     assert torch.equal(augment_clips(x, AugmentConfig(hflip_p=0)), x)  # the others are off
     v = make_view(x, load_config().pretrain.dino.local_view, torch.Generator().manual_seed(1))
     assert v.shape == (3, 10, 48, 48) and v.dtype == torch.uint8
+
+
+def test_tasks_prepare_their_own_extras(corpus_shards):
+    """Each task computes what it needs on the driver (no task-name branch there): fine-tuning
+    with kmeans bin edges gets sorted centres per target; a pretext task gets none, and only
+    it exports its product to pretrain.output."""
+    over = [f"data.shards={corpus_shards}", "model.bins=8"]
+    specs, extras = prepare_run(load_config(None, [*over, "model.bin_edges=kmeans"]), "finetune")
+    centres = np.asarray(extras.bin_centres)
+    assert specs and extras.val_sequences and extras.audio_dim == 0
+    assert centres.shape == (2, 8) and (np.diff(centres, axis=1) > 0).all()
+    assert np.abs(centres).max() <= 1.0
+    _, plain = prepare_run(load_config(None, over), "finetune")
+    assert plain.bin_centres is None
+    cfg = load_config(None, [*over, "pretrain.output=/tmp/enc.pt"])
+    assert resolve_task("pretrain", cfg) == cfg.pretrain.method
+    assert TASKS["finetune"].export_uri(cfg) is None
+    assert TASKS[resolve_task("pretrain", cfg)].export_uri(cfg) == "/tmp/enc.pt"
+    with pytest.raises(ValueError, match="unknown task"):
+        resolve_task("nope", cfg)

@@ -19,6 +19,7 @@ from pipeline.runner import run_inference
 from pipeline.stages import FACE_STAGE_OUTPUT, MODEL_STAGE_OUTPUT, FaceStage, ModelStage
 from schemas.config import load_config
 from schemas.tables import TIMELINES, VIDEOS
+from schemas.windows import FACE_COLUMNS, MODEL_COLUMNS
 from tests.conftest import REPO, asset, face_overrides
 
 CLIPS = [
@@ -146,11 +147,17 @@ def test_stage_columns_match_their_declarations(tiny_checkpoint):
         "source_etag": np.array(["e"], object),
     }
     outs = list(face(batch))
+    dims = {"W": cfg.infer.window_frames, "S": cfg.faces.align.crop_size}
     for o in outs:
-        assert set(o) == set(FACE_STAGE_OUTPUT)
+        assert list(o) == [c.name for c in FACE_COLUMNS] == list(FACE_STAGE_OUTPUT)
+        for c in FACE_COLUMNS:  # dtype and per-row shape as declared in schemas/windows.py
+            assert o[c.name].dtype == np.dtype(c.dtype), c.name
+            assert o[c.name].shape[1:] == c.resolved_shape(dims), c.name
     assert outs[-1]["kind"][-1] == "end" and outs[-1]["status"][-1] == "ok"
     scored = ModelStage(cfg, tiny_checkpoint)(outs[0])
-    assert set(scored) == set(MODEL_STAGE_OUTPUT)
+    assert set(scored) == set(MODEL_STAGE_OUTPUT) == {c.name for c in MODEL_COLUMNS}
+    for c in MODEL_COLUMNS:
+        assert scored[c.name].dtype == np.dtype(c.dtype), c.name
     n = int(outs[0]["n"][0])
     assert np.isfinite(scored["arousal"][0, :n]).all() and np.isnan(scored["arousal"][0, n:]).all()
 

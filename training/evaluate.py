@@ -31,11 +31,18 @@ from pipeline.storage import join, storage_options
 from pipeline.timeline import TrackAccumulator
 from pipeline.windows import window_starts
 from schemas.config import VaerrConfig, config_dump
+from schemas.evaluation import (
+    EVAL_METRICS,
+    EVAL_PER_SEQUENCE,
+    EVAL_TARGETS,
+    eval_predictions_schema,
+)
+from schemas.tables import conform
 from training.datasets.shards import read_sequence, read_sequences, read_status
 from training.metrics import ccc, evaluate_sequences, pearson, rmse
 
 log = logging.getLogger(__name__)
-TARGETS = ("arousal", "valence")
+TARGETS = EVAL_TARGETS
 
 
 @torch.inference_mode()
@@ -201,9 +208,70 @@ def coverage(
     return out
 
 
-def _write_parquet(uri: str, table: pa.Table, cfg: VaerrConfig) -> None:
+def _write_parquet(uri: str, table: pa.Table, schema: pa.Schema, cfg: VaerrConfig) -> None:
+    """Write `table` after checking it has exactly `schema`'s columns, cast to its types."""
+    if set(table.column_names) != set(schema.names):
+        raise ValueError(f"{uri}: columns {table.column_names} are not {schema.names}")
     with atomic_write(uri, cfg.storage) as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(conform(table, schema), f, compression="zstd")
+
+
+def _metrics_rows(proto: str, pooled: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """EVAL_METRICS rows of one protocol: pooled and mean-per-sequence, per target."""
+    rows = []
+    for k in TARGETS:
+        m = pooled[k]
+        common = {"protocol": proto, "target": k}
+        counts = {"frames": int(m["frames"]), "sequences": int(m["sequences"])}
+        rows.append(
+            {**common, "scope": "pooled", "ccc": m["ccc"], "pearson": m["pearson"]}
+            | {"rmse": m["rmse"], **counts}
+        )
+        rows.append(
+            {**common, "scope": "mean_per_sequence", "ccc": m["ccc_seq_mean"], "pearson": None}
+            | {"rmse": None, **counts}
+        )
+    return rows
+
+
+def _per_sequence_row(proto: str, r: dict[str, Any]) -> dict[str, Any]:
+    """The EVAL_PER_SEQUENCE row of one scored sequence under one protocol."""
+    row = {
+        "protocol": proto,
+        "video_id": r["video_id"],
+        "uri": r["uri"],
+        "track_id": int(r["track_id"]),
+        "subject": r["subject"],
+        "split": r["split"],
+        "frames": int(np.isfinite(r["labels"]["arousal"]).sum()),
+    }
+    for k in TARGETS:
+        p, y = r[proto][k], r["labels"][k]
+        row.update({f"ccc_{k}": ccc(p, y), f"pearson_{k}": pearson(p, y), f"rmse_{k}": rmse(p, y)})
+    return row
+
+
+def _predictions(scored: list[dict[str, Any]], protocols: tuple[str, ...]) -> pa.Table:
+    """Per-frame labels and predictions of every scored sequence (eval_predictions_schema)."""
+    parts = []
+    for r in scored:
+        n = len(r["frame_index"])
+        cols = {
+            "video_id": [r["video_id"]] * n,
+            "track_id": np.full(n, r["track_id"], np.int32),
+            "frame_index": r["frame_index"].astype(np.int32),
+        }
+        for k in TARGETS:
+            cols[f"{k}_true"] = r["labels"][k]
+            for proto in protocols:
+                cols[f"{k}_{proto}"] = r[proto][k]
+        parts.append(pa.table(cols))
+    return pa.concat_tables(parts)
+
+
+def _default_output(checkpoint: str) -> str:
+    """`eval/` beside the checkpoint (or under the working directory for a bare name)."""
+    return join(checkpoint.rsplit("/", 1)[0] if "/" in checkpoint else ".", "eval")
 
 
 def run_evaluate(
@@ -212,13 +280,9 @@ def run_evaluate(
     """Score `checkpoint` on the labelled sequences of `evaluate.splits` of `data.shards`
     by `evaluate.protocols`; write OUT/summary.json, OUT/metrics.parquet (pooled and mean
     per-sequence, per protocol and target), OUT/per_sequence.parquet and (optionally)
-    OUT/predictions.parquet. Returns the summary."""
+    OUT/predictions.parquet (schemas in schemas/evaluation.py). Returns the summary."""
     ev = cfg.evaluate
-    out = (
-        output
-        or ev.output
-        or join(checkpoint.rsplit("/", 1)[0] if "/" in checkpoint else ".", "eval")
-    )
+    out = output or ev.output or _default_output(checkpoint)
     opts = storage_options(cfg.storage, checkpoint)
     model, ckpt = load_model(
         checkpoint,
@@ -228,10 +292,10 @@ def run_evaluate(
         device=device or cfg.model.device,
     )
     seqs = read_sequences(cfg.data.shards, cfg.storage, tuple(ev.splits))
-    scored = score_sequences(model, seqs, cfg, tuple(ev.protocols))
+    protocols = tuple(ev.protocols)
+    scored = score_sequences(model, seqs, cfg, protocols)
     if not scored:
         raise ValueError(f"no labelled sequences of splits {list(ev.splits)} in {cfg.data.shards}")
-    metrics_rows, per_seq_rows, pred_parts = [], [], []
     summary: dict[str, Any] = {
         "checkpoint": checkpoint,
         "model_id": ckpt.model_id,
@@ -247,67 +311,21 @@ def run_evaluate(
         "protocols": {},
         "output": out,
     }
-    for proto in ev.protocols:
+    metrics_rows, per_seq_rows = [], []
+    for proto in protocols:
         pooled = pooled_metrics(scored, proto)
         summary["protocols"][proto] = pooled
-        for k in TARGETS:
-            m = pooled[k]
-            metrics_rows.append(
-                {
-                    "protocol": proto,
-                    "target": k,
-                    "scope": "pooled",
-                    "ccc": m["ccc"],
-                    "pearson": m["pearson"],
-                    "rmse": m["rmse"],
-                    "frames": int(m["frames"]),
-                    "sequences": int(m["sequences"]),
-                }
-            )
-            metrics_rows.append(
-                {
-                    "protocol": proto,
-                    "target": k,
-                    "scope": "mean_per_sequence",
-                    "ccc": m["ccc_seq_mean"],
-                    "pearson": None,
-                    "rmse": None,
-                    "frames": int(m["frames"]),
-                    "sequences": int(m["sequences"]),
-                }
-            )
-        for r in scored:
-            row = {
-                "protocol": proto,
-                "video_id": r["video_id"],
-                "uri": r["uri"],
-                "track_id": int(r["track_id"]),
-                "subject": r["subject"],
-                "split": r["split"],
-                "frames": int(np.isfinite(r["labels"]["arousal"]).sum()),
-            }
-            for k in TARGETS:
-                p, y = r[proto][k], r["labels"][k]
-                row.update(
-                    {f"ccc_{k}": ccc(p, y), f"pearson_{k}": pearson(p, y), f"rmse_{k}": rmse(p, y)}
-                )
-            per_seq_rows.append(row)
+        metrics_rows += _metrics_rows(proto, pooled)
+        per_seq_rows += [_per_sequence_row(proto, r) for r in scored]
     if ev.write_predictions:
-        for r in scored:
-            n = len(r["frame_index"])
-            cols = {
-                "video_id": [r["video_id"]] * n,
-                "track_id": np.full(n, r["track_id"], np.int32),
-                "frame_index": r["frame_index"].astype(np.int32),
-            }
-            for k in TARGETS:
-                cols[f"{k}_true"] = r["labels"][k]
-                for proto in ev.protocols:
-                    cols[f"{k}_{proto}"] = r[proto][k]
-            pred_parts.append(pa.table(cols))
-        _write_parquet(join(out, "predictions.parquet"), pa.concat_tables(pred_parts), cfg)
-    _write_parquet(join(out, "metrics.parquet"), pa.Table.from_pylist(metrics_rows), cfg)
-    _write_parquet(join(out, "per_sequence.parquet"), pa.Table.from_pylist(per_seq_rows), cfg)
+        preds = _predictions(scored, protocols)
+        _write_parquet(
+            join(out, "predictions.parquet"), preds, eval_predictions_schema(protocols), cfg
+        )
+    metrics = pa.Table.from_pylist(metrics_rows)
+    _write_parquet(join(out, "metrics.parquet"), metrics, EVAL_METRICS, cfg)
+    per_seq = pa.Table.from_pylist(per_seq_rows)
+    _write_parquet(join(out, "per_sequence.parquet"), per_seq, EVAL_PER_SEQUENCE, cfg)
     if cfg.data.dataset == "recola":
         summary["note"] = (
             "RECOLA: reported on the development set, which also selected the model "

@@ -23,6 +23,7 @@ unless pretrain.output says otherwise), result.json, and Ray Train's checkpoint_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -45,10 +46,17 @@ from pipeline.progress import EpochLine
 from pipeline.raysetup import start_ray
 from pipeline.storage import filesystem, join, protocol, storage_options
 from schemas.config import VaerrConfig, config_dump, config_yaml
-from training.datasets.shards import ClipLoader, clip_specs, read_frames, read_sequences
-from training.losses import kmeans_bin_centres
+from training.datasets.shards import ClipLoader, clip_specs, read_sequences
 from training.sessions import LocalSession, RaySession, Session
-from training.tasks import METRICS_FILE, TASKS, batch_tensors, run_dir, unwrap
+from training.tasks import (
+    METRICS_FILE,
+    TASKS,
+    TaskExtras,
+    batch_tensors,
+    resolve_task,
+    run_dir,
+    unwrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ def _append_metrics(uri: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
     write_text(uri, text, cfg.storage)
 
 
-def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session: Session) -> dict:
+def fit_worker(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Session) -> dict:
     """Train for train.epochs (resuming from the session's checkpoint); returns the last
     epoch's metrics. Every rank runs this; rank 0 validates and writes the run's files."""
     t = cfg.train
@@ -87,7 +95,7 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed % (2**32))
-    extras = {**extras, "all_sum": session.all_sum()}
+    extras = dataclasses.replace(extras, all_sum=session.all_sum())
     task = TASKS[task_name](cfg, extras)
     module = task.build()
     device = session.device()
@@ -104,7 +112,7 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: dict[str, Any], session
     wrapped = session.prepare(module)
     rdir = run_dir(cfg)
     opts_run = storage_options(cfg.storage, rdir)
-    est_steps = extras.get("steps_per_epoch") or 1
+    est_steps = extras.steps_per_epoch or 1
     last: dict[str, Any] = {}
     for epoch in range(start, t.epochs):
         t0 = time.perf_counter()
@@ -242,7 +250,7 @@ def _storage_fs(cfg: VaerrConfig) -> tuple[str, Any]:
     return path.split("://", 1)[1], pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], dict[str, Any]]:
+def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], TaskExtras]:
     """Driver side: the clip specs of the training sequences and the task's extras."""
     t = cfg.train
     root = cfg.data.shards
@@ -256,22 +264,7 @@ def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], dict[str,
             f"no {what}sequences of splits {list(t.train_splits)} in {root} "
             "(run `vaerr preprocess` first?)"
         )
-    extras: dict[str, Any] = {"val_sequences": val_seqs}
-    if task_cls.needs_audio:
-        s = next(s for s in train_seqs if s["has_audio"])
-        fr = read_frames(s["shard_uri"], s["track_id"], s["first_frame"], 1, cfg.storage, True)
-        extras["audio_dim"] = int(fr["audio_feat"].shape[1])
-    if task_name == "finetune" and cfg.model.bin_edges == "kmeans":
-        labels = {"arousal": [], "valence": []}
-        for s in train_seqs:
-            fr = read_frames(
-                s["shard_uri"], s["track_id"], s["first_frame"], s["n_frames"], cfg.storage
-            )
-            for k in labels:
-                labels[k].append(fr[k])
-        extras["bin_centres"] = np.stack(
-            [kmeans_bin_centres(np.concatenate(labels[k]), cfg.model.bins) for k in labels]
-        ).tolist()
+    extras = task_cls.prepare(cfg, train_seqs, TaskExtras(val_sequences=val_seqs))
     log.info(
         "%s: %d training sequences (%d clip specs per epoch), %d validation sequences",
         task_name,
@@ -292,10 +285,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Fine-tune (`task="finetune"`) or pretrain (`"lira"`, `"byol"`, `"dino"`; `"pretrain"`
     means cfg.pretrain.method). Returns the summary, also written to RUN/result.json."""
-    if task == "pretrain":
-        task = cfg.pretrain.method
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; one of {sorted(TASKS)}")
+    task = resolve_task(task, cfg)
     cfg = resolve_paths(cfg)
     t = cfg.train
     rdir = run_dir(cfg)
@@ -305,7 +295,7 @@ def run_training(
     per_worker = t.per_worker_batch(workers)  # ValueError naming the fix if it does not divide
     specs, extras = prepare_run(cfg, task)
     steps = math.ceil(len(specs) / t.batch_size)  # optimiser steps: the global batch
-    extras["steps_per_epoch"] = min(steps, t.max_steps_per_epoch or steps)
+    extras = dataclasses.replace(extras, steps_per_epoch=min(steps, t.max_steps_per_epoch or steps))
     write_text(join(rdir, "config.yaml"), config_yaml(cfg), cfg.storage)
     fps = float(cfg.video.fps)
     loader_kwargs = {
@@ -314,7 +304,7 @@ def run_training(
         "audio": TASKS[task].needs_audio,
         "crop_size": cfg.model.crop_size,
         "seed": t.seed,
-        "audio_dim": int(extras.get("audio_dim", 0)),
+        "audio_dim": extras.audio_dim,
     }
     if runner == "local":
         session = LocalSession(cfg, specs, ClipLoader(**loader_kwargs))
@@ -324,9 +314,10 @@ def run_training(
     else:
         last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs, ray_address, ray_init)
     product = join(rdir, TASKS[task](cfg, extras).product_name)
-    if task != "finetune" and cfg.pretrain.output:
-        _copy(product, cfg.pretrain.output, cfg)
-        product = cfg.pretrain.output
+    export = TASKS[task].export_uri(cfg)
+    if export:
+        _copy(product, export, cfg)
+        product = export
     summary = {
         "task": task,
         "run": rdir,
@@ -356,7 +347,7 @@ def _fit_ray(
     cfg: VaerrConfig,
     task: str,
     specs: list[dict],
-    extras: dict[str, Any],
+    extras: TaskExtras,
     loader_kwargs: dict[str, Any],
     address: str | None,
     ray_init: dict[str, Any] | None,

@@ -50,7 +50,7 @@ from schemas.tables import CLIP_SHARD, conform
 from schemas.train import PREPROCESS_STATUS, SEQUENCES
 from training.audio import Extractor, build_extractor, frame_features
 from training.datasets import read_dataset
-from training.datasets.common import LabelTrack, VideoItem, resample_labels
+from training.datasets.items import LabelTrack, VideoItem, resample_labels
 from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_status
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,12 @@ Split from training/loop.py (the worker loop and the driver stay there)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +29,7 @@ from schemas.config import VaerrConfig
 from training.augment import augment_clips, make_view
 from training.datasets.shards import read_frames
 from training.evaluate import score_sequences, validation_metrics
-from training.losses import ccc_loss, composite_loss
+from training.losses import ccc_loss, composite_loss, kmeans_bin_centres
 from training.pretext import encoder_checkpoint
 from training.pretext.byol import ByolModel, ema_momentum
 from training.pretext.dino import DinoModel
@@ -65,17 +68,56 @@ def batch_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[st
 # Tasks: what is trained, its loss, validation and product
 
 
+@dataclass(frozen=True)
+class TaskExtras:
+    """What the driver computes once for a task and hands every worker (picklable).
+
+    val_sequences: sequence dicts (`read_sequences`) validated on rank 0. audio_dim: width of
+    the per-frame audio target (tasks that need audio; 0 otherwise). bin_centres: [2, bins]
+    k-means centres of the CE head (fine-tuning with model.bin_edges=kmeans; else None).
+    steps_per_epoch: optimiser steps an epoch is expected to take (progress of EMA schedules).
+    all_sum: set on each worker: sums a tensor across ranks (None on one worker).
+    """
+
+    val_sequences: list[dict[str, Any]] = field(default_factory=list)
+    audio_dim: int = 0
+    bin_centres: list[list[float]] | None = None
+    steps_per_epoch: int = 1
+    all_sum: Callable[..., Any] | None = None
+
+
+def _audio_dim(cfg: VaerrConfig, train_seqs: list[dict[str, Any]]) -> int:
+    """Width of the audio target, read from the first training sequence with audio."""
+    s = next(s for s in train_seqs if s["has_audio"])
+    fr = read_frames(s["shard_uri"], s["track_id"], s["first_frame"], 1, cfg.storage, True)
+    return int(fr["audio_feat"].shape[1])
+
+
 class Task(ABC):
-    """One kind of training. `extras` carries what the driver computed (validation
-    sequences, audio width, k-means bin centres)."""
+    """One kind of training. `extras` carries what the driver computed for it (`prepare`)."""
 
     name: str = ""
     needs_audio = False
     labelled_only = False
 
-    def __init__(self, cfg: VaerrConfig, extras: dict[str, Any]) -> None:
+    def __init__(self, cfg: VaerrConfig, extras: TaskExtras) -> None:
         self.cfg = cfg
         self.extras = extras
+
+    @classmethod
+    def prepare(
+        cls, cfg: VaerrConfig, train_seqs: list[dict[str, Any]], extras: TaskExtras
+    ) -> TaskExtras:
+        """Driver side, once per run: `extras` completed with what this task needs from the
+        training sequences (the audio width for tasks that need audio)."""
+        if cls.needs_audio:
+            return dataclasses.replace(extras, audio_dim=_audio_dim(cfg, train_seqs))
+        return extras
+
+    @staticmethod
+    def export_uri(cfg: VaerrConfig) -> str | None:
+        """Where the run's product is also copied to (None: it stays under RUN only)."""
+        return None
 
     @abstractmethod
     def build(self) -> nn.Module:
@@ -114,11 +156,31 @@ class FinetuneTask(Task):
     name = "finetune"
     labelled_only = True
 
+    @classmethod
+    def prepare(
+        cls, cfg: VaerrConfig, train_seqs: list[dict[str, Any]], extras: TaskExtras
+    ) -> TaskExtras:
+        """With model.bin_edges=kmeans: the CE bin centres from all training labels."""
+        extras = super().prepare(cfg, train_seqs, extras)
+        if cfg.model.bin_edges != "kmeans":
+            return extras
+        labels: dict[str, list[np.ndarray]] = {"arousal": [], "valence": []}
+        for s in train_seqs:
+            fr = read_frames(
+                s["shard_uri"], s["track_id"], s["first_frame"], s["n_frames"], cfg.storage
+            )
+            for k in labels:
+                labels[k].append(fr[k])
+        centres = np.stack(
+            [kmeans_bin_centres(np.concatenate(labels[k]), cfg.model.bins) for k in labels]
+        ).tolist()
+        return dataclasses.replace(extras, bin_centres=centres)
+
     def build(self) -> nn.Module:
         cfg = self.cfg
         model = build_model(cfg.model)
-        if self.extras.get("bin_centres") is not None:
-            model.set_bin_centres(np.asarray(self.extras["bin_centres"], np.float32))
+        if self.extras.bin_centres is not None:
+            model.set_bin_centres(np.asarray(self.extras.bin_centres, np.float32))
         if cfg.model.encoder_checkpoint:
             uri = cfg.model.encoder_checkpoint
             state = read_weights_file(uri, storage_options(cfg.storage, uri))
@@ -137,7 +199,7 @@ class FinetuneTask(Task):
         valid = torch.isfinite(batch["arousal"]) & torch.isfinite(batch["valence"])
         if out.mask is not None:
             valid = valid & out.mask
-        all_sum = self.extras.get("all_sum")  # several workers: CCC on the global batch
+        all_sum = self.extras.all_sum  # several workers: CCC on the global batch
         if not bool(valid.any()):  # keep every DDP rank's step: a zero loss on the graph
             zero = (out.arousal.sum() + out.valence.sum()) * 0.0
             if all_sum is not None:  # still join the CCC all-reduce of the other ranks
@@ -153,7 +215,7 @@ class FinetuneTask(Task):
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
     def validate(self, module: nn.Module) -> dict[str, float]:
-        seqs = self.extras.get("val_sequences") or []
+        seqs = self.extras.val_sequences
         if not seqs:
             return {}
         scored = score_sequences(unwrap(module), seqs, self.cfg, ("sequence",))
@@ -184,6 +246,11 @@ class FinetuneTask(Task):
 class _PretextTask(Task):
     method = ""
 
+    @staticmethod
+    def export_uri(cfg: VaerrConfig) -> str | None:
+        """pretrain.output, when set: the encoder is also copied there."""
+        return cfg.pretrain.output or None
+
     def encoder_of(self, module: nn.Module) -> nn.Module:
         return unwrap(module).encoder
 
@@ -211,7 +278,7 @@ class LiraTask(_PretextTask):
 
     def build(self) -> nn.Module:
         return LiraModel(
-            build_encoder(self.cfg.model), int(self.extras["audio_dim"]), self.cfg.pretrain.lira
+            build_encoder(self.cfg.model), self.extras.audio_dim, self.cfg.pretrain.lira
         )
 
     def loss(
@@ -228,7 +295,7 @@ class LiraTask(_PretextTask):
         return loss, {"l1": float(loss.detach())}
 
     def validate(self, module: nn.Module) -> dict[str, float]:
-        seqs = [s for s in self.extras.get("val_sequences") or [] if s["has_audio"]]
+        seqs = [s for s in self.extras.val_sequences if s["has_audio"]]
         if not seqs:
             return {}
         model = unwrap(module)
@@ -327,3 +394,13 @@ TASKS: dict[str, type[Task]] = {
     "byol": ByolTask,
     "dino": DinoTask,
 }
+
+
+def resolve_task(name: str, cfg: VaerrConfig) -> str:
+    """The TASKS key a run of `name` trains: `"pretrain"` means cfg.pretrain.method; an
+    unknown name raises ValueError naming the choices."""
+    if name == "pretrain":
+        name = cfg.pretrain.method
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; one of {sorted(TASKS)}")
+    return name

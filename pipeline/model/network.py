@@ -266,8 +266,21 @@ class SSVAERR(nn.Module):
             raise ValueError(f"bin centres must be [{self.bins}] or [2, {self.bins}]")
         self.bin_centres.copy_(c.to(self.bin_centres.device))
 
+    def freeze(self, modules: tuple[nn.Module, ...], finetune_mode: str) -> None:
+        """Freeze exactly `modules` (submodules of this network: requires_grad=False, kept in
+        eval mode, so batch-norm statistics stay fixed, across later `train()` calls); every
+        other parameter trains. `finetune_mode` names the choice (see apply_finetune_mode)."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(False)
+        self._frozen_modules = tuple(modules)
+        self.finetune_mode = finetune_mode
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> SSVAERR:
-        """As nn.Module.train, but frozen parts (see apply_finetune_mode) stay in eval mode."""
+        """As nn.Module.train, but frozen parts (see freeze) stay in eval mode."""
         super().train(mode)
         for m in self._frozen_modules:
             m.eval()

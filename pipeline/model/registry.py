@@ -116,11 +116,6 @@ def build_model(name_or_cfg: str | ModelConfig) -> SSVAERR:
     return model
 
 
-def _set_trainable(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
 def apply_finetune_mode(model: SSVAERR, mode: str) -> SSVAERR:
     """Set what trains: `full` (everything), `frozen_frontend` (the Conv3d stem frozen),
     `frozen_encoder` (front-end + trunk frozen; only GRU + head train).
@@ -130,15 +125,10 @@ def apply_finetune_mode(model: SSVAERR, mode: str) -> SSVAERR:
     """
     if mode not in FINETUNE_MODES:
         raise ValueError(f"finetune mode must be one of {FINETUNE_MODES}, got {mode!r}")
-    _set_trainable(model, True)
     frozen: tuple[nn.Module, ...] = ()
     if mode == "frozen_frontend":
         frozen = (model.encoder.frontend,)
     elif mode == "frozen_encoder":
         frozen = (model.encoder,)
-    for m in frozen:
-        _set_trainable(m, False)
-    model._frozen_modules = frozen
-    model.finetune_mode = mode
-    model.train(model.training)
+    model.freeze(frozen, mode)
     return model

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from schemas.config import StorageConfig
 from schemas.train import DataConfig
 from training.datasets import afewva, affwild2, avec2019, generic, lrs3, recola, sewa
-from training.datasets.common import (
+from training.datasets.items import (
     VIDEO_EXTS,
     LabelTrack,
     VideoItem,

@@ -21,7 +21,7 @@ import numpy as np
 
 from schemas.config import StorageConfig
 from schemas.train import DataConfig
-from training.datasets.common import (
+from training.datasets.items import (
     VIDEO_EXTS,
     LabelTrack,
     VideoItem,

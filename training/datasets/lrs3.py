@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 from schemas.config import StorageConfig
 from schemas.train import DataConfig
-from training.datasets.common import VideoItem, list_files, relative
+from training.datasets.items import VideoItem, list_files, relative
 
 
 def read(cfg: DataConfig, storage: StorageConfig | None = None) -> list[VideoItem]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from schemas.config import StorageConfig
 from schemas.train import DataConfig
-from training.datasets.common import (
+from training.datasets.items import (
     LabelTrack,
     VideoItem,
     index_videos,

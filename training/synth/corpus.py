@@ -230,29 +230,10 @@ def make_corpus(
     id_seqs = np.random.SeedSequence([seed, 202]).spawn(n_identities)
     splits = split_identities(n_identities, split_fractions, np.random.default_rng([seed, 303]))
     idents = [sample_identity(np.random.default_rng(q)) for q in id_seqs]
-    jobs, manifest = [], []
-    for i, ident in enumerate(idents):
-        for k in range(videos_per_identity):
-            rel = f"videos/id{i:03d}_v{k}.mp4"
-            vseed = int(np.random.SeedSequence([seed, 404, i, k]).generate_state(1)[0] >> 1)
-            jobs.append({
-                "path": str(out / rel), "video": rel, "seed": vseed, "seconds": seconds,
-                "fps": fps, "size": tuple(size), "with_audio": with_audio, "identity": ident,
-                "lossless": lossless,
-            })  # fmt: skip
-            manifest.append({
-                "video": rel, "identity": f"id{i:03d}", "split": splits[i], "seed": vseed,
-                "seconds": seconds, "fps": fps, "n_frames": 0, "n_faces": 1,
-                "has_audio": bool(with_audio),
-            })  # fmt: skip
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            results = list(pool.map(_corpus_video, jobs))
-    else:
-        results = [_corpus_video(j) for j in jobs]
+    video = {"seconds": seconds, "fps": fps, "size": tuple(size), "with_audio": with_audio,
+             "lossless": lossless}  # fmt: skip
+    jobs, manifest = _plan(out, idents, splits, videos_per_identity, seed, video)
+    results = _render_all(jobs, workers)
     all_rows: list[dict[str, Any]] = []
     for row, (aro, val, n_frames) in zip(manifest, results):
         row["n_frames"] = n_frames
@@ -270,6 +251,44 @@ def make_corpus(
     with open(out / "identities.json", "w") as f:
         json.dump(info, f, indent=1)
     return manifest
+
+
+def _plan(
+    out: Path,
+    idents: list[Any],
+    splits: list[str],
+    videos_per_identity: int,
+    seed: int,
+    video: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(render jobs, manifest rows) of every video, in file order. `video`: the settings all
+    videos share (seconds, fps, size, with_audio, lossless). Each video's seed comes from
+    (seed, identity, k), so the corpus is the same whatever the worker count."""
+    jobs, manifest = [], []
+    for i, ident in enumerate(idents):
+        for k in range(videos_per_identity):
+            rel = f"videos/id{i:03d}_v{k}.mp4"
+            vseed = int(np.random.SeedSequence([seed, 404, i, k]).generate_state(1)[0] >> 1)
+            jobs.append({"path": str(out / rel), "video": rel, "seed": vseed, **video,
+                         "identity": ident})  # fmt: skip
+            manifest.append({
+                "video": rel, "identity": f"id{i:03d}", "split": splits[i], "seed": vseed,
+                "seconds": video["seconds"], "fps": video["fps"], "n_frames": 0, "n_faces": 1,
+                "has_audio": bool(video["with_audio"]),
+            })  # fmt: skip
+    return jobs, manifest
+
+
+def _render_all(jobs: list[dict[str, Any]], workers: int) -> list[Any]:
+    """Render every job ((arousal, valence, n_frames) each, in order), in `workers` spawned
+    processes when more than one."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            return list(pool.map(_corpus_video, jobs))
+    return [_corpus_video(j) for j in jobs]
 
 
 def _upload_tree(local_dir: str, uri: str) -> None:

@@ -1,4 +1,5 @@
-"""Helpers every entry point shares: config flags, logging, the status line."""
+"""What the command line's entry points share: config and run flags, logging, the JSON status
+line and terminal warnings."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import escape
 from pipeline.progress import set_verbosity
 from schemas.config import VaerrConfig, load_config
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def add_config_args(p: argparse.ArgumentParser, several: bool = False) -> None:
@@ -37,10 +41,25 @@ def add_config_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     )
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by pretrain and finetune."""
+    p.add_argument("--name", default=None, help="Run name (else train.name).")
+    p.add_argument("--ray-address", default=None, help="Ray cluster (auto, ray://HOST:10001).")
+    p.add_argument("--local", action="store_true", help="Train in this process, without Ray.")
+    add_config_args(p, several=True)
+
+
+def run_overrides(args: argparse.Namespace) -> list[str]:
+    """--set overrides with --name (pretrain, finetune) as train.name."""
+    return [*args.overrides, *([f"train.name={args.name}"] if args.name else [])]
+
+
 def config_from_args(args: argparse.Namespace) -> VaerrConfig:
     """Resolve the config of a parsed command line (file, then overrides)."""
     return load_config(args.config, args.overrides)
 
+
+TIMELINES_HELP = "A job's output folder OUT or OUT/timelines/ (local path or any fsspec URI)."
 
 QUIET_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3fs", "fsspec", "urllib3", "s3transfer")
 
@@ -72,3 +91,11 @@ def setup_logging(verbose: int = 0) -> None:
 def print_json_line(record: dict[str, Any]) -> None:
     """Print one JSON object as the command's last stdout line."""
     print(json.dumps(record, default=str), flush=True)
+
+
+def warn_untrained(table: pa.Table) -> None:
+    """Warn (log) when timelines come from an untrained checkpoint."""
+    if "untrained" in table.column_names and any(table["untrained"].to_pylist()):
+        logging.getLogger("vaerr.query").warning(
+            "these timelines come from an UNTRAINED checkpoint: values are not emotions"
+        )
