@@ -12,7 +12,6 @@ from pydantic import BaseModel
 
 from jobs.common import add_config_args, config_from_args, print_json_line
 from pipeline.events import COLUMNS, find_happy, find_spikes
-from pipeline.io import check_output
 from pipeline.plot import plot_timelines
 from pipeline.query import (
     SqlLimits,
@@ -22,7 +21,7 @@ from pipeline.query import (
     run_sql,
     write_table,
 )
-from pipeline.storage import open_uri
+from pipeline.storage import check_output, open_uri
 from schemas.query import HappyConfig, SpikeConfig
 from schemas.tables import EVENTS
 
