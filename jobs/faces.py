@@ -7,8 +7,8 @@ import argparse
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
 from pipeline.faces.export import export_faces
 from pipeline.faces.pipeline import FacePipeline
-from pipeline.io import check_output
 from pipeline.status import FAILED
+from pipeline.storage import check_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:

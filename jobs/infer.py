@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
-from pipeline.io import check_output
 from pipeline.runner import run_inference
+from pipeline.storage import check_output
 
 # Exit code when the run ended with environment failures still pending (a rerun retries them).
 PENDING_EXIT = 3

@@ -16,7 +16,7 @@ from jobs.cli_io import (
     warn_untrained,
 )
 from pipeline.events import find_happy, find_spikes
-from pipeline.io import check_output
+from pipeline.storage import check_output
 from pipeline.plot import plot_timelines
 from pipeline.query import read_timelines
 from pipeline.storage import open_uri

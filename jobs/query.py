@@ -17,7 +17,6 @@ from jobs.cli_io import (
 )
 from jobs.section_args import add_section_args, section_from_args
 from pipeline.events import COLUMNS, find_happy, find_spikes
-from pipeline.io import check_output
 from pipeline.query import (
     SqlLimits,
     format_table,
@@ -26,6 +25,7 @@ from pipeline.query import (
     run_sql,
     write_table,
 )
+from pipeline.storage import check_output
 from schemas.query import HappyConfig, SpikeConfig
 
 log = logging.getLogger("vaerr.query")

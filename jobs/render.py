@@ -11,10 +11,10 @@ import pyarrow as pa
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
 from pipeline.errors import is_storage_outage, status_reason
 from pipeline.ids import video_id
-from pipeline.io import check_output
 from pipeline.query import open_timelines, read_timelines
 from pipeline.render import read_annotations, render_video, video_candidates
 from pipeline.status import FAILED, OK, status_record
+from pipeline.storage import check_output
 from pipeline.video import VideoError
 
 log = logging.getLogger("vaerr.render")

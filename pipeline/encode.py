@@ -26,16 +26,16 @@ first (MP4 needs a seekable output to write its index) and uploaded when complet
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
 import av
 import numpy as np
+
+from pipeline.storage import is_remote, local_output, without_scheme
 
 AUDIO_CODEC_FOR_FORMAT = {"matroska": "pcm_s16le", "avi": "pcm_s16le", "wav": "pcm_s16le"}
 """Default audio codec per container; AAC elsewhere (mp4/mov only accept a few codecs)."""
@@ -94,10 +94,6 @@ def _container_format(dest: str | os.PathLike | IO[bytes], container_format: str
     raise ValueError(f"cannot infer the container format of {dest!r}; pass container_format=")
 
 
-def _is_remote(dest: Any) -> bool:
-    return isinstance(dest, str) and "://" in dest and not dest.startswith("file://")
-
-
 def write_video(
     path_or_file: str | os.PathLike | IO[bytes],
     frames: Iterable[np.ndarray],
@@ -133,20 +129,20 @@ def write_video(
         rotation: counter-clockwise display rotation in degrees (container metadata only).
         audio_codec: override the audio codec name.
         container_format: FFmpeg muxer name, e.g. "mp4", "matroska"; inferred from the suffix.
-        storage_options: passed to ``fsspec.open`` for remote destinations.
+        storage_options: fsspec keyword arguments for remote destinations (pipeline.storage).
     """
-    if _is_remote(path_or_file):
-        uri = str(path_or_file)
+    if isinstance(path_or_file, str) and is_remote(path_or_file):
+        uri = path_or_file
         fmt = _container_format(uri, container_format)
-        with _local_then_upload(uri, storage_options) as tmp:
+        with local_output(uri, storage_options) as tmp:  # written here, uploaded when whole
             write_video(
                 tmp, frames, fps, codec=codec, crf=crf, lossless=lossless, pix_fmt=pix_fmt,
                 audio=audio, audio_rate=audio_rate, rotation=rotation, audio_codec=audio_codec,
                 container_format=fmt,
             )  # fmt: skip
         return
-    if isinstance(path_or_file, str) and path_or_file.startswith("file://"):
-        path_or_file = path_or_file[len("file://") :]
+    if isinstance(path_or_file, str):
+        path_or_file = without_scheme(path_or_file)  # file:// URIs are local paths
 
     fmt = _container_format(path_or_file, container_format)
     rate = fps_fraction(fps)
@@ -160,24 +156,6 @@ def write_video(
     with av.open(target, mode="w", format=fmt) as container:
         _encode(container, frames, rate, (vcodec, vpix, voptions), rotation, samples, acodec,
                 audio_rate)  # fmt: skip
-
-
-@contextlib.contextmanager
-def _local_then_upload(uri: str, storage_options: dict[str, Any] | None) -> Iterator[str]:
-    """A local temp file (same suffix as `uri`) to write; copied to `uri` through fsspec when
-    the block succeeds, removed either way."""
-    suffix = Path(uri.split("?")[0]).suffix
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="vaerr_encode_")
-    os.close(fd)
-    try:
-        yield tmp
-        import fsspec
-
-        with open(tmp, "rb") as src, fsspec.open(uri, "wb", **(storage_options or {})) as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-    finally:
-        os.unlink(tmp)
 
 
 def _encode(

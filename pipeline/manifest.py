@@ -18,16 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ids import video_id
-from pipeline.storage import filesystem, protocol
+from pipeline.storage import as_uri, filesystem
 from schemas.config import InferConfig, StorageConfig
 from schemas.tables import MANIFEST
 
 log = logging.getLogger(__name__)
-
-
-def _uri(fs: Any, path: str, original: str) -> str:
-    proto = protocol(original)
-    return path if proto == "file" and "://" not in original else f"{proto}://{path}"
 
 
 def _version(info: dict[str, Any]) -> str | None:
@@ -100,7 +95,7 @@ def list_inputs(
                 # Like folder listings, dangling and looping symlinks (type "other") are kept:
                 # each gets a `failed` status row instead of vanishing silently.
                 if info.get("type") != "directory":
-                    rows.setdefault(_uri(fs, p, item), _entry(_uri(fs, p, item), info))
+                    rows.setdefault(as_uri(p, item), _entry(as_uri(p, item), info))
             continue
         try:
             info = fs.info(path)
@@ -112,7 +107,7 @@ def list_inputs(
         if info.get("type") == "directory":
             for p, finfo in sorted(fs.find(path, detail=True).items()):
                 if p.lower().endswith(exts):
-                    rows.setdefault(_uri(fs, p, item), _entry(_uri(fs, p, item), finfo))
+                    rows.setdefault(as_uri(p, item), _entry(as_uri(p, item), finfo))
         else:
             rows.setdefault(item, _entry(item, info))
     ordered = [rows[k] for k in sorted(rows)]

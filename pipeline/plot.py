@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from pipeline.emotion import NEUTRAL, emotion_words
-from pipeline.io import atomic_write
+from pipeline.storage import atomic_write
 from schemas.config import EmotionConfig, StorageConfig
 
 AROUSAL_COLOR = "#d62728"

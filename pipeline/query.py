@@ -30,8 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.io import atomic_write
-from pipeline.storage import filesystem
+from pipeline.storage import atomic_write, filesystem
 from schemas.config import StorageConfig
 from schemas.tables import TIMELINES
 

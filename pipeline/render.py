@@ -22,11 +22,8 @@ Geometry (`layout_for`, `inset_center`, `va_point`) is pure and public so tests 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import posixpath
-import uuid
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -39,7 +36,7 @@ from pipeline.emotion import emotion_words
 from pipeline.encode import write_video
 from pipeline.ids import video_id as video_id_of
 from pipeline.progress import Progress
-from pipeline.storage import open_uri, storage_options
+from pipeline.storage import local_output, open_uri
 from pipeline.video import VideoReader
 from schemas.config import EmotionConfig, StorageConfig
 
@@ -502,26 +499,6 @@ def rendered_frames(
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
 
 
-@contextlib.contextmanager
-def _local_temp(output: str) -> Iterator[str]:
-    """A hidden sibling name for a local output, renamed to `output` only when the block
-    succeeds, so a failed render leaves no half-written video. Remote URIs pass through
-    (write_video uploads them only once complete)."""
-    if "://" in output and not output.startswith("file://"):
-        yield output
-        return
-    path = output[len("file://") :] if output.startswith("file://") else output
-    folder, name = os.path.split(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def render_video(
     video_uri: str,
     timelines: pa.Table,
@@ -557,14 +534,14 @@ def render_video(
             reader, tracks, truth, rate, scale, blur_faces, emotion, counter, banner
         )
         bar = Progress("render", 1, int(reader.info.duration_s * rate) or None, unit="frame")
-        with _local_temp(output) as target, bar:
+        # A failed render leaves nothing under `output` (storage.local_output).
+        with local_output(output, storage) as target, bar:
             write_video(
                 target,
                 bar.count(frames),
                 rate,
                 crf=crf,
                 container_format=_FORMATS.get(posixpath.splitext(output)[1].lower()),
-                storage_options=storage_options(storage, output),
             )
     return {
         "video_id": vid,

@@ -39,11 +39,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.events import COLUMNS, find_happy, find_spikes
-from pipeline.io import atomic_write
 from pipeline.query import open_timelines
 from pipeline.report_html import SCRIPT, event_key, page_head, video_html
 from pipeline.status import FAILED, NO_FACE, OK
-from pipeline.storage import filesystem, join, protocol
+from pipeline.storage import (
+    atomic_write,
+    file_uri,
+    filesystem,
+    is_plain_path,
+    join,
+    protocol,
+    without_scheme,
+)
 from schemas.config import EmotionConfig, StorageConfig
 from schemas.tables import EVENTS, VIDEOS, conform
 
@@ -193,12 +200,11 @@ def video_src(uri: str, report: str | None) -> str | None:
         return uri
     if proto != "file":
         return None
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
-    path = os.path.abspath(path)
-    if report and protocol(report) == "file" and "://" not in report:
+    path = os.path.abspath(without_scheme(uri))
+    if report and is_plain_path(report):
         rel = os.path.relpath(path, os.path.dirname(os.path.abspath(report)))
         return quote(rel.replace(os.sep, "/"))
-    return "file://" + quote(path)
+    return file_uri(path)
 
 
 def peak_time(timelines: pa.Table, event: dict[str, Any], track_id: int) -> tuple[float, Any]:

@@ -28,14 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
 from pipeline.raysetup import start_ray
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK, VIDEO_FAILURE
-from pipeline.storage import filesystem, join
+from pipeline.storage import atomic_write, filesystem, join, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
@@ -395,7 +394,7 @@ def run_inference(
     ray_init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The main job. Returns the summary (also written into OUT/run.json)."""
-    from pipeline.model.checkpoint import load_checkpoint, resolve_checkpoint
+    from pipeline.model import load_checkpoint, resolve_checkpoint
     from pipeline.storage import storage_options
 
     t0 = time.perf_counter()

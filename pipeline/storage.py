@@ -1,24 +1,121 @@
-"""fsspec access to any URI (local, file://, s3://, gs://...), configured from StorageConfig.
+"""The one module that owns URIs: local paths, file://, s3://, gs://, memory://, http(s)://.
 
-Credentials come from the config or the standard AWS environment variables; they are passed
-to the filesystem only and never logged or written to outputs.
+Everything else in vaerr asks this module whether a URI is local, joins and opens URIs, lists
+and removes files, and writes outputs; nothing else tests a string for "://" or builds an
+fsspec filesystem (tests/test_layout.py checks). Retries of transient faults are the policy in
+`pipeline.retry`, wrapped around these calls by whoever owns the budget.
+
+Filesystems come from `StorageConfig` (or, where a caller already holds them, a dict of fsspec
+keyword arguments). Credentials come from the config or the standard AWS environment
+variables; they are passed to the filesystem only and never logged or written to outputs.
+
+Writes are atomic per file: a hidden temporary name is written, then renamed, so a reader
+never sees a partial file and a failed or discarded write never appears. On object stores (S3,
+GCS...) closing a file commits it, so the temporary name is a real key: the block writes
+`.NAME.tmp-XXXX` beside the final key, which is copied to its name only when the block succeeds
+(a server-side copy: the final key appears whole or not at all). On failure the upload is
+discarded (S3's multipart upload aborted) and the temporary key removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from schemas.config import StorageConfig
+from schemas.tables import conform
+
+log = logging.getLogger(__name__)
+
+# What filesystem calls accept: the run's StorageConfig, a dict of fsspec keyword arguments
+# (checkpoint and weight readers are handed one), or None (local files, anonymous defaults).
+Options = StorageConfig | Mapping[str, Any] | None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a URI is
 
 
 def protocol(uri: str) -> str:
     """'s3', 'gs', 'file'... of a URI; plain paths are 'file'."""
     scheme = urlparse(str(uri)).scheme
     return scheme if len(scheme) > 1 else "file"  # 'C:' style drive letters are local
+
+
+def is_remote(uri: str) -> bool:
+    """True for anything not on the local filesystem (s3://, gs://, memory://, http(s)://...)."""
+    return protocol(uri) != "file"
+
+
+def is_local(uri: str) -> bool:
+    """True for plain paths and file:// URIs."""
+    return not is_remote(uri)
+
+
+def is_plain_path(uri: str) -> bool:
+    """A local path written without a scheme (`out/x`, `/data/x`; not `file:///data/x`)."""
+    uri = str(uri)
+    return is_local(uri) and "://" not in uri
+
+
+def without_scheme(uri: str) -> str:
+    """The URI without `scheme://` (`bucket/key` for object stores, the path for local)."""
+    return str(uri).split("://", 1)[-1]
+
+
+def local_path(uri: str | os.PathLike) -> Path:
+    """The local Path of a plain path or file:// URI (`~` expanded); ValueError when remote."""
+    uri = os.fspath(uri)
+    if is_remote(uri):
+        raise ValueError(f"{uri} is not a local path")
+    return Path(uri.removeprefix("file://")).expanduser()
+
+
+def absolute(uri: str) -> str:
+    """Plain local paths made absolute (Ray workers run in their own working directory);
+    file:// and remote URIs unchanged."""
+    return str(Path(uri).expanduser().resolve()) if is_plain_path(uri) else uri
+
+
+def as_uri(path: str, like: str) -> str:
+    """A filesystem path (as fsspec lists it) written back as a URI of the same kind as `like`:
+    a plain path when `like` is one, else `scheme://path`."""
+    return path if is_plain_path(like) else f"{protocol(like)}://{path}"
+
+
+def file_uri(path: str | os.PathLike) -> str:
+    """`file:///abs/path` (percent-quoted) of a local path, for a browser's `src`."""
+    return "file://" + quote(os.path.abspath(os.fspath(path)))
+
+
+def basename(uri: str) -> str:
+    """The last name on a URI's path, without query or fragment (`s3://b/k/x.pt?v=2` -> x.pt)."""
+    if is_local(uri):
+        return Path(without_scheme(uri)).name
+    return PurePosixPath(urlparse(uri).path).name
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URI with '/'."""
+    out = str(base).rstrip("/")
+    for p in parts:
+        out += "/" + str(p).strip("/")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Filesystems
 
 
 def storage_options(cfg: StorageConfig | None, uri: str) -> dict[str, Any]:
@@ -53,21 +150,233 @@ def storage_options(cfg: StorageConfig | None, uri: str) -> dict[str, Any]:
     return opts
 
 
-def filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def _options(cfg: Options, uri: str) -> dict[str, Any]:
+    if cfg is None or isinstance(cfg, StorageConfig):
+        return storage_options(cfg, uri)
+    return dict(cfg)
+
+
+def filesystem(uri: str, cfg: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URI."""
-    fs, path = fsspec.core.url_to_fs(str(uri), **storage_options(cfg, str(uri)))
+    fs, path = fsspec.core.url_to_fs(str(uri), **_options(cfg, str(uri)))
     return fs, path
 
 
-def open_uri(uri: str, mode: str = "rb", cfg: StorageConfig | None = None) -> Any:
+def arrow_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[str, Any]:
+    """(path, pyarrow filesystem) for libraries that take a pyarrow filesystem (Ray Train's
+    RunConfig): object stores go through fsspec with the config's endpoint and credentials,
+    like every other vaerr write; local paths give (uri, None), pyarrow's own local files."""
+    if protocol(uri) not in ("s3", "s3a"):
+        return uri, None
+    import pyarrow.fs as pafs
+
+    fs, _ = filesystem(uri, cfg)
+    return without_scheme(uri), pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def open_uri(uri: str, mode: str = "rb", cfg: Options = None) -> Any:
     """Open a URI as a file object (a context manager); remote reads are block-cached."""
     fs, path = filesystem(uri, cfg)
     return fs.open(path, mode)
 
 
-def join(base: str, *parts: str) -> str:
-    """Join path parts onto a local path or URI with '/'."""
-    out = str(base).rstrip("/")
-    for p in parts:
-        out += "/" + str(p).strip("/")
-    return out
+def read_bytes(uri: str, cfg: Options = None) -> bytes:
+    """The whole content of a file."""
+    with open_uri(uri, "rb", cfg) as f:
+        return f.read()
+
+
+def read_text(uri: str, cfg: Options = None) -> str:
+    """A UTF-8 text file (a byte-order mark dropped)."""
+    return read_bytes(uri, cfg).decode("utf-8-sig")
+
+
+def exists(uri: str, cfg: Options = None) -> bool:
+    """Whether a file or folder is at `uri`."""
+    fs, path = filesystem(uri, cfg)
+    return bool(fs.exists(path))
+
+
+def remove(uri: str, cfg: Options = None, recursive: bool = False) -> None:
+    """Delete `uri` (a folder too with `recursive`); a missing one is not an error."""
+    fs, path = filesystem(uri, cfg)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def find(root: str, cfg: Options = None) -> list[str]:
+    """Every file under `root` as URIs of the same kind as `root`, sorted; [root] for a file;
+    FileNotFoundError when nothing is there."""
+    fs, path = filesystem(root, cfg)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"not found: {root}")
+    if fs.isfile(path):
+        return [root]
+    return sorted(as_uri(p, root) for p in fs.find(path))
+
+
+def copy(src: str, dst: str, cfg: Options = None) -> None:
+    """Copy one file between any two URIs (read whole, written atomically)."""
+    data = read_bytes(src, cfg)
+    with atomic_write(dst, cfg) as f:
+        f.write(data)
+
+
+def upload_tree(local_dir: str | os.PathLike, uri: str, cfg: Options = None) -> None:
+    """Copy every file under `local_dir` to the folder `uri`, keeping relative paths."""
+    fs, root = filesystem(uri, cfg)
+    root = root.rstrip("/")
+    for path in sorted(Path(local_dir).rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(local_dir).as_posix()
+            fs.makedirs(f"{root}/{Path(rel).parent.as_posix()}", exist_ok=True)
+            fs.put_file(str(path), f"{root}/{rel}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def temp_name(path: str) -> str:
+    """A hidden sibling of `path`: Parquet dataset readers skip names starting with "." or "_",
+    so a file left by a killed writer is never read as data."""
+    parent, _, name = path.rpartition("/")
+    tmp = f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    return f"{parent}/{tmp}" if parent or path.startswith("/") else tmp
+
+
+def _discard(f: Any) -> None:
+    """Throw away an unfinished write: abort the multipart upload (fsspec's `discard`) and mark
+    the file closed, so neither `close()` nor garbage collection commits what was written."""
+    try:
+        f.discard()
+    except Exception as exc:  # best effort: the temporary key is removed below anyway
+        log.debug("discard failed: %s", type(exc).__name__)
+    if hasattr(f, "buffer") and hasattr(f, "commit"):  # fsspec's buffered remote files
+        f.closed = True
+    else:
+        f.close()  # local files: closing only flushes the temporary name, removed next
+
+
+@contextlib.contextmanager
+def atomic_write(uri: str, storage: Options = None) -> Iterator[Any]:
+    """Open `uri` for binary writing; it appears under its name only if the block succeeds.
+
+    Any filesystem: the block writes a hidden temporary name that is renamed (local: an atomic
+    rename; object stores: copy then delete) on success and removed on failure."""
+    fs, path = filesystem(uri, storage)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = temp_name(path)
+    f = fs.open(tmp, "wb")
+    try:
+        yield f
+    except BaseException:
+        _discard(f)
+        _remove(fs, tmp)
+        raise
+    try:
+        f.close()  # object stores: the temporary key is committed here
+        fs.mv(tmp, path)
+    except BaseException:
+        _remove(fs, tmp)
+        raise
+
+
+def _remove(fs: Any, path: str) -> None:
+    """Delete `path` if it exists; never raises (the caller is already failing)."""
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except Exception as exc:
+        log.warning("could not remove the temporary file %s (%s)", path, type(exc).__name__)
+
+
+def write_bytes(uri: str, data: bytes, storage: Options = None) -> None:
+    """Write a file atomically."""
+    with atomic_write(uri, storage) as f:
+        f.write(data)
+
+
+def write_text(uri: str, text: str, storage: Options = None) -> None:
+    """Write a small text file atomically."""
+    write_bytes(uri, text.encode("utf-8"), storage)
+
+
+@contextlib.contextmanager
+def local_output(uri: str, storage: Options = None) -> Iterator[str]:
+    """A local file path to write `uri` through, for libraries that need a real file (PyAV).
+
+    Local: a hidden sibling (`.NAME.tmp-XXXX`), renamed to the name only when the block
+    succeeds. Remote: a local temporary file with the same suffix, uploaded (atomically) only
+    when the block succeeds. Either way a failed write leaves nothing under the name."""
+    if is_local(uri):
+        path = os.path.abspath(local_path(uri))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = temp_name(path)
+    else:
+        fd, tmp = tempfile.mkstemp(suffix=PurePosixPath(basename(uri)).suffix, prefix="vaerr_")
+        os.close(fd)
+    try:
+        yield tmp
+        if is_local(uri):
+            os.replace(tmp, path)
+        else:
+            with open(tmp, "rb") as src, atomic_write(uri, storage) as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ParquetStream:
+    """Append column batches to one Parquet file, validated against `schema`, committed
+    atomically on `close()` (a batch per row group, so memory stays bounded)."""
+
+    def __init__(self, uri: str, schema: pa.Schema, storage: StorageConfig | None = None) -> None:
+        self.schema = schema
+        self._ctx = atomic_write(uri, storage)
+        self._file = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append one table (cast to the schema; missing columns raise)."""
+        if table.num_rows:
+            self._writer.write_table(conform(table, self.schema))
+            self.rows += table.num_rows
+
+    def close(self, ok: bool = True) -> None:
+        """Finish the file; with ok=False, discard it."""
+        self._writer.close()
+        if ok:
+            self._ctx.__exit__(None, None, None)
+        else:
+            err = RuntimeError("discarded")
+            self._ctx.__exit__(RuntimeError, err, None)
+
+
+def check_output(uri: str, folder: bool = False) -> None:
+    """Before any work: ValueError when a local output path cannot be created because an
+    existing part of it is a file (`out.txt/run`), or `uri` itself is a file where a folder is
+    wanted (`folder`), or a folder where a file is wanted. Remote URIs pass (object stores
+    have no folders; their errors come with the first write)."""
+    if is_remote(uri):
+        return
+    p = local_path(uri)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise ValueError(f"output {uri} is a file, not a folder: choose a folder path")
+        if not folder and p.is_dir():
+            raise ValueError(f"output {uri} is a folder, not a file: give a file name")
+        return
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"output {uri} cannot be created: {parent} is a file, not a folder; "
+                    "choose another output path"
+                )
+            return

@@ -16,7 +16,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from pipeline.storage import basename, is_local, local_path, open_uri, protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,11 @@ def _download(uri: str, dest: Path, storage_options: dict[str, Any] | None) -> N
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=dest.name, delete=False)
     tmp.close()
     try:
-        if urlparse(uri).scheme in ("http", "https"):
+        if protocol(uri) in ("http", "https"):
             with urllib.request.urlopen(uri, timeout=60) as r, open(tmp.name, "wb") as f:
                 shutil.copyfileobj(r, f)
         else:
-            import fsspec
-
-            with fsspec.open(uri, "rb", **(storage_options or {})) as r, open(tmp.name, "wb") as f:
+            with open_uri(uri, "rb", storage_options) as r, open(tmp.name, "wb") as f:
                 shutil.copyfileobj(r, f)
         os.replace(tmp.name, dest)  # atomic: a reader never sees a partial file
     finally:
@@ -73,13 +72,12 @@ def resolve_file(
     is cached as `<cache>/<basename of the URL path>`. A missing file that cannot be fetched
     raises FileNotFoundError naming the URL and the cache path to seed.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
+    if is_local(uri):
+        path = local_path(uri)
         if not path.is_file():
             raise FileNotFoundError(f"weights/template file not found: {path}")
         return _check(path, sha256, uri)
-    name = Path(parsed.path).name
+    name = basename(uri)
     if not name:
         raise ValueError(f"cannot derive a cache file name from {uri!r}")
     dest = cache_dir(cache) / name

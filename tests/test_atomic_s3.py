@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from pipeline.io import ParquetStream, atomic_write, write_text
+from pipeline.storage import ParquetStream, atomic_write, write_text
 from schemas.config import StorageConfig
 from tests.conftest import face_overrides
 

@@ -59,10 +59,10 @@ def test_yaml_bombs_are_refused_fast_and_plain_anchors_still_work(tmp_path: Path
         load_config(None, [f"emotion.angles={BOMB_FLOW}"])
     registry = tmp_path / "models.yaml"
     registry.write_text(BOMB_YAML)
-    from pipeline.model.checkpoint import read_registry
+    from pipeline.model.catalog import read_catalog
 
     with pytest.raises(ValueError, match="models.yaml: YAML expands"):
-        read_registry(str(registry))
+        read_catalog(str(registry))
 
 
 @pytest.mark.parametrize(

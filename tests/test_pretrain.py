@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from jobs.cli import main
-from pipeline.model.checkpoint import load_encoder_weights, read_weights_file
+from pipeline.model.checkpoint import read_weights_file
+from pipeline.model.encoder_weights import load_encoder_weights
 from pipeline.model.registry import build_encoder
 from schemas.config import load_config
 from schemas.train import LiraConfig

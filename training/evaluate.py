@@ -24,10 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.io import atomic_write, write_text
 from pipeline.model.checkpoint import load_model
 from pipeline.model.network import SSVAERR, predict
-from pipeline.storage import join, storage_options
+from pipeline.storage import atomic_write, join, storage_options, write_text
 from pipeline.timeline import TrackAccumulator
 from pipeline.windows import window_starts
 from schemas.config import VaerrConfig, config_dump

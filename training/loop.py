@@ -31,20 +31,26 @@ import os
 import socket
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.io import write_text
 from pipeline.model.checkpoint import (
     save_checkpoint,
 )
 from pipeline.progress import EpochLine
 from pipeline.raysetup import start_ray
-from pipeline.storage import filesystem, join, protocol, storage_options
+from pipeline.storage import (
+    absolute,
+    arrow_filesystem,
+    copy,
+    filesystem,
+    join,
+    storage_options,
+    write_text,
+)
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from training.datasets.shards import ClipLoader, clip_specs, read_sequences
 from training.sessions import LocalSession, RaySession, Session
@@ -210,23 +216,16 @@ def load_clip_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np
 # The driver
 
 
-def _absolute(uri: str) -> str:
-    """Local paths made absolute (Ray Train workers run in their own working directory)."""
-    if protocol(uri) != "file" or "://" in uri:
-        return uri
-    return str(Path(uri).expanduser().resolve())
-
-
 def resolve_paths(cfg: VaerrConfig) -> VaerrConfig:
     """The config with its local paths absolute."""
-    upd_train = {"storage_path": _absolute(cfg.train.storage_path)}
-    upd_data = {"shards": _absolute(cfg.data.shards)}
+    upd_train = {"storage_path": absolute(cfg.train.storage_path)}
+    upd_data = {"shards": absolute(cfg.data.shards)}
     upd_model = {}
     if cfg.model.encoder_checkpoint:
-        upd_model["encoder_checkpoint"] = _absolute(cfg.model.encoder_checkpoint)
+        upd_model["encoder_checkpoint"] = absolute(cfg.model.encoder_checkpoint)
     upd_pre = {}
     if cfg.pretrain.output:
-        upd_pre["output"] = _absolute(cfg.pretrain.output)
+        upd_pre["output"] = absolute(cfg.pretrain.output)
     return cfg.model_copy(
         update={
             "train": cfg.train.model_copy(update=upd_train),
@@ -235,19 +234,6 @@ def resolve_paths(cfg: VaerrConfig) -> VaerrConfig:
             "pretrain": cfg.pretrain.model_copy(update=upd_pre),
         }
     )
-
-
-def _storage_fs(cfg: VaerrConfig) -> tuple[str, Any]:
-    """(storage_path, pyarrow filesystem or None) for RunConfig: S3 goes through s3fs with
-    the config's endpoint and credentials, like every other vaerr write."""
-    path = cfg.train.storage_path
-    if protocol(path) not in ("s3", "s3a"):
-        return path, None
-    import pyarrow.fs as pafs
-    import s3fs
-
-    fs = s3fs.S3FileSystem(**storage_options(cfg.storage, path))
-    return path.split("://", 1)[1], pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], TaskExtras]:
@@ -316,7 +302,7 @@ def run_training(
     product = join(rdir, TASKS[task](cfg, extras).product_name)
     export = TASKS[task].export_uri(cfg)
     if export:
-        _copy(product, export, cfg)
+        copy(product, export, cfg.storage)
         product = export
     summary = {
         "task": task,
@@ -372,7 +358,7 @@ def _fit_ray(
             batch_format="numpy",
             num_cpus=t.loader_num_cpus,
         )
-        storage_path, storage_fs = _storage_fs(cfg)
+        storage_path, storage_fs = arrow_filesystem(cfg.train.storage_path, cfg.storage)
         relay = EpochRelay(t.epochs, task)  # one line per epoch on this terminal
         resources = {"CPU": t.cpus_per_worker}
         if t.use_gpu:
@@ -417,16 +403,6 @@ def _read_best(rdir: str, cfg: VaerrConfig) -> dict[str, Any] | None:
         return None
     best_epoch = rows[-1].get("best_epoch")
     return next((r for r in rows if r.get("epoch") == best_epoch), rows[-1])
-
-
-def _copy(src: str, dst: str, cfg: VaerrConfig) -> None:
-    sfs, spath = filesystem(src, cfg.storage)
-    with sfs.open(spath, "rb") as f:
-        data = f.read()
-    from pipeline.io import atomic_write
-
-    with atomic_write(dst, cfg.storage) as f:
-        f.write(data)
 
 
 def read_metrics(cfg: VaerrConfig) -> list[dict[str, Any]]:

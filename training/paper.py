@@ -32,8 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.io import atomic_write, write_text
-from pipeline.storage import filesystem, join
+from pipeline.storage import absolute, atomic_write, filesystem, join, write_text
 from schemas.config import VaerrConfig, config_dump, load_config
 from schemas.train import DATASET_COLUMNS, TABLE_III_COLUMNS, PaperCell
 
@@ -169,7 +168,7 @@ def _rel(path: Path | str) -> str:
 
 def _abs(uri: str) -> str:
     """Local paths absolute (as run_training resolves them); URIs unchanged."""
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+    return absolute(uri)
 
 
 def pretext_sources(root: Path = PAPER_ROOT) -> dict[str, Path]:

@@ -38,12 +38,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.faces.pipeline import FacePipeline
-from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
 from pipeline.raysetup import start_ray
 from pipeline.status import FAILED, NO_FACE, OK
-from pipeline.storage import filesystem, join
+from pipeline.storage import atomic_write, filesystem, join, write_text
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from schemas.tables import CLIP_SHARD, conform

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from pipeline.model.checkpoint import (
     checkpoint_from_model,
-    load_encoder_weights,
     preprocessing_from_config,
     read_weights_file,
 )
+from pipeline.model.encoder_weights import encoder_checkpoint, load_encoder_weights
 from pipeline.model.registry import build_encoder, build_model
 from pipeline.storage import join, storage_options
 from schemas.config import VaerrConfig
@@ -30,7 +30,6 @@ from training.augment import augment_clips, make_view
 from training.datasets.shards import read_frames
 from training.evaluate import score_sequences, validation_metrics
 from training.losses import ccc_loss, composite_loss, kmeans_bin_centres
-from training.pretext import encoder_checkpoint
 from training.pretext.byol import ByolModel, ema_momentum
 from training.pretext.dino import DinoModel
 from training.pretext.lira import LiraModel, lira_loss, shift_targets

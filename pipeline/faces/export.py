@@ -13,10 +13,9 @@ import pyarrow as pa
 from pipeline.errors import escape, status_reason
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.ids import video_id
-from pipeline.io import ParquetStream, write_text
 from pipeline.progress import Progress
 from pipeline.status import FAILED, face_status, status_record
-from pipeline.storage import filesystem, join
+from pipeline.storage import ParquetStream, filesystem, join, write_text
 from pipeline.video import VideoError
 from schemas.config import config_yaml
 from schemas.tables import BOX, CLIPS, TRACKS

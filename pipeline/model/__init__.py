@@ -1,4 +1,6 @@
-"""The SS-VAERR network, its registry and its checkpoints (shared by inference and training).
+"""The SS-VAERR network (network.py), its architecture registry (registry.py), its checkpoints
+(checkpoint.py: the format; catalog.py: named checkpoints; encoder_weights.py: encoder import
+and export) and the authors' weights (authors.py), shared by inference and training.
 
 Batch inference in three calls:
     model, ckpt = load_model(cfg.model.checkpoint, cfg.model, storage_options=...)
@@ -7,22 +9,24 @@ Batch inference in three calls:
     # ckpt.model_id and ckpt.untrained.
 """
 
+from pipeline.model.catalog import read_catalog, resolve_checkpoint
 from pipeline.model.checkpoint import (
     Checkpoint,
-    EncoderLoadReport,
     checkpoint_from_model,
     default_preprocessing,
     init_checkpoint,
     load_checkpoint,
-    load_encoder_weights,
     load_model,
     model_id,
     parameter_count,
     preprocessing_from_config,
-    read_registry,
     read_weights_file,
-    resolve_checkpoint,
     save_checkpoint,
+)
+from pipeline.model.encoder_weights import (
+    EncoderLoadReport,
+    encoder_checkpoint,
+    load_encoder_weights,
 )
 from pipeline.model.network import (
     SSVAERR,
@@ -55,6 +59,7 @@ __all__ = [
     "build_encoder",
     "build_model",
     "checkpoint_from_model",
+    "encoder_checkpoint",
     "default_preprocessing",
     "init_checkpoint",
     "lengths_to_mask",
@@ -66,7 +71,7 @@ __all__ = [
     "parameter_count",
     "predict",
     "preprocessing_from_config",
-    "read_registry",
+    "read_catalog",
     "read_weights_file",
     "resolve_checkpoint",
     "save_checkpoint",

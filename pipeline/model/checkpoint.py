@@ -1,5 +1,6 @@
-"""SS-VAERR checkpoints: one torch file of tensors and plain Python values, read and written
-through any fsspec URI, always loaded with `torch.load(weights_only=True)`.
+"""SS-VAERR checkpoints: the format, and saving and loading it. One torch file of tensors and
+plain Python values, read and written through pipeline.storage (any path or URI), always
+loaded with `torch.load(weights_only=True)`.
 
 Layout of the saved dict (format version 1):
   format "vaerr.ssvaerr", version 1, arch str, model_config dict (resolved sizes, JSON types),
@@ -8,8 +9,9 @@ Layout of the saved dict (format version 1):
   provenance {created, by, data, epochs, seed, git_sha, vaerr_version, torch_version, ...},
   untrained bool.
 
-Named checkpoints live in a team's registry YAML (`name: {uri: ..., sha256: ...}`), resolved
-through the weights cache with the checksum checked.
+Neighbours: pipeline.model.catalog resolves named checkpoints (a team's YAML file `name: {uri,
+sha256}`); pipeline.model.encoder_weights exports and imports encoder weights (pretext
+checkpoints, the authors' files).
 """
 
 from __future__ import annotations
@@ -18,27 +20,23 @@ import hashlib
 import io
 import json
 import logging
-import os
 import pickle
-import re
 import subprocess
-import tempfile
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 
 from pipeline.device import resolve_device
+from pipeline.model.catalog import resolve_checkpoint
 from pipeline.model.network import SSVAERR
 from pipeline.model.registry import arch_spec, build_model
+from pipeline.storage import is_local, local_path, read_bytes, write_bytes
 from schemas.model import ModelConfig
-from schemas.yamlsafe import load_yaml
 
 if TYPE_CHECKING:
     from schemas.config import VaerrConfig
@@ -49,20 +47,19 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
-    "EncoderLoadReport",
     "checkpoint_from_model",
     "default_preprocessing",
     "init_checkpoint",
     "load_checkpoint",
-    "load_encoder_weights",
     "load_model",
     "model_id",
     "parameter_count",
+    "plain_values",
     "preprocessing_from_config",
-    "read_registry",
+    "provenance_record",
     "read_weights_file",
-    "resolve_checkpoint",
     "save_checkpoint",
+    "stored_config",
 ]
 
 FORMAT = "vaerr.ssvaerr"
@@ -83,7 +80,6 @@ ARCH_FIELDS = (
     "crop_size",
     "bin_edges",
 )
-REGISTRY_ENV = "VAERR_MODEL_REGISTRY"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +259,9 @@ def git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def _provenance(**fields: Any) -> dict[str, Any]:
+def provenance_record(**fields: Any) -> dict[str, Any]:
+    """`fields` plus when and with what this was made: created (UTC ISO time), vaerr and torch
+    versions, git sha (None where unknown)."""
     try:
         from importlib.metadata import version
 
@@ -280,7 +278,9 @@ def _provenance(**fields: Any) -> dict[str, Any]:
     return prov
 
 
-def _stored_config(model_cfg: ModelConfig) -> dict[str, Any]:
+def stored_config(model_cfg: ModelConfig) -> dict[str, Any]:
+    """The architecture fields of `model_cfg` (ARCH_FIELDS) as JSON types, with the resolved
+    sizes of its arch spec, so a checkpoint describes its network without the registry."""
     spec = arch_spec(model_cfg)
     dump = model_cfg.model_dump(mode="json")
     stored = {k: dump[k] for k in ARCH_FIELDS}
@@ -307,11 +307,11 @@ def checkpoint_from_model(
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return Checkpoint(
         arch=model_cfg.arch,
-        model_config=_stored_config(model_cfg),
+        model_config=stored_config(model_cfg),
         state_dict=state,
         bin_centres=model.bin_centres.detach().cpu().clone().float(),
         preprocessing=dict(preprocessing or default_preprocessing(model_cfg)),
-        provenance=_provenance(**dict(provenance or {})),
+        provenance=provenance_record(**dict(provenance or {})),
         untrained=untrained,
     )
 
@@ -337,19 +337,10 @@ def init_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading and writing through fsspec
+# Reading and writing (pipeline.storage)
 
 
-def _is_local(uri: str) -> bool:
-    return urlparse(uri).scheme in ("", "file")
-
-
-def _local_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    return Path(parsed.path if parsed.scheme == "file" else uri).expanduser()
-
-
-def _plain(obj: Any, where: str) -> Any:
+def plain_values(obj: Any, where: str) -> Any:
     """Tensors and plain values only (what weights_only loads); str/int/float subclasses such
     as torch.__version__ become their base type; anything else is a TypeError at save time."""
     if isinstance(obj, Tensor) or obj is None or type(obj) in (bool, int, float, str):
@@ -358,9 +349,9 @@ def _plain(obj: Any, where: str) -> Any:
         if isinstance(obj, base):
             return base(obj)
     if isinstance(obj, Mapping):
-        return {_plain(k, where): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+        return {plain_values(k, where): plain_values(v, f"{where}.{k}") for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+        return type(obj)(plain_values(v, f"{where}[{i}]") for i, v in enumerate(obj))
     raise TypeError(f"{where}: {type(obj).__name__} cannot go in a checkpoint (plain types only)")
 
 
@@ -371,28 +362,13 @@ def save_checkpoint(
 ) -> str:
     """Write the checkpoint to a local path, file:// or any fsspec URI (s3://...); returns uri.
 
-    Local writes are atomic (temporary file + rename) and create missing folders.
+    Writes are atomic (pipeline.storage.atomic_write: a hidden temporary name, renamed when
+    whole) and create missing folders.
     """
-    obj = _plain(ckpt.to_dict() if isinstance(ckpt, Checkpoint) else dict(ckpt), "checkpoint")
+    obj = plain_values(ckpt.to_dict() if isinstance(ckpt, Checkpoint) else dict(ckpt), "checkpoint")
     buf = io.BytesIO()
     torch.save(obj, buf)
-    data = buf.getvalue()
-    if _is_local(uri):
-        path = _local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return uri
-    import fsspec
-
-    with fsspec.open(uri, "wb", **(storage_options or {})) as f:
-        f.write(data)
+    write_bytes(uri, buf.getvalue(), storage_options)
     return uri
 
 
@@ -404,16 +380,9 @@ def read_weights_file(
     A file that carries pickled arbitrary objects (code that would run on load) is refused
     with a ValueError; a missing file raises FileNotFoundError.
     """
-    if _is_local(uri):
-        path = _local_path(uri)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        data = path.read_bytes()
-    else:
-        import fsspec
-
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            data = f.read()
+    if is_local(uri) and not local_path(uri).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {local_path(uri)}")
+    data = read_bytes(uri, storage_options)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -434,102 +403,6 @@ def load_checkpoint(
     return Checkpoint.from_dict(read_weights_file(uri, storage_options, map_location), uri)
 
 
-# ---------------------------------------------------------------------------------------------
-# Named checkpoints
-
-
-_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-def read_registry(
-    registry_file: str, storage_options: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Parse a registry YAML `name: {uri: ..., sha256: ..., description: ...}`.
-
-    Relative local URIs are resolved against the registry file's folder.
-    """
-    if _is_local(registry_file):
-        path = _local_path(registry_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"model registry file not found: {path}")
-        text = path.read_text()
-        base: Path | None = path.resolve().parent
-    else:
-        import fsspec
-
-        with fsspec.open(registry_file, "rt", **(storage_options or {})) as f:
-            text = f.read()
-        base = None
-    data = load_yaml(text, str(registry_file)) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{registry_file}: a model registry is a mapping name -> {{uri, sha256}}")
-    out: dict[str, dict[str, Any]] = {}
-    for name, entry in data.items():
-        if isinstance(entry, str):
-            entry = {"uri": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
-            raise ValueError(f"{registry_file}: entry {name!r} needs a `uri` string")
-        unknown = set(entry) - {"uri", "sha256", "description"}
-        if unknown:
-            raise ValueError(f"{registry_file}: entry {name!r} has unknown keys {sorted(unknown)}")
-        sha = entry.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and _SHA_RE.match(sha)):
-            raise ValueError(
-                f"{registry_file}: entry {name!r}: sha256 must be a string of 64 hex digits "
-                "(quote it in YAML)"
-            )
-        uri = entry["uri"]
-        if base is not None and _is_local(uri) and not _local_path(uri).is_absolute():
-            uri = str(base / _local_path(uri))
-        out[str(name)] = {**entry, "uri": uri}
-    return out
-
-
-def resolve_checkpoint(
-    name_or_uri: str,
-    registry_file: str | None = None,
-    cache_dir: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> str:
-    """Map a registry name or a URI to what `load_checkpoint` reads.
-
-    A name listed in the registry (`registry_file`, else env VAERR_MODEL_REGISTRY) is fetched
-    into the weights cache (`<cache>/checkpoints/<name>/<basename>`; cache = cache_dir, else
-    VAERR_CACHE, else ~/.cache/vaerr) and its sha256 checked (mismatch -> ValueError); remote
-    entries must give a sha256, so a stale cached copy can never pass for a new one. Anything
-    else is a path or URI and is returned unchanged (read directly, not cached).
-    """
-    from pipeline.weights import cache_dir as weights_cache
-    from pipeline.weights import resolve_file
-
-    reg = registry_file or os.environ.get(REGISTRY_ENV)
-    if reg:
-        registry = read_registry(reg, storage_options)
-        if name_or_uri in registry:
-            entry = registry[name_or_uri]
-            uri, sha = entry["uri"], entry.get("sha256")
-            if not _is_local(uri) and not sha:
-                raise ValueError(
-                    f"registry {reg}: remote entry {name_or_uri!r} needs a sha256 "
-                    "(it is cached by file name and checked against it)"
-                )
-            if _is_local(uri):  # used in place, checksum checked
-                return resolve_file(uri, None, sha256=sha, storage_options=storage_options)
-            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name_or_uri)
-            cache = weights_cache(cache_dir) / "checkpoints" / safe
-            return resolve_file(uri, str(cache), sha256=sha, storage_options=storage_options)
-    if "://" in name_or_uri or _local_path(name_or_uri).exists():
-        return name_or_uri
-    where = (
-        f"registry {reg}"
-        if reg
-        else f"any registry (none given: --set model.registry_file=FILE or env {REGISTRY_ENV})"
-    )
-    raise FileNotFoundError(
-        f"{name_or_uri!r} is neither an existing checkpoint path/URI nor a name in {where}"
-    )
-
-
 def load_model(
     name_or_uri: str,
     model_cfg: ModelConfig | None = None,
@@ -538,7 +411,8 @@ def load_model(
     storage_options: dict[str, Any] | None = None,
     device: str | None = None,
 ) -> tuple[SSVAERR, Checkpoint]:
-    """Resolve (registry name or URI), load, and build the network in eval mode.
+    """Resolve (a name in the catalog, pipeline.model.catalog, or a URI), load, and build the
+    network in eval mode.
 
     model_cfg supplies runtime fields (device, finetune, and registry_file unless given);
     the architecture comes from the checkpoint. Returns (model on device, checkpoint); tag
@@ -548,101 +422,3 @@ def load_model(
     uri = resolve_checkpoint(name_or_uri, registry, cache_dir, storage_options)
     ckpt = load_checkpoint(uri, storage_options)
     return ckpt.build(model_cfg, device), ckpt
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoder weights from a pretext checkpoint
-
-
-@dataclass
-class EncoderLoadReport:
-    """What load_encoder_weights did, by encoder parameter name (e.g. `frontend.conv.weight`).
-
-    prefix: what was stripped from the checkpoint's names (e.g. `encoder.`); loaded: names
-    copied; skipped: encoder names not loaded -> reason; unused: checkpoint names ignored.
-    """
-
-    prefix: str
-    loaded: list[str]
-    skipped: dict[str, str]
-    unused: list[str]
-
-    @property
-    def complete(self) -> bool:
-        """True when every encoder tensor was loaded."""
-        return not self.skipped
-
-    def __str__(self) -> str:
-        lines = [
-            f"encoder weights: loaded {len(self.loaded)}, skipped {len(self.skipped)}, "
-            f"unused checkpoint tensors {len(self.unused)} (prefix {self.prefix!r})"
-        ]
-        lines += [f"  skipped {k}: {why}" for k, why in sorted(self.skipped.items())]
-        return "\n".join(lines)
-
-
-def _detect_prefix(ckpt_keys: list[str], enc_keys: list[str]) -> str:
-    enc = set(enc_keys)
-    votes: Counter[str] = Counter()
-    for ck in ckpt_keys:
-        for ek in enc:
-            if ck.endswith(ek) and (len(ck) == len(ek) or ck[-len(ek) - 1] == "."):
-                votes[ck[: len(ck) - len(ek)]] += 1
-    if not votes:
-        return ""
-    best = max(votes.values())
-    return min((p for p, n in votes.items() if n == best), key=len)
-
-
-def load_encoder_weights(
-    model: nn.Module, state: Mapping[str, Any] | Checkpoint, prefix: str | None = None
-) -> EncoderLoadReport:
-    """Copy encoder (front-end + trunk) tensors from a pretext or SS-VAERR checkpoint.
-
-    model: an SSVAERR (its `.encoder` is filled) or an Encoder. state: a state dict, a dict
-    holding one under "state_dict", or a Checkpoint; names in the authors' public code
-    (`frontend3D.*`, `trunk.*.relu1`, ...; pipeline.model.authors) are renamed first.
-    Tensors match by name after stripping `prefix` (None: detected, e.g. "encoder." or
-    "module.online.encoder.") and by shape; everything else is reported, never silently
-    dropped. Raises ValueError when nothing matched at all (wrong file).
-    """
-    encoder = getattr(model, "encoder", model)
-    if isinstance(state, Checkpoint):
-        state = state.state_dict
-    from pipeline.model.authors import is_authors_naming, rename_authors_state
-
-    if is_authors_naming(state):  # the authors' public code (frontend3D.*, relu1/2, ...)
-        state = rename_authors_state(state).state
-    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    src = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-    target = encoder.state_dict()
-    if prefix is None:
-        prefix = _detect_prefix(list(src), list(target))
-    loaded: list[str] = []
-    skipped: dict[str, str] = {}
-    used: set[str] = set()
-    subset: dict[str, Tensor] = {}
-    for name, dest in target.items():
-        key = prefix + name
-        if key not in src:
-            skipped[name] = f"absent from checkpoint (looked for {key!r})"
-            continue
-        used.add(key)
-        if tuple(src[key].shape) != tuple(dest.shape):
-            skipped[name] = (
-                f"shape mismatch: checkpoint {tuple(src[key].shape)} vs model {tuple(dest.shape)}"
-            )
-            continue
-        subset[name] = src[key]
-        loaded.append(name)
-    if not loaded:
-        raise ValueError(
-            f"no encoder tensor matched (prefix {prefix!r}); checkpoint names start "
-            f"{sorted(src)[:5]}, encoder names {list(target)[:5]}"
-        )
-    encoder.load_state_dict(subset, strict=False)
-    unused = sorted(set(src) - used)
-    report = EncoderLoadReport(prefix, loaded, skipped, unused)
-    log.info("%s", report)
-    return report

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.ids import video_id
-from pipeline.storage import filesystem, open_uri, protocol
+from pipeline.storage import find, read_text, without_scheme
 from schemas.config import StorageConfig
 
 log = logging.getLogger(__name__)
@@ -160,29 +160,22 @@ def resample_labels(
 # Files
 
 
-def _uri(path: str, original: str) -> str:
-    proto = protocol(original)
-    return path if proto == "file" and "://" not in original else f"{proto}://{path}"
-
-
 def list_files(
     root: str, suffixes: Sequence[str], storage: StorageConfig | None = None
 ) -> list[str]:
     """Every file under `root` (a file, folder or URI) whose name ends with one of
     `suffixes` (case-insensitive), as URIs, sorted. A file `root` is returned as it is."""
-    fs, path = filesystem(root, storage)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"not found: {root}")
-    if fs.isfile(path):
-        return [root]
+    files = find(root, storage)
+    if files == [root]:
+        return files
     sfx = tuple(s.lower() for s in suffixes)
-    return sorted(_uri(p, root) for p in fs.find(path) if p.lower().endswith(sfx))
+    return [u for u in files if u.lower().endswith(sfx)]
 
 
 def relative(uri: str, root: str) -> str:
     """`uri` relative to `root` with '/' separators (the uri itself when outside root)."""
-    u = uri.split("://", 1)[-1].rstrip("/")
-    r = root.split("://", 1)[-1].rstrip("/")
+    u = without_scheme(uri).rstrip("/")
+    r = without_scheme(root).rstrip("/")
     if r.startswith("./"):
         r = r[2:]
     if u.startswith(r + "/"):
@@ -192,13 +185,7 @@ def relative(uri: str, root: str) -> str:
 
 def stem(uri: str) -> str:
     """File name without its extension."""
-    return PurePosixPath(uri.split("://", 1)[-1]).stem
-
-
-def read_text(uri: str, storage: StorageConfig | None = None) -> str:
-    """A text file from any URI (UTF-8, a BOM dropped)."""
-    with open_uri(uri, "rb", storage) as f:
-        return f.read().decode("utf-8-sig")
+    return PurePosixPath(without_scheme(uri)).stem
 
 
 def index_videos(
@@ -238,7 +225,7 @@ _SPLIT_PREFIX = (
 def split_from_dirs(uri: str) -> str | None:
     """train / validation / test from a folder name on the path (Train_Set, Validation_Set,
     Devel, dev, Test_Set ...), else None. The file name itself is not looked at."""
-    parts = PurePosixPath(uri.split("://", 1)[-1]).parts[:-1]
+    parts = PurePosixPath(without_scheme(uri)).parts[:-1]
     for part in reversed(parts):
         for name, rx in _SPLIT_DIRS:
             if rx.match(part):

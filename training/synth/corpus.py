@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.storage import is_remote, local_path, upload_tree
 from training.synth.identity import Identity, sample_identity
 from training.synth.motion import AUDIO_RATE, sample_trajectory
 from training.synth.speech import render_clip
@@ -215,7 +216,7 @@ def make_corpus(
     people. Deterministic from `seed` (also with `workers` > 1 processes). Cost: about 8 ms
     per 640x360 frame on one core, render + encode.
     """
-    if isinstance(out_dir, str) and "://" in out_dir and not out_dir.startswith("file://"):
+    if isinstance(out_dir, str) and is_remote(out_dir):
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="vaerr_corpus_") as tmp:
@@ -223,9 +224,9 @@ def make_corpus(
                 tmp, n_identities, videos_per_identity, seconds, seed, split_fractions, fps=fps,
                 size=size, with_audio=with_audio, lossless=lossless, workers=workers,
             )  # fmt: skip
-            _upload_tree(tmp, out_dir)
+            upload_tree(tmp, out_dir)
         return manifest
-    out = Path(str(out_dir).removeprefix("file://"))
+    out = local_path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     id_seqs = np.random.SeedSequence([seed, 202]).spawn(n_identities)
     splits = split_identities(n_identities, split_fractions, np.random.default_rng([seed, 303]))
@@ -289,15 +290,3 @@ def _render_all(jobs: list[dict[str, Any]], workers: int) -> list[Any]:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             return list(pool.map(_corpus_video, jobs))
     return [_corpus_video(j) for j in jobs]
-
-
-def _upload_tree(local_dir: str, uri: str) -> None:
-    """Copy every file under `local_dir` to the fsspec folder `uri`, keeping relative paths."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(uri)
-    for path in sorted(Path(local_dir).rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(local_dir).as_posix()
-            fs.makedirs(f"{root.rstrip('/')}/{Path(rel).parent.as_posix()}", exist_ok=True)
-            fs.put_file(str(path), f"{root.rstrip('/')}/{rel}")

@@ -1,0 +1,82 @@
+"""pipeline.storage, the one module that owns URIs: what a URI is (local or remote, its path,
+its name), and listing, copying, uploading and writing through a local file, locally and on
+the real S3 API (moto server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import storage
+from schemas.config import StorageConfig
+
+
+def test_what_a_uri_is(tmp_path, monkeypatch):
+    for uri in ("clips/a.mp4", "/data/a.mp4", "file:///data/a.mp4", "C:/data/a.mp4"):
+        assert storage.is_local(uri) and not storage.is_remote(uri)
+    for uri in ("s3://b/k.mp4", "gs://b/k", "memory://x/y", "https://h/a.pth"):
+        assert storage.is_remote(uri) and not storage.is_local(uri)
+    assert storage.is_plain_path("out/x") and not storage.is_plain_path("file:///out/x")
+    assert storage.without_scheme("s3://b/k/x.pt") == "b/k/x.pt"
+    assert storage.without_scheme("/a/b") == "/a/b"
+    assert storage.local_path("file:///tmp/x.pt") == Path("/tmp/x.pt")
+    assert storage.local_path("~/x.pt") == Path.home() / "x.pt"
+    with pytest.raises(ValueError, match="not a local path"):
+        storage.local_path("s3://b/x.pt")
+    assert storage.basename("https://h/dl/r.pth?token=1#f") == "r.pth"
+    assert storage.basename("file:///tmp/w.pt") == "w.pt"
+    # fsspec paths back to URIs of the caller's kind (listing a prefix keeps the scheme)
+    assert storage.as_uri("b/k/x.mp4", "s3://b/k") == "s3://b/k/x.mp4"
+    assert storage.as_uri("/d/x.mp4", "file:///d") == "file:///d/x.mp4"
+    assert storage.as_uri("/d/x.mp4", "/d") == "/d/x.mp4"
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("runs") == str(tmp_path.resolve() / "runs")
+    assert storage.absolute("s3://b/runs") == "s3://b/runs"
+    assert storage.absolute("file://runs") == "file://runs"
+    assert storage.join("s3://b/", "/out/", "x.parquet") == "s3://b/out/x.parquet"
+    assert storage.file_uri("/a b/c.mp4") == "file:///a%20b/c.mp4"
+
+
+def test_local_output_commits_only_whole_files(tmp_path):
+    dest = tmp_path / "sub" / "v.mp4"
+    with storage.local_output(str(dest)) as tmp:
+        assert Path(tmp).parent == dest.parent and Path(tmp).name.startswith(".v.mp4.tmp-")
+        Path(tmp).write_bytes(b"video")
+    assert dest.read_bytes() == b"video"
+    with pytest.raises(RuntimeError), storage.local_output(f"file://{tmp_path}/w.mp4") as tmp:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("encoder died")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_remote_listing_copy_upload_and_local_output(s3_server, s3_bucket, tmp_path):
+    st = StorageConfig()
+    base = f"s3://{s3_bucket}/tree"
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "one.csv").write_text("x\n1\n")
+    (src / "two.mp4").write_bytes(b"\x00\x01")
+    storage.upload_tree(src, base, st)
+    assert storage.find(base, st) == [f"{base}/a/one.csv", f"{base}/two.mp4"]
+    assert storage.find(f"{base}/two.mp4", st) == [f"{base}/two.mp4"]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        storage.find(f"{base}/nothing", st)
+    storage.copy(f"{base}/a/one.csv", str(tmp_path / "copy.csv"), st)
+    assert storage.read_text(str(tmp_path / "copy.csv")) == "x\n1\n"
+    with storage.local_output(f"{base}/out/v.mp4", st) as tmp:
+        assert tmp.endswith(".mp4") and not tmp.startswith(str(tmp_path))
+        Path(tmp).write_bytes(b"whole")
+    assert not Path(tmp).exists()  # the local temporary is gone once uploaded
+    assert storage.read_bytes(f"{base}/out/v.mp4", st) == b"whole"
+    with pytest.raises(RuntimeError), storage.local_output(f"{base}/out/bad.mp4", st) as tmp:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("encoder died")
+    assert not storage.exists(f"{base}/out/bad.mp4", st)
+    storage.remove(f"{base}/out", st, recursive=True)
+    assert not storage.exists(f"{base}/out/v.mp4", st)
+    path, fs = storage.arrow_filesystem(f"{base}/a/one.csv", st)
+    assert path == f"{s3_bucket}/tree/a/one.csv"
+    with fs.open_input_stream(path) as f:
+        assert f.read() == b"x\n1\n"
+    assert storage.arrow_filesystem(str(tmp_path), st) == (str(tmp_path), None)
