@@ -15,7 +15,10 @@ actors or in-process):
    last, so a killed run never leaves a half-committed video.
 
 Resumable: a video whose status row matches (source version, config hash) is skipped;
-`force` redoes everything. Outputs go to any fsspec URI (S3 included).
+`force` redoes everything. Outputs go to any fsspec URI (S3 included). Storage faults are
+handled as inference handles them: transient errors are retried for storage.retry_s seconds;
+a video whose environment failed (storage, memory, a dead worker) is a failed row with
+failure_kind "environment" that a rerun retries until infer.max_attempts runs tried it.
 
 Memory: a video's kept crops are held until its shard is written (9 KiB per frame: about
 70 MB for a 5-minute 25 fps recording such as RECOLA's), which bounds the video length
@@ -28,21 +31,33 @@ import hashlib
 import json
 import logging
 import time
-import traceback
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.pipeline import FacePipeline, FaceRun
 from pipeline.io import atomic_write, write_text
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
-from pipeline.raysetup import start_ray
-from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.record import utc_now, write_record
+from pipeline.retry import with_retries
+from pipeline.scheduling import StageSpec, batch_to_rows, run_stages, text
+from pipeline.status import (
+    FAILED,
+    NO_FACE,
+    OK,
+    PENDING,
+    attempt_outcome,
+    failure_kind,
+    failure_reason,
+    is_pending,
+    pending_rows,
+    prior_attempts,
+)
 from pipeline.storage import filesystem, join
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
@@ -55,7 +70,10 @@ from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_
 
 log = logging.getLogger(__name__)
 
-ITEM_COLUMNS = ("video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels")
+# Stage input columns; `attempts`: runs that already tried the video (environment failures).
+ITEM_COLUMNS = (
+    "video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels", "attempts"
+)  # fmt: skip
 # Data fields that only schedule or place the work (they do not change the shards).
 _RUNTIME_DATA = ("shards", "actors", "num_cpus", "num_gpus", "row_group_frames")
 
@@ -192,8 +210,20 @@ def annotated_frames(
 # The stage
 
 
-def _s(x: Any) -> str:
-    return "" if x is None else str(x)
+@dataclass
+class Sharded:
+    """What one video gave: its shard table (None when no sequence), sequence rows, decoded
+    frames, face tracks, the reason when there is no sequence, and the source frame rate."""
+
+    clips: pa.Table | None
+    seqs: list[dict[str, Any]]
+    frames: int
+    tracks: int
+    reason: str = ""
+    src_fps: float | None = None
+
+
+Pair = tuple[int, LabelTrack | None, str]  # (track id, its labels or None, how it was chosen)
 
 
 class ShardStage:
@@ -222,11 +252,10 @@ class ShardStage:
             build_extractor(self.audio_cfg) if self.audio_cfg.enabled else None
         )
         self.hash = preprocess_hash(cfg)
-        self._src_fps: float | None = None  # the current video's source rate (from _video)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [
-            self.process({k: _s(batch[k][i]) for k in ITEM_COLUMNS})
+            self.process({k: text(batch[k][i]) for k in ITEM_COLUMNS})
             for i in range(len(batch["uri"]))
         ]
         return {
@@ -234,15 +263,14 @@ class ShardStage:
         }
 
     def process(self, item: dict[str, str]) -> dict[str, Any]:
-        """One video end to end; returns its status row (also written)."""
+        """One video end to end; returns its status row (also written). Transient storage
+        faults are retried (storage.retry_s); what still fails becomes the row's reason and
+        failure kind; a failure to write the status row itself raises (the run cannot
+        complete, as in inference)."""
         t0 = time.perf_counter()
-        vid = item["video_id"]
+        vid, retry_s = item["video_id"], self.cfg.storage.retry_s
         row: dict[str, Any] = {
-            "video_id": vid,
-            "uri": item["uri"],
-            "dataset": item["dataset"],
-            "split": item["split"],
-            "subject": item["subject"],
+            **{k: item[k] for k in ("video_id", "uri", "dataset", "split", "subject")},
             "status": FAILED,
             "reason": None,
             "frames": 0,
@@ -254,45 +282,36 @@ class ShardStage:
             "config_hash": self.hash,
             "source_etag": item["source_etag"] or None,
         }
+        kind = None
         try:
-            clips, seqs, frames, tracks, reason = self._video(item)
-            row.update(frames=frames, tracks=tracks, sequences=len(seqs))
-            row["annotated_frames"] = self._annotated(item, frames, self._src_fps)
-            row["labelled_frames"] = int(sum(s["labelled_frames"] for s in seqs))
-            if seqs:
+            res = with_retries(lambda: self._video(item), retry_s, item["uri"])
+            row.update(frames=res.frames, tracks=res.tracks, sequences=len(res.seqs))
+            row["annotated_frames"] = self._annotated(item, res.frames, res.src_fps)
+            row["labelled_frames"] = int(sum(s["labelled_frames"] for s in res.seqs))
+            if res.seqs:
+                self._write(join(self.root, CLIPS_DIR, f"{vid}.parquet"), res.clips, CLIP_SHARD)
+                seqs = pa.Table.from_pylist(res.seqs, SEQUENCES)
+                self._write(join(self.root, SEQUENCES_DIR, f"{vid}.parquet"), seqs, SEQUENCES)
                 row["status"] = OK
-                self._write(join(self.root, CLIPS_DIR, f"{vid}.parquet"), clips, CLIP_SHARD)
-                self._write(
-                    join(self.root, SEQUENCES_DIR, f"{vid}.parquet"),
-                    pa.Table.from_pylist(seqs, SEQUENCES),
-                    SEQUENCES,
-                )
             else:
-                row["status"], row["reason"] = NO_FACE, reason
+                row["status"], row["reason"] = NO_FACE, res.reason
                 self._remove_stale(vid)
-        except VideoError as exc:
-            row["reason"] = str(exc)
-            row["annotated_frames"] = self._annotated(item, None, None)
-            self._remove_stale(vid)
         except Exception as exc:  # a status row, not a crashed job (DESIGN principle 7)
-            row["reason"] = f"{type(exc).__name__}: {exc}"
-            log.error("%s: unexpected error\n%s", item["uri"], traceback.format_exc())
+            row["status"], kind = FAILED, failure_kind(exc)
+            row["reason"] = failure_reason(exc, item["uri"])
+            if isinstance(exc, VideoError):
+                row["annotated_frames"] = self._annotated(item, None, None)
             self._remove_stale(vid)
+        prior, limit = int(item.get("attempts") or 0), self.cfg.infer.max_attempts
+        row["reason"], row["attempts"], _ = attempt_outcome(
+            row["status"], row["reason"], kind, prior, limit
+        )
+        row["failure_kind"] = kind
         row["processing_s"] = time.perf_counter() - t0
-        self._write(
-            join(self.root, STATUS_DIR, f"{vid}.parquet"),
-            pa.Table.from_pylist([row], PREPROCESS_STATUS),
-            PREPROCESS_STATUS,
-        )
-        log.info(
-            "%s: %s (%d frames, %d tracks, %d sequences) %s",
-            item["uri"],
-            row["status"],
-            row["frames"],
-            row["tracks"],
-            row["sequences"],
-            row["reason"] or "",
-        )
+        status = pa.Table.from_pylist([row], PREPROCESS_STATUS)
+        self._write(join(self.root, STATUS_DIR, f"{vid}.parquet"), status, PREPROCESS_STATUS)
+        log.info("%s: %s (%d frames, %d tracks, %d sequences) %s", item["uri"], row["status"],
+                 row["frames"], row["tracks"], row["sequences"], row["reason"] or "")  # fmt: skip
         return row
 
     def _annotated(self, item: dict[str, str], frames: int | None, src: float | None) -> Any:
@@ -302,88 +321,87 @@ class ShardStage:
         fps = float(self.cfg.video.fps)
         return annotated_frames(labels, fps, frames or None, src, self.cfg.data.label_gap_s)
 
-    def _video(self, item: dict[str, str]) -> tuple[pa.Table | None, list[dict], int, int, str]:
-        cfg = self.cfg
-        fps = float(cfg.video.fps)
-        self._src_fps = None
+    def _video(self, item: dict[str, str]) -> Sharded:
+        """Faces -> the labelled person's tracks -> shard rows and sequences (not written)."""
         run = self.pipe.run(item["uri"])
-        parts: dict[int, list[dict[str, np.ndarray]]] = {}
-        cols = ("frame_index", "time_s", "crop", "box_xyxy")
-        for rows in run:
-            for tid in np.unique(rows["track_id"]).tolist():
-                sel = rows["track_id"] == tid
-                parts.setdefault(int(tid), []).append({k: rows[k][sel] for k in cols})
-        tracks = {
-            tid: {k: np.concatenate([p[k] for p in ps]) for k in cols} for tid, ps in parts.items()
-        }
-        for t in tracks.values():
-            order = np.argsort(t["frame_index"], kind="stable")
-            for k in cols:
-                t[k] = t[k][order]
+        tracks = _collect_tracks(run)
         if not tracks:
-            return None, [], run.frames, 0, "no face track found"
-        labels = VideoItem.labels_from_json(item["labels"])
-        faces = [lt.face for lt in labels]
-        chosen = choose_tracks(
-            track_stats(tracks), faces, cfg.data.face_rule, cfg.data.major_track_fraction
-        )
+            return Sharded(None, [], run.frames, 0, "no face track found")
         src_fps = run.info.src_fps if run.info else None
-        self._src_fps = src_fps
-        pairs: list[tuple[int, LabelTrack | None, str]] = []
-        if labels:
-            taken = {t for t in chosen if t is not None}
-            for lt, tid in zip(labels, chosen):
-                if tid is None:
-                    log.warning("%s: no track for labelled face %s", item["uri"], lt.face)
-                    continue
-                pairs.append((tid, lt, lt.face or cfg.data.face_rule))
-                if cfg.data.label_tracks == "overlapping":
-                    for extra in overlapping_tracks(tracks, tid, cfg.data.overlap_iou, taken):
-                        taken.add(extra)
-                        pairs.append((extra, lt, f"{lt.face or cfg.data.face_rule}+overlap"))
-        else:
-            pairs = [(tid, None, cfg.data.face_rule) for tid in chosen if tid is not None]
+        pairs = self._pairs(item, tracks)
         if not pairs:
-            return None, [], run.frames, len(tracks), "no track matches the labelled face"
-        audio_all = (
-            self._audio(item["uri"], tracks, fps) if run.info and run.info.has_audio else None
-        )
+            reason = "no track matches the labelled face"
+            return Sharded(None, [], run.frames, len(tracks), reason, src_fps)
+        has_audio = run.info is not None and run.info.has_audio
+        audio = self._audio(item["uri"], tracks, float(self.cfg.video.fps)) if has_audio else None
         tables, seqs = [], []
         for tid, lt, how in pairs:
-            t = tracks[tid]
-            n = len(t["frame_index"])
-            if lt is not None:
-                lab_t = lt.times(src_fps)
-                aro = resample_labels(lab_t, lt.arousal, t["time_s"], cfg.data.label_gap_s)
-                val = resample_labels(lab_t, lt.valence, t["time_s"], cfg.data.label_gap_s)
-            else:
-                aro = val = np.full(n, np.nan, np.float32)
-            feats = None
-            if audio_all is not None:
-                feats = audio_all[np.clip(t["frame_index"], 0, len(audio_all) - 1)]
-            labelled = int(np.sum(np.isfinite(aro) & np.isfinite(val)))
-            tables.append(self._shard_table(item, tid, t, aro, val, feats))
-            first = int(t["frame_index"][0])
-            if int(t["frame_index"][-1]) - first + 1 != n:
-                log.warning("%s: track %d has holes; frames are read by range", item["uri"], tid)
-            seqs.append(
-                {
-                    "dataset": item["dataset"],
-                    "video_id": item["video_id"],
-                    "uri": item["uri"],
-                    "track_id": tid,
-                    "split": item["split"],
-                    "subject": item["subject"],
-                    "shard": f"{CLIPS_DIR}/{item['video_id']}.parquet",
-                    "first_frame": first,
-                    "n_frames": n,
-                    "labelled_frames": labelled,
-                    "has_audio": feats is not None,
-                    "fps": fps,
-                    "face": how,
-                }
-            )
-        return pa.concat_tables(tables), seqs, run.frames, len(tracks), ""
+            table, seq = self._sequence(item, tid, tracks[tid], lt, how, src_fps, audio)
+            tables.append(table)
+            seqs.append(seq)
+        return Sharded(pa.concat_tables(tables), seqs, run.frames, len(tracks), "", src_fps)
+
+    def _pairs(self, item: dict[str, str], tracks: dict[int, dict[str, np.ndarray]]) -> list[Pair]:
+        """The tracks kept: per labelled face its chosen track (plus, with
+        data.label_tracks=overlapping, the other tracks of that face); unlabelled data: the
+        rule's track(s)."""
+        d = self.cfg.data
+        labels = VideoItem.labels_from_json(item["labels"])
+        chosen = choose_tracks(
+            track_stats(tracks), [lt.face for lt in labels], d.face_rule, d.major_track_fraction
+        )
+        if not labels:
+            return [(tid, None, d.face_rule) for tid in chosen if tid is not None]
+        pairs: list[Pair] = []
+        taken = {t for t in chosen if t is not None}
+        for lt, tid in zip(labels, chosen):
+            if tid is None:
+                log.warning("%s: no track for labelled face %s", item["uri"], lt.face)
+                continue
+            pairs.append((tid, lt, lt.face or d.face_rule))
+            if d.label_tracks == "overlapping":
+                for extra in overlapping_tracks(tracks, tid, d.overlap_iou, taken):
+                    taken.add(extra)
+                    pairs.append((extra, lt, f"{lt.face or d.face_rule}+overlap"))
+        return pairs
+
+    def _sequence(
+        self,
+        item: dict[str, str],
+        tid: int,
+        t: dict[str, np.ndarray],
+        lt: LabelTrack | None,
+        how: str,
+        src_fps: float | None,
+        audio: np.ndarray | None,
+    ) -> tuple[pa.Table, dict[str, Any]]:
+        """One kept track: its shard rows (labels resampled to its frame times, audio
+        features per frame) and its sequence row."""
+        n, gap = len(t["frame_index"]), self.cfg.data.label_gap_s
+        if lt is not None:
+            lab_t = lt.times(src_fps)
+            aro = resample_labels(lab_t, lt.arousal, t["time_s"], gap)
+            val = resample_labels(lab_t, lt.valence, t["time_s"], gap)
+        else:
+            aro = val = np.full(n, np.nan, np.float32)
+        feats = None if audio is None else audio[np.clip(t["frame_index"], 0, len(audio) - 1)]
+        first = int(t["frame_index"][0])
+        if int(t["frame_index"][-1]) - first + 1 != n:
+            log.warning("%s: track %d has holes; frames are read by range", item["uri"], tid)
+        seq = {
+            **{k: item[k] for k in ("dataset", "video_id", "uri")},
+            "track_id": tid,
+            "split": item["split"],
+            "subject": item["subject"],
+            "shard": f"{CLIPS_DIR}/{item['video_id']}.parquet",
+            "first_frame": first,
+            "n_frames": n,
+            "labelled_frames": int(np.sum(np.isfinite(aro) & np.isfinite(val))),
+            "has_audio": feats is not None,
+            "fps": float(self.cfg.video.fps),
+            "face": how,
+        }
+        return self._shard_table(item, tid, t, aro, val, feats), seq
 
     def _audio(self, uri: str, tracks: dict[int, dict[str, np.ndarray]], fps: float) -> Any:
         if self.extractor is None:
@@ -441,19 +459,44 @@ class ShardStage:
         )
 
     def _write(self, uri: str, table: pa.Table, schema: pa.Schema) -> None:
-        with atomic_write(uri, self.cfg.storage) as f:
-            pq.write_table(
-                conform(table, schema),
-                f,
-                compression="zstd",
-                row_group_size=self.cfg.data.row_group_frames,
-            )
+        """Write one Parquet file atomically, retrying transient storage faults."""
+        table = conform(table, schema)
+
+        def write() -> None:
+            with atomic_write(uri, self.cfg.storage) as f:
+                pq.write_table(
+                    table, f, compression="zstd", row_group_size=self.cfg.data.row_group_frames
+                )
+
+        with_retries(write, self.cfg.storage.retry_s, f"writing {uri}")
 
     def _remove_stale(self, vid: str) -> None:
+        """Delete the video's shard and sequence files of an earlier run, retrying outages."""
         for sub in (CLIPS_DIR, SEQUENCES_DIR):
             fs, path = filesystem(join(self.root, sub, f"{vid}.parquet"), self.cfg.storage)
-            if fs.exists(path):
-                fs.rm(path)
+
+            def rm(fs: Any = fs, path: str = path) -> None:
+                if fs.exists(path):
+                    fs.rm(path)
+
+            with_retries(rm, self.cfg.storage.retry_s, f"removing {path}")
+
+
+def _collect_tracks(run: FaceRun) -> dict[int, dict[str, np.ndarray]]:
+    """A face run's rows grouped by track, each sorted by frame: track id -> frame_index,
+    time_s, crop [N, S, S] uint8, box_xyxy [N, 4]."""
+    cols = ("frame_index", "time_s", "crop", "box_xyxy")
+    parts: dict[int, list[dict[str, np.ndarray]]] = {}
+    for rows in run:
+        for tid in np.unique(rows["track_id"]).tolist():
+            sel = rows["track_id"] == tid
+            parts.setdefault(int(tid), []).append({k: rows[k][sel] for k in cols})
+    tracks = {}
+    for tid, ps in parts.items():
+        t = {k: np.concatenate([p[k] for p in ps]) for k in cols}
+        order = np.argsort(t["frame_index"], kind="stable")
+        tracks[tid] = {k: v[order] for k, v in t.items()}
+    return tracks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,7 +506,11 @@ class ShardStage:
 def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, str]]:
     """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
     items = list(items)
-    manifest = list_inputs([it.uri for it in items], cfg.storage, cfg.infer)
+    manifest = with_retries(
+        lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer),
+        cfg.storage.retry_s,
+        "listing inputs",
+    )
     etag = {r["uri"]: r["source_etag"] for r in manifest.to_pylist()}
     return [
         {
@@ -475,72 +522,10 @@ def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, st
             "split": it.split,
             "subject": it.subject,
             "labels": it.labels_json(),
+            "attempts": "0",
         }
         for it in items
     ]
-
-
-def pending(rows: list[dict[str, str]], done: pa.Table, chash: str, force: bool) -> list[dict]:
-    """Rows without a status row for the same source version and config hash."""
-    if force:
-        return rows
-    key = {r["video_id"]: (r["source_etag"], r["config_hash"]) for r in done.to_pylist()}
-    return [
-        r
-        for r in rows
-        if not r["source_etag"] or key.get(r["video_id"]) != (r["source_etag"], chash)
-    ]  # noqa: E501
-
-
-def run_local_stage(
-    rows: list[dict[str, str]], stage: ShardStage, on_done: Any = None
-) -> list[dict[str, Any]]:
-    """The stage, looped in this process; `on_done(status_row)` after each video."""
-    out = []
-    for r in rows:
-        out.append(stage.process(r))
-        if on_done:
-            on_done(out[-1])
-    return out
-
-
-def run_ray_stage(
-    rows: list[dict[str, str]],
-    cfg: VaerrConfig,
-    root: str,
-    address: str | None = None,
-    ray_init: dict[str, Any] | None = None,
-    on_done: Any = None,
-) -> list[dict[str, Any]]:
-    """The stage on a Ray Data actor pool (fractional CPUs, optional GPU share); starts a
-    local Ray unless one is running or `address` names a cluster."""
-    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    try:
-        d = cfg.data
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        ds = ds.map_batches(
-            ShardStage,
-            fn_constructor_kwargs={"cfg": cfg, "root": root},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=d.actors),
-            num_cpus=d.num_cpus,
-            num_gpus=d.num_gpus,
-        )
-        out = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["video_id"])):
-                out.append({k: batch[k][i] for k in batch})
-                if on_done:
-                    on_done(out[-1])
-        return out
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_preprocess(
@@ -554,54 +539,80 @@ def run_preprocess(
     stage: ShardStage | None = None,
 ) -> dict[str, Any]:
     """Read the dataset, shard what is not done yet, return the summary (also written to
-    R/preprocess.json). `items` / `stage` can be injected (tests)."""
-    t0 = time.perf_counter()
-    started = datetime.now(UTC).isoformat()
-    root = cfg.data.shards
+    R/preprocess.json). `items` / `stage` can be injected (tests; `stage` runs locally only)."""
+    t0, started = time.perf_counter(), utc_now()
+    root, budget = cfg.data.shards, cfg.storage.retry_s
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
     rows = item_rows(items, cfg)
     chash = preprocess_hash(cfg)
-    todo = pending(rows, read_status(root, cfg.storage), chash, force)
+    done = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+    version = {"config_hash": chash}
+    tried = {} if force else prior_attempts(rows, done, version)
+    todo = [
+        {**r, "attempts": str(tried.get(r["video_id"], 0))}
+        for r in pending_rows(rows, done, version, force, cfg.infer.max_attempts)
+    ]
     log.info("%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo))
-    write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage)
+    with_retries(
+        lambda: write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage),
+        budget,
+        "writing config.yaml",
+    )
+    d = cfg.data
+    spec = StageSpec(ShardStage, {"cfg": cfg, "root": root}, batch_size=1, num_cpus=d.num_cpus,
+                     num_gpus=d.num_gpus, pool_size=d.actors, instance=stage)  # fmt: skip
     with Progress("preprocess", len(todo)) as bar:
-        done = lambda r: bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))  # noqa: E731
-        if todo and runner == "local":
-            run_local_stage(todo, stage or ShardStage(cfg, root), done)
-        elif todo:
-            run_ray_stage(todo, cfg, root, ray_address, ray_init, done)
-    status = read_status(root, cfg.storage).to_pylist()
-    current = {r["video_id"] for r in rows}
-    status = [s for s in status if s["video_id"] in current]
-    counts = {k: sum(s["status"] == k for s in status) for k in (OK, NO_FACE, FAILED)}
-    splits: dict[str, int] = {}
-    for s in status:
-        if s["status"] == OK:
-            splits[s["split"]] = splits.get(s["split"], 0) + 1
+
+        def sink(batch: dict[str, np.ndarray]) -> None:
+            for r in batch_to_rows(batch):
+                bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
+
+        run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
+    status = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+    totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
+    splits = totals.pop("splits")
     summary = {
         "videos": len(rows),
         "processed": len(todo),
         "skipped": len(rows) - len(todo),
-        **counts,
-        "sequences": int(sum(s["sequences"] for s in status)),
-        "frames": int(sum(s["frames"] for s in status)),
-        "labelled_frames": int(sum(s["labelled_frames"] for s in status)),
-        # annotated frames at the analysis rate, whether or not a kept face track covers them
-        "annotated_frames": int(sum(s.get("annotated_frames") or 0 for s in status)),
+        **totals,
         "label_tracks": cfg.data.label_tracks,
         "splits": splits,
         "wall_s": round(time.perf_counter() - t0, 2),
         "config_hash": chash,
         "output": root,
     }
-    record = {
-        **summary,
-        "started": started,
-        "ended": datetime.now(UTC).isoformat(),
-        "runner": runner,
-        "config": config_dump(cfg),
-    }
-    write_text(
-        join(root, "preprocess.json"), json.dumps(record, indent=2, default=str), cfg.storage
-    )
+    if summary[PENDING]:
+        summary["note"] = (
+            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
+            "worker) and are pending: rerun the same command to retry them"
+        )
+        log.warning("%s", summary["note"])
+    record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
+              "config": config_dump(cfg)}  # fmt: skip
+    write_record(join(root, "preprocess.json"), record, cfg.storage)
     return summary
+
+
+def _totals(status: pa.Table, current: set[str], max_attempts: int) -> dict[str, Any]:
+    """Counts over the status rows of the current videos: ok, no_face, failed (final),
+    pending (environment failures a rerun retries), sequences, frames, labelled and annotated
+    frames (at the analysis rate, whether or not a kept face track covers them), ok videos per
+    split."""
+    rows = [s for s in status.to_pylist() if s["video_id"] in current]
+    pending = sum(is_pending(s, max_attempts) for s in rows)
+    counts = {k: sum(s["status"] == k for s in rows) for k in (OK, NO_FACE, FAILED)}
+    counts[FAILED] -= pending
+    splits: dict[str, int] = {}
+    for s in rows:
+        if s["status"] == OK:
+            splits[s["split"]] = splits.get(s["split"], 0) + 1
+    return {
+        **counts,
+        PENDING: pending,
+        "sequences": int(sum(s["sequences"] for s in rows)),
+        "frames": int(sum(s["frames"] for s in rows)),
+        "labelled_frames": int(sum(s["labelled_frames"] for s in rows)),
+        "annotated_frames": int(sum(s.get("annotated_frames") or 0 for s in rows)),
+        "splits": splits,
+    }
