@@ -14,7 +14,6 @@ sequence (and their mean), to Parquet and JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -24,9 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.io import atomic_write, write_text
+from pipeline.io import atomic_write
 from pipeline.model.checkpoint import load_model
 from pipeline.model.network import SSVAERR, predict
+from pipeline.record import write_record
 from pipeline.storage import join, storage_options
 from pipeline.timeline import TrackAccumulator
 from pipeline.windows import window_starts
@@ -314,5 +314,5 @@ def run_evaluate(
             "(no public test labels; the paper does the same)"
         )
     record = {**summary, "config": config_dump(cfg)}
-    write_text(join(out, "summary.json"), json.dumps(record, indent=2, default=float), cfg.storage)
+    write_record(join(out, "summary.json"), record, cfg.storage)
     return summary
