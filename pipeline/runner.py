@@ -312,18 +312,8 @@ def run_inference(
     ckpt = load_checkpoint(ckpt_uri, opts)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
-    budget = cfg.storage.retry_s
-    manifest = with_retries(
-        lambda: list_inputs(list(inputs), cfg.storage, cfg.infer), budget, "listing inputs"
-    )
     chash = config_hash(cfg)
-    done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
-    version = {"model_id": ckpt.model_id, "config_hash": chash}
-    rows = manifest.to_pylist()
-    todo = pending_rows(rows, done, version, force, cfg.infer.max_attempts)
-    tried = {} if force else prior_attempts(rows, done, version)
-    log.info("%d videos listed, %d to do, %d already done",
-             manifest.num_rows, len(todo), manifest.num_rows - len(todo))  # fmt: skip
+    manifest, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force)
     # The run record says from the start which run is in progress (a killed run stays
     # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
     record: dict[str, Any] = {
@@ -368,6 +358,25 @@ def run_inference(
     record = {**summary, **record, "state": "completed", "ended": utc_now()}
     write_record(join(out, "run.json"), record, cfg.storage)
     return summary
+
+
+def _plan(
+    cfg: VaerrConfig, inputs: Iterable[str], out: str, model_id: str, chash: str, force: bool
+) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
+    """(the manifest of the inputs, its rows still to do, video_id -> runs that already tried
+    it), reading OUT's status rows; storage outages are retried."""
+    budget = cfg.storage.retry_s
+    manifest = with_retries(
+        lambda: list_inputs(list(inputs), cfg.storage, cfg.infer), budget, "listing inputs"
+    )
+    done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
+    version = {"model_id": model_id, "config_hash": chash}
+    rows = manifest.to_pylist()
+    todo = pending_rows(rows, done, version, force, cfg.infer.max_attempts)
+    tried = {} if force else prior_attempts(rows, done, version)
+    log.info("%d videos listed, %d to do, %d already done",
+             manifest.num_rows, len(todo), manifest.num_rows - len(todo))  # fmt: skip
+    return manifest, todo, tried
 
 
 def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: VaerrConfig) -> None:
