@@ -366,7 +366,8 @@ def run_training(
         last = fit_worker(cfg, task, extras, session)
         error = None
     else:
-        last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs, ray_address, ray_init)
+        with ray_session(ray_address, ray_init):  # started here unless already joined
+            last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs)
     product = join(rdir, TASKS[task](cfg, extras).product_name)
     if task != "finetune" and cfg.pretrain.output:
         _copy(product, cfg.pretrain.output, cfg)
@@ -402,23 +403,9 @@ def _fit_ray(
     specs: list[dict],
     extras: dict[str, Any],
     loader_kwargs: dict[str, Any],
-    address: str | None,
-    ray_init: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], str | None]:
-    """Training on Ray (started here unless this process already joined one): (the last
-    reported metrics, None) or ({}, the error)."""
-    with ray_session(address, ray_init):
-        return _fit_on_ray(cfg, task, specs, extras, loader_kwargs)
-
-
-def _fit_on_ray(
-    cfg: VaerrConfig,
-    task: str,
-    specs: list[dict],
-    extras: dict[str, Any],
-    loader_kwargs: dict[str, Any],
-) -> tuple[dict[str, Any], str | None]:
-    """A Ray Train TorchTrainer over a Ray Data dataset of clip specs (inside a ray_session)."""
+    """A Ray Train TorchTrainer over a Ray Data dataset of clip specs (inside a ray_session):
+    (the last reported metrics, None) or ({}, the error)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
