@@ -40,6 +40,7 @@ from pipeline.status import (
     PENDING,
     VIDEO_FAILURE,
     attempt_outcome,
+    note_pending,
     pending_rows,
     prior_attempts,
 )
@@ -349,12 +350,7 @@ def run_inference(
         "untrained": ckpt.untrained,
         "output": out,
     }
-    if summary[PENDING]:
-        summary["note"] = (
-            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
-            "worker) and are pending: rerun the same command to retry them"
-        )
-        log.warning("%s", summary["note"])
+    note_pending(summary)
     record = {**summary, **record, "state": "completed", "ended": utc_now()}
     write_record(join(out, "run.json"), record, cfg.storage)
     return summary

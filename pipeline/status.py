@@ -168,3 +168,14 @@ def pending_rows(
         for r in rows
         if not r["source_etag"] or final.get(r["video_id"]) != (r["source_etag"], *want)
     ]
+
+
+def note_pending(summary: dict[str, Any]) -> None:
+    """A job summary with pending videos gains a `note` saying a rerun retries them (also
+    logged as a warning)."""
+    if summary.get(PENDING):
+        summary["note"] = (
+            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
+            "worker) and are pending: rerun the same command to retry them"
+        )
+        log.warning("%s", summary["note"])

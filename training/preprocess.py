@@ -55,6 +55,7 @@ from pipeline.status import (
     failure_kind,
     failure_reason,
     is_pending,
+    note_pending,
     pending_rows,
     prior_attempts,
 )
@@ -458,12 +459,7 @@ def run_preprocess(
         "config_hash": chash,
         "output": root,
     }
-    if summary[PENDING]:
-        summary["note"] = (
-            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
-            "worker) and are pending: rerun the same command to retry them"
-        )
-        log.warning("%s", summary["note"])
+    note_pending(summary)
     record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
               "config": config_dump(cfg)}  # fmt: skip
     write_record(join(root, "preprocess.json"), record, cfg.storage)
