@@ -41,7 +41,7 @@ def test_preprocess_on_s3_loses_nothing_under_transient_faults(proxy, s3_server,
         face_overrides()
         + ["faces.detector.every_k=5", "data.threads=1", "video.end_s=1.0"]
         + [f"data.videos=s3://{s3_bucket}/in", f"data.shards={root}"]
-        + [f"storage.endpoint_url={proxy.url}", "storage.retry_s=6"],
+        + [f"storage.endpoint_url={proxy.url}", "storage.retry_s=12"],
     )
     # a.mpg cannot be read for the whole run; every write under shards/ fails for 2.5 s from
     # the first shard write on (longer than the S3 client's own retries).
