@@ -16,10 +16,9 @@ from jobs.cli_io import (
     warn_untrained,
 )
 from pipeline.events import find_happy, find_spikes
-from pipeline.storage import check_output
 from pipeline.plot import plot_timelines
 from pipeline.query import read_timelines
-from pipeline.storage import open_uri
+from pipeline.storage import check_output, open_uri
 from schemas.tables import EVENTS
 
 

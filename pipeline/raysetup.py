@@ -4,6 +4,9 @@ Which Ray a job uses is said in its log: the cluster named by --ray-address, the
 RAY_ADDRESS (set inside `ray job submit` jobs), or else a fresh local Ray started by the job.
 A running `ray start` cluster on this machine is joined only when asked (`--ray-address auto`):
 Ray's own default (address=None) would join it silently, which is not what the help says.
+`ray_session` is the one place that starts and stops Ray: every job that uses Ray (infer,
+preprocess, training, the demo) enters it, and only the outermost one that started Ray shuts it
+down.
 
 What a single-machine user saw and could not act on, and what happens to it here:
 
@@ -26,9 +29,11 @@ What a single-machine user saw and could not act on, and what happens to it here
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pipeline.progress import verbosity
@@ -101,3 +106,20 @@ def start_ray(address: str | None = None, ray_init: dict[str, Any] | None = None
         log.info("Ray: using the Ray this process already joined")
     quiet_loggers()
     return started
+
+
+@contextlib.contextmanager
+def ray_session(
+    address: str | None = None, ray_init: dict[str, Any] | None = None
+) -> Iterator[None]:
+    """Ray for the duration of the block: started (or joined) on entry unless this process
+    already joined one, shut down on exit only when this block started it (so nested sessions
+    and a caller's own Ray are left running)."""
+    started = start_ray(address, ray_init)  # before `import ray`: see before_local_start
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()

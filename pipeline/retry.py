@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,11 @@ _TRANSIENT_HTTP = {500, 502, 503, 504}
 
 
 class StorageUnavailable(OSError):
-    """Storage stayed unreachable for the whole retry budget."""
+    """Storage stayed unreachable for the whole retry budget; `waited_s` (seconds tried) and
+    `cause` (the last transient error's class name) say so without the error's message."""
+
+    waited_s: float = 0.0
+    cause: str = ""
 
 
 def _service_code(e: BaseException) -> tuple[str | None, int | None]:
@@ -105,22 +109,52 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class Backoff:
+    """The retry clock of one operation: 0.5 s doubling, at most 8 s between tries, for up to
+    `budget_s` seconds in total."""
+
+    def __init__(self, budget_s: float, what: str, first_delay_s: float = 0.5) -> None:
+        self.budget_s, self.what = budget_s, what
+        self.start = time.monotonic()
+        self.delay = first_delay_s
+
+    def wait(self, exc: Exception) -> None:
+        """After a failed try: sleep before the next one when `exc` is transient and the budget
+        allows; else raise `exc` itself (not transient) or StorageUnavailable (budget spent)."""
+        if not is_transient(exc):
+            raise exc
+        waited = time.monotonic() - self.start
+        if waited + self.delay > self.budget_s:
+            err = StorageUnavailable(
+                f"{self.what}: storage unreachable for {waited:.0f} s ({type(exc).__name__}: {exc})"
+            )
+            err.waited_s, err.cause = waited, type(exc).__name__
+            raise err from None
+        log.warning("%s: transient error (%s), retrying in %.1f s", self.what, exc, self.delay)
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 8.0)
+
+
 def with_retries(fn: Callable[[], T], budget_s: float, what: str, first_delay_s: float = 0.5) -> T:
     """Call `fn` until it succeeds, retrying transient errors with backoff (0.5 s doubling,
     at most 8 s) for up to `budget_s` seconds in total."""
-    start = time.monotonic()
-    delay = first_delay_s
+    backoff = Backoff(budget_s, what, first_delay_s)
     while True:
         try:
             return fn()
         except Exception as exc:
-            if not is_transient(exc):
-                raise
-            waited = time.monotonic() - start
-            if waited + delay > budget_s:
-                raise StorageUnavailable(
-                    f"{what}: storage unreachable for {waited:.0f} s ({type(exc).__name__}: {exc})"
-                ) from None
-            log.warning("%s: transient error (%s), retrying in %.1f s", what, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 8.0)
+            backoff.wait(exc)
+
+
+def iter_with_retries(
+    make: Callable[[], Iterator[T]], budget_s: float, what: str, first_delay_s: float = 0.5
+) -> Iterator[T]:
+    """`with_retries` for a stream: on a transient error the stream is made again and read
+    from its start (items already yielded are yielded again: the consumer de-duplicates)."""
+    backoff = Backoff(budget_s, what, first_delay_s)
+    while True:
+        try:
+            yield from make()
+            return
+        except Exception as exc:
+            backoff.wait(exc)

@@ -1,8 +1,8 @@
 """Run the batch job: manifest -> FaceStage -> ModelStage -> TimelineWriter.
 
-Two schedulers over the same stage objects: `run_local` loops them in-process (tests, one
-machine without Ray), `run_ray` maps them over Ray Data actor pools (the default, laptop or
-cluster). This is the only module that imports Ray (DESIGN.md principle 2).
+The stages are scheduled by pipeline/scheduling.py's `run_stages` (in-process, or Ray Data
+actor pools: the default, laptop or cluster); this module says which stages run and is their
+sink (`TimelineWriter`).
 
 Outputs (schemas.tables): OUT/timelines/<video_id>.parquet for ok videos, then
 OUT/videos/<video_id>.parquet (the status row: written last, it commits the video), and
@@ -15,13 +15,11 @@ rerun overwrites rather than duplicates, and a changed checkpoint or config reco
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,18 +28,27 @@ import pyarrow.parquet as pq
 
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
-from pipeline.raysetup import start_ray
+from pipeline.record import record_text, utc_now, write_record
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
+from pipeline.scheduling import StageSpec, run_stages
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
-from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK, VIDEO_FAILURE
+from pipeline.status import (
+    FAILED,
+    NO_FACE,
+    OK,
+    PENDING,
+    VIDEO_FAILURE,
+    attempt_outcome,
+    note_pending,
+    pending_rows,
+    prior_attempts,
+)
 from pipeline.storage import atomic_write, filesystem, join, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
 
 log = logging.getLogger(__name__)
-
-PENDING = "pending"  # summary count: environment failures a rerun retries (status "failed")
 
 
 @dataclass
@@ -79,7 +86,8 @@ class TimelineWriter:
     or end row re-delivered by a retried task) are dropped, and a second end row of an open
     video is ignored, so a video is written and counted once. `prior_attempts` maps video_id to
     the runs that already tried it (environment failures with the same source/model/config);
-    counts["pending"] holds the environment failures a rerun will retry."""
+    counts["pending"] holds the environment failures a rerun will retry. `on_done(row)` is
+    called with each committed status row (progress)."""
 
     def __init__(
         self,
@@ -88,6 +96,7 @@ class TimelineWriter:
         model_id: str,
         untrained: bool,
         prior_attempts: dict[str, int] | None = None,
+        on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = out
@@ -99,7 +108,7 @@ class TimelineWriter:
         self.committed: set[str] = set()
         self.counts = {OK: 0, NO_FACE: 0, FAILED: 0, PENDING: 0}
         self.frames = 0
-        self.on_done: Any = None
+        self.on_done = on_done
 
     def consume(self, batch: dict[str, np.ndarray]) -> None:
         """Take one batch of model-stage rows."""
@@ -197,18 +206,14 @@ class TimelineWriter:
         else:
             for stale in (tl_uri, crops_uri):
                 _remove(stale, self.cfg)
-        reason = str(end["reason"]) or None
-        kind = None
-        attempts = self.prior_attempts.get(vid, 0) + 1
-        pending = False
-        if status == FAILED:
-            kind = str(end.get("failure_kind") or "") or VIDEO_FAILURE
-            if kind == ENVIRONMENT_FAILURE:
-                limit = self.cfg.infer.max_attempts
-                pending = attempts < limit
-                reason = f"{reason}; attempt {attempts} of {limit}: " + (
-                    "a rerun retries it" if pending else "final"
-                )
+        kind = (str(end.get("failure_kind") or "") or VIDEO_FAILURE) if status == FAILED else None
+        reason, attempts, pending = attempt_outcome(
+            status,
+            str(end["reason"]) or None,
+            kind,
+            self.prior_attempts.get(vid, 0),
+            self.cfg.infer.max_attempts,
+        )
         row = {
             "video_id": vid,
             "uri": uri,
@@ -260,126 +265,29 @@ def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
     return pa.concat_tables(tables) if tables else VIDEOS.empty_table()
 
 
-def _retryable(row: dict[str, Any], max_attempts: int) -> bool:
-    """A failed status row a rerun tries again: an environment failure with attempts left, or
-    a failure written before failure kinds existed (kind unknown: tried once more)."""
-    if row["status"] != FAILED:
-        return False
-    if row["failure_kind"] is None:
-        return True
-    return row["failure_kind"] == ENVIRONMENT_FAILURE and (row["attempts"] or 1) < max_attempts
-
-
-def prior_attempts(
-    manifest: pa.Table, done: pa.Table, model_id: str, cfg_hash: str
-) -> dict[str, int]:
-    """video_id -> runs that already failed it for environment reasons with the same source
-    version, model and config (a changed key starts counting again)."""
-    etag = {r["video_id"]: r["source_etag"] for r in manifest.to_pylist()}
-    return {
-        r["video_id"]: int(r["attempts"] or 1)
-        for r in done.to_pylist()
-        if r["failure_kind"] == ENVIRONMENT_FAILURE
-        and (r["source_etag"], r["model_id"], r["config_hash"])
-        == (etag.get(r["video_id"]), model_id, cfg_hash)
-    }
-
-
-def pending_rows(
-    manifest: pa.Table,
-    done: pa.Table,
-    model_id: str,
-    cfg_hash: str,
-    force: bool,
-    max_attempts: int = 3,
-) -> list[dict[str, Any]]:
-    """Manifest rows still to do: forced, no final status row for this (source version,
-    model_id, config_hash), or an environment failure tried fewer than `max_attempts` times."""
-    rows = manifest.to_pylist()
-    if force:
-        return rows
-    final = {
-        r["video_id"]: (r["source_etag"], r["model_id"], r["config_hash"])
-        for r in done.to_pylist()
-        if not _retryable(r, max_attempts)
-    }
+def stage_specs(cfg: VaerrConfig, checkpoint: str) -> list[StageSpec]:
+    """What inference runs: the face stage (one video per call) and the model stage (batches
+    of windows; its pool starts with one actor, so a cluster still scaling up its GPU nodes
+    makes progress)."""
+    inf = cfg.infer
     return [
-        r
-        for r in rows
-        if final.get(r["video_id"]) != (r["source_etag"], model_id, cfg_hash)
-        or r["source_etag"] is None
-    ]
-
-
-def _rows_as_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    return {
-        k: np.array([r[k] for r in rows], dtype=object) for k in ("video_id", "uri", "source_etag")
-    }
-
-
-def run_local(
-    rows: list[dict[str, Any]],
-    cfg: VaerrConfig,
-    checkpoint: str,
-    writer: TimelineWriter,
-    face_stage: FaceStage | None = None,
-    model_stage: ModelStage | None = None,
-) -> None:
-    """The same stages, looped in this process."""
-    face = face_stage or FaceStage(cfg)
-    model = model_stage or ModelStage(cfg, checkpoint)
-    bs = cfg.infer.batch_size
-    for row in rows:
-        for batch in face(_rows_as_batch([row])):
-            n = len(batch["kind"])
-            for s in range(0, n, bs):
-                writer.consume(model({k: v[s : s + bs] for k, v in batch.items()}))
-
-
-def run_ray(
-    rows: list[dict[str, Any]],
-    cfg: VaerrConfig,
-    checkpoint: str,
-    writer: TimelineWriter,
-    address: str | None = None,
-    ray_init: dict[str, Any] | None = None,
-) -> None:
-    """The same stages on Ray Data actor pools; starts a local Ray unless one is running or
-    `address` names a cluster."""
-    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    try:
-        inf = cfg.infer
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        items = [{k: r[k] or "" for k in ("video_id", "uri", "source_etag")} for r in rows]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(
+        StageSpec(
             FaceStage,
-            fn_constructor_kwargs={"cfg": cfg},
+            {"cfg": cfg},
             batch_size=1,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=inf.face_actors),
             num_cpus=inf.face_num_cpus,
             num_gpus=inf.face_num_gpus,
-        )
-        ds = ds.map_batches(
+            pool_size=inf.face_actors,
+        ),
+        StageSpec(
             ModelStage,
-            fn_constructor_kwargs={"cfg": cfg, "checkpoint": checkpoint},
+            {"cfg": cfg, "checkpoint": checkpoint},
             batch_size=inf.batch_size,
-            batch_format="numpy",
-            # Starts with one actor so a cluster still scaling up its GPU nodes makes progress.
-            compute=ActorPoolStrategy(min_size=1, max_size=inf.model_actors),
             num_cpus=inf.model_num_cpus,
             num_gpus=inf.model_num_gpus,
-        )
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            writer.consume(batch)
-    finally:
-        if started:
-            ray.shutdown()
+            pool_size=inf.model_actors,
+        ),
+    ]
 
 
 def run_inference(
@@ -398,21 +306,14 @@ def run_inference(
     from pipeline.storage import storage_options
 
     t0 = time.perf_counter()
-    started = datetime.now(UTC).isoformat()
+    started = utc_now()
     opts = storage_options(cfg.storage, checkpoint)
     ckpt_uri = resolve_checkpoint(checkpoint, cfg.model.registry_file, cfg.cache_dir, opts)
     ckpt = load_checkpoint(ckpt_uri, opts)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
-    budget = cfg.storage.retry_s
-    manifest = with_retries(
-        lambda: list_inputs(list(inputs), cfg.storage, cfg.infer), budget, "listing inputs"
-    )
     chash = config_hash(cfg)
-    done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
-    todo = pending_rows(manifest, done, ckpt.model_id, chash, force, cfg.infer.max_attempts)
-    skipped = manifest.num_rows - len(todo)
-    log.info("%d videos listed, %d to do, %d already done", manifest.num_rows, len(todo), skipped)
+    manifest, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force)
     # The run record says from the start which run is in progress (a killed run stays
     # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
     record: dict[str, Any] = {
@@ -428,104 +329,93 @@ def run_inference(
         "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
         "config": config_dump(cfg),
     }
-    _write_record(out, record, cfg)
+    write_record(join(out, "run.json"), record, cfg.storage)
     try:
-        summary = _run(
-            cfg,
-            out,
-            ckpt,
-            ckpt_uri,
-            manifest,
-            done,
-            todo,
-            chash,
-            force,
-            runner,
-            ray_address,
-            ray_init,
-        )
+        writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
+                      ray_init)  # fmt: skip
     except BaseException as exc:
-        record.update(state="failed", ended=datetime.now(UTC).isoformat(), error=type(exc).__name__)
-        # Best effort, and not when storage is what failed (the client alone would spend
-        # ~45 s on it): run.json then keeps saying "running", which verify reports too.
-        if not (isinstance(exc, StorageUnavailable) or is_transient(exc)):
-            try:
-                text = json.dumps(record, indent=2, default=str)
-                write_text(join(out, "run.json"), text, cfg.storage)
-            except Exception:
-                log.warning("could not mark run.json failed; it still says running")
+        _mark_failed(out, record, exc, cfg)
         raise
     wall = time.perf_counter() - t0
-    summary.update(
-        frames_per_s=round(summary["frames"] / wall, 2) if wall > 0 else None,
-        wall_s=round(wall, 2),
-        model_id=ckpt.model_id,
-        untrained=ckpt.untrained,
-        output=out,
-    )
-    if summary[PENDING]:
-        summary["note"] = (
-            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
-            "worker) and are pending: rerun the same command to retry them"
-        )
-        log.warning("%s", summary["note"])
-    record = {
-        **summary,
-        **record,
-        "state": "completed",
-        "ended": datetime.now(UTC).isoformat(),
-    }
-    _write_record(out, record, cfg)
-    return summary
-
-
-def _write_record(out: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
-    text = json.dumps(record, indent=2, default=str)
-    with_retries(
-        lambda: write_text(join(out, "run.json"), text, cfg.storage),
-        cfg.storage.retry_s,
-        "run.json",
-    )
-
-
-def _run(
-    cfg: VaerrConfig,
-    out: str,
-    ckpt: Any,
-    ckpt_uri: str,
-    manifest: pa.Table,
-    done: pa.Table,
-    todo: list[dict[str, Any]],
-    chash: str,
-    force: bool,
-    runner: str,
-    ray_address: str | None,
-    ray_init: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """Write config.yaml and the manifest, run the stages; returns the counts."""
-    budget = cfg.storage.retry_s
-    with_retries(
-        lambda: write_text(join(out, "config.yaml"), config_yaml(cfg), cfg.storage),
-        budget,
-        "writing config.yaml",
-    )
-    # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
-    _table_write(join(out, "manifest.parquet"), manifest, cfg)
-    tried = {} if force else prior_attempts(manifest, done, ckpt.model_id, chash)
-    writer = TimelineWriter(cfg, out, ckpt.model_id, ckpt.untrained, tried)
-    with Progress("infer", len(todo)) as bar:
-        writer.on_done = lambda row: bar.video_done(row["frames"], row["uri"], row["status"])
-        if todo:
-            if runner == "local":
-                run_local(todo, cfg, ckpt_uri, writer)
-            else:
-                run_ray(todo, cfg, ckpt_uri, writer, ray_address, ray_init)
-    if writer.pending:
-        raise RuntimeError(f"run ended with {len(writer.pending)} videos incomplete")
-    return {
+    summary = {
         "videos": manifest.num_rows,
         "processed": len(todo),
         "skipped": manifest.num_rows - len(todo),
         **writer.counts,
         "frames": writer.frames,
+        "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
+        "wall_s": round(wall, 2),
+        "model_id": ckpt.model_id,
+        "untrained": ckpt.untrained,
+        "output": out,
     }
+    note_pending(summary)
+    record = {**summary, **record, "state": "completed", "ended": utc_now()}
+    write_record(join(out, "run.json"), record, cfg.storage)
+    return summary
+
+
+def _plan(
+    cfg: VaerrConfig, inputs: Iterable[str], out: str, model_id: str, chash: str, force: bool
+) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
+    """(the manifest of the inputs, its rows still to do, video_id -> runs that already tried
+    it), reading OUT's status rows; storage outages are retried."""
+    budget = cfg.storage.retry_s
+    manifest = with_retries(
+        lambda: list_inputs(list(inputs), cfg.storage, cfg.infer), budget, "listing inputs"
+    )
+    done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
+    version = {"model_id": model_id, "config_hash": chash}
+    rows = manifest.to_pylist()
+    todo = pending_rows(rows, done, version, force, cfg.infer.max_attempts)
+    tried = {} if force else prior_attempts(rows, done, version)
+    log.info("%d videos listed, %d to do, %d already done",
+             manifest.num_rows, len(todo), manifest.num_rows - len(todo))  # fmt: skip
+    return manifest, todo, tried
+
+
+def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: VaerrConfig) -> None:
+    """run.json says the run failed: best effort, and not when storage is what failed (the
+    client alone would spend ~45 s on it): run.json then keeps saying "running", which verify
+    reports too."""
+    record.update(state="failed", ended=utc_now(), error=type(exc).__name__)
+    if isinstance(exc, StorageUnavailable) or is_transient(exc):
+        return
+    try:
+        write_text(join(out, "run.json"), record_text(record), cfg.storage)
+    except Exception:
+        log.warning("could not mark run.json failed; it still says running")
+
+
+def _run(
+    cfg: VaerrConfig,
+    out: str,
+    manifest: pa.Table,
+    todo: list[dict[str, Any]],
+    ckpt: Any,
+    ckpt_uri: str,
+    tried: dict[str, int],
+    runner: str,
+    ray_address: str | None,
+    ray_init: dict[str, Any] | None,
+) -> TimelineWriter:
+    """Write config.yaml and the manifest, run the stages into a TimelineWriter (returned:
+    its counts are the run's)."""
+    with_retries(
+        lambda: write_text(join(out, "config.yaml"), config_yaml(cfg), cfg.storage),
+        cfg.storage.retry_s,
+        "writing config.yaml",
+    )
+    # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
+    _table_write(join(out, "manifest.parquet"), manifest, cfg)
+    items = [{k: r[k] or "" for k in ("video_id", "uri", "source_etag")} for r in todo]
+    specs = stage_specs(cfg, ckpt_uri)
+    with Progress("infer", len(todo)) as bar:
+        writer = TimelineWriter(
+            cfg, out, ckpt.model_id, ckpt.untrained, tried,
+            on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
+        )  # fmt: skip
+        run_stages(items, specs, writer.consume, runner, address=ray_address, ray_init=ray_init)
+    if writer.pending:
+        raise RuntimeError(f"run ended with {len(writer.pending)} videos incomplete")
+    return writer

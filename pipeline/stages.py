@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pipeline.faces.pipeline import FacePipeline, FaceRun
-from pipeline.retry import is_transient
-from pipeline.status import ENVIRONMENT_FAILURE, FAILED, face_status, failure_kind
-from pipeline.video import VideoError, decode_warnings
+from pipeline.retry import iter_with_retries
+from pipeline.scheduling import text
+from pipeline.status import FAILED, face_status, failure_kind, failure_reason
+from pipeline.video import decode_warnings
 from pipeline.windows import WindowCutter
 from schemas.config import VaerrConfig
 from schemas.windows import END, FACE_COLUMNS, FRAME_COLUMNS, MODEL_COLUMNS, WINDOW
@@ -37,8 +38,14 @@ MODEL_STAGE_OUTPUT = {c.name: c.describe() for c in MODEL_COLUMNS}
 _WINDOW_COLUMNS = tuple(str(c.frames) for c in FRAME_COLUMNS)
 
 
-def _s(x: Any) -> str:
-    return "" if x is None else str(x)
+@dataclass
+class _Cut:
+    """One attempt at a video's windows: its face run, the windows already yielded, and the
+    last ones not yet yielded (sent with the end row)."""
+
+    run: FaceRun | None = None
+    windows: int = 0
+    tail: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FaceStage:
@@ -58,7 +65,7 @@ class FaceStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         for i in range(len(batch["uri"])):
             yield from self._video(
-                _s(batch["video_id"][i]), _s(batch["uri"][i]), _s(batch["source_etag"][i])
+                text(batch["video_id"][i]), text(batch["uri"][i]), text(batch["source_etag"][i])
             )
 
     def _video(self, vid: str, uri: str, etag: str) -> Iterator[dict[str, np.ndarray]]:
@@ -66,43 +73,30 @@ class FaceStage:
         by a retry are counted once by the writer); always ends with its end row."""
         t0 = time.perf_counter()
         head = {"video_id": vid, "uri": uri, "source_etag": etag}
-        start, delay, kind = time.monotonic(), 0.5, ""
-        while True:
-            state: dict[str, Any] = {"windows": 0, "tail": []}
-            run = self.pipe.run(uri)
-            try:
-                yield from self._windows(head, run, state)
-                status, reason = face_status(run.tracks)
-                break
-            except Exception as exc:
-                waited = time.monotonic() - start
-                if is_transient(exc) and waited + delay <= self.cfg.storage.retry_s:
-                    log.warning("%s: transient error (%s), retrying in %.1f s", uri, exc, delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, 8.0)
-                    continue
-                status, state["tail"] = FAILED, []
-                kind = failure_kind(exc)  # by type: environment faults are retried by a rerun
-                if isinstance(exc, VideoError):
-                    reason = str(exc)
-                elif is_transient(exc):
-                    reason = f"storage unreachable for {waited:.0f} s ({type(exc).__name__})"
-                elif kind == ENVIRONMENT_FAILURE:
-                    reason = f"environment: {type(exc).__name__}: {exc}"
-                else:  # a bug or an unforeseen input: a status row, not a crash
-                    reason = f"{type(exc).__name__}: {exc}"
-                    log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
-                break
-        tail = state["tail"]
-        windows = state["windows"] + len(tail)
-        info = run.info
+        cut, kind = _Cut(), ""
+
+        def attempt() -> Iterator[dict[str, np.ndarray]]:
+            nonlocal cut
+            cut = _Cut(run=self.pipe.run(uri))
+            yield from self._windows(head, cut)
+
+        try:
+            yield from iter_with_retries(attempt, self.cfg.storage.retry_s, uri)
+            status, reason = face_status(cut.run.tracks if cut.run else 0)
+        except Exception as exc:
+            # by type: environment faults are retried by a rerun, a video's own are final
+            status, kind, reason, cut.tail = FAILED, failure_kind(exc), failure_reason(exc, uri), []
+        run, tail = cut.run, cut.tail
+        windows = cut.windows + len(tail)
+        info = run.info if run else None
+        frames, tracks = (run.frames, run.tracks) if run else (0, 0)
         end = {
             **head,
             "kind": END,
             "status": status,
             "reason": reason or "",
-            "frames": run.frames,
-            "tracks": run.tracks,
+            "frames": frames,
+            "tracks": tracks,
             "windows": windows,
             "duration_s": float(info.duration_s) if info else float("nan"),
             "fps": float(self.cfg.video.fps),
@@ -114,19 +108,18 @@ class FaceStage:
             "%s: %s (%d frames, %d tracks, %d windows) %s",
             uri,
             status,
-            run.frames,
-            run.tracks,
+            frames,
+            tracks,
             windows,
             reason or "",
         )
         yield self._stack(tail + [end])
 
-    def _windows(
-        self, head: dict[str, str], run: FaceRun, state: dict[str, Any]
-    ) -> Iterator[dict[str, np.ndarray]]:
+    def _windows(self, head: dict[str, str], cut: _Cut) -> Iterator[dict[str, np.ndarray]]:
         """Cut the video's tracks into windows; yield full batches as they fill, leave the
-        rest in state["tail"] and the count yielded in state["windows"]."""
-        inf = self.cfg.infer
+        rest in cut.tail and the count yielded in cut.windows."""
+        inf, run = self.cfg.infer, cut.run
+        assert run is not None
         out: list[dict[str, Any]] = []
         cutters: dict[int, WindowCutter] = {}
         for rows in run:
@@ -138,12 +131,12 @@ class FaceStage:
             for tid in run.stream.pop_ended() if run.stream else []:
                 out += [self._window(head, tid, s, w) for s, w in cutters.pop(tid).finish()]
             if len(out) >= self.emit_rows:
-                state["windows"] += len(out)
+                cut.windows += len(out)
                 yield self._stack(out)
                 out = []
         for tid, cutter in cutters.items():
             out += [self._window(head, tid, s, w) for s, w in cutter.finish()]
-        state["tail"] = out
+        cut.tail = out
 
     def _window(
         self, head: dict[str, str], tid: int, start: int, w: dict[str, np.ndarray]

@@ -4,11 +4,19 @@ kind of a failure (the video's own, or its environment's)."""
 from __future__ import annotations
 
 import errno
+import logging
+import traceback
+from collections.abc import Mapping
 from typing import Any
+
+import pyarrow as pa
 
 from pipeline.retry import StorageUnavailable, is_transient
 
+log = logging.getLogger(__name__)
+
 OK, NO_FACE, FAILED = "ok", "no_face", "failed"
+PENDING = "pending"  # summary count: environment failures a rerun retries (status "failed")
 
 
 def status_record(
@@ -71,3 +79,103 @@ def failure_kind(exc: BaseException) -> str:
             return ENVIRONMENT_FAILURE
         e = e.__cause__ or e.__context__
     return VIDEO_FAILURE
+
+
+def failure_reason(exc: BaseException, uri: str) -> str:
+    """The status row's reason for a video that raised `exc` (classified by type): a decode
+    error's own message, "storage unreachable for N s" after the retry budget, "environment:
+    ..." for the run's surroundings, else the exception (a bug or an unforeseen input: logged
+    with its traceback, a status row rather than a crash)."""
+    from pipeline.video import VideoError  # pipeline.video imports this module
+
+    if isinstance(exc, VideoError):
+        return str(exc)
+    if isinstance(exc, StorageUnavailable):
+        return f"storage unreachable for {exc.waited_s:.0f} s ({exc.cause or 'unknown'})"
+    if failure_kind(exc) == ENVIRONMENT_FAILURE:
+        return f"environment: {type(exc).__name__}: {exc}"
+    log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
+    return f"{type(exc).__name__}: {exc}"
+
+
+def attempt_outcome(
+    status: str, reason: str | None, kind: str | None, prior: int, limit: int
+) -> tuple[str | None, int, bool]:
+    """(reason, attempts, pending) of a video's status row: this run is attempt prior + 1; an
+    environment failure with attempts left is pending (a rerun retries it) and its reason says
+    which attempt it was and whether it is final."""
+    attempts = prior + 1
+    if status != FAILED or kind != ENVIRONMENT_FAILURE:
+        return reason, attempts, False
+    pending = attempts < limit
+    then = "a rerun retries it" if pending else "final"
+    return f"{reason}; attempt {attempts} of {limit}: {then}", attempts, pending
+
+
+def is_pending(row: Mapping[str, Any], max_attempts: int) -> bool:
+    """A failed status row whose environment failed with attempts left: a rerun retries it."""
+    return (
+        row["status"] == FAILED
+        and row.get("failure_kind") == ENVIRONMENT_FAILURE
+        and (row["attempts"] or 1) < max_attempts
+    )
+
+
+def _retryable(row: Mapping[str, Any], max_attempts: int) -> bool:
+    """A failed status row a rerun tries again: an environment failure with attempts left, or
+    a failure written before failure kinds existed (kind unknown: tried once more)."""
+    if row["status"] != FAILED:
+        return False
+    return row.get("failure_kind") is None or is_pending(row, max_attempts)
+
+
+def prior_attempts(
+    rows: list[dict[str, Any]], done: pa.Table, version: Mapping[str, str]
+) -> dict[str, int]:
+    """video_id -> runs that already failed it for environment reasons with the same source
+    version (the row's source_etag) and `version` columns (e.g. model_id, config_hash; a
+    changed key starts counting again)."""
+    etag = {r["video_id"]: r["source_etag"] for r in rows}
+    want = tuple(version.values())
+    return {
+        r["video_id"]: int(r["attempts"] or 1)
+        for r in done.to_pylist()
+        if r.get("failure_kind") == ENVIRONMENT_FAILURE
+        and (r["source_etag"], *(r[c] for c in version)) == (etag.get(r["video_id"]), *want)
+    }
+
+
+def pending_rows(
+    rows: list[dict[str, Any]],
+    done: pa.Table,
+    version: Mapping[str, str],
+    force: bool,
+    max_attempts: int = 3,
+) -> list[dict[str, Any]]:
+    """Input rows still to do: forced, without a source version (always redone), no final
+    status row for this (source version, *version: column -> value), or an environment
+    failure tried fewer than `max_attempts` times."""
+    if force:
+        return list(rows)
+    final = {
+        r["video_id"]: (r["source_etag"], *(r[c] for c in version))
+        for r in done.to_pylist()
+        if not _retryable(r, max_attempts)
+    }
+    want = tuple(version.values())
+    return [
+        r
+        for r in rows
+        if not r["source_etag"] or final.get(r["video_id"]) != (r["source_etag"], *want)
+    ]
+
+
+def note_pending(summary: dict[str, Any]) -> None:
+    """A job summary with pending videos gains a `note` saying a rerun retries them (also
+    logged as a warning)."""
+    if summary.get(PENDING):
+        summary["note"] = (
+            f"{summary[PENDING]} videos failed for environment reasons (storage, memory, a dead "
+            "worker) and are pending: rerun the same command to retry them"
+        )
+        log.warning("%s", summary["note"])

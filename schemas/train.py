@@ -490,5 +490,9 @@ PREPROCESS_STATUS = pa.schema(
         ("processing_s", pa.float64()),
         ("config_hash", pa.string()),
         ("source_etag", pa.string()),
+        # failed rows: "video" (final) or "environment" (storage, memory, a dead worker: a
+        # rerun retries it while attempts < infer.max_attempts), as in schemas.tables.VIDEOS
+        ("failure_kind", pa.string()),
+        ("attempts", pa.int32()),  # runs that tried this video for this source/config
     ]
 )

@@ -364,9 +364,10 @@ def test_writer_commit_is_idempotent_per_video(tmp_path):
     end = {**head, "kind": END, "status": "ok", "frames": 6, "tracks": 1, "windows": 2}
     nf = {"video_id": "vb", "uri": "b.mp4", "source_etag": "e", "kind": END}
     nf |= {"status": "no_face", "reason": "no face track found", "frames": 6}
-    writer = TimelineWriter(cfg, str(tmp_path), "m", True)
     done: list[str] = []
-    writer.on_done = lambda row: done.append(row["video_id"])
+    writer = TimelineWriter(
+        cfg, str(tmp_path), "m", True, on_done=lambda row: done.append(row["video_id"])
+    )
 
     writer.consume(_model_rows(stage, [win0, end]))
     writer.consume(_model_rows(stage, [end, nf]))  # duplicate end before the commit

@@ -10,6 +10,7 @@ all three steps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.raysetup import start_ray
+from pipeline.raysetup import ray_session
 from pipeline.report import write_report
 from pipeline.runner import run_inference
 from pipeline.weights import seed_cache
@@ -184,8 +185,8 @@ def run_demo(
         if copied:
             log.info("seeded the weights cache from %s: %s", assets, ", ".join(copied))
     cfg = demo_config(cfg, root)
-    started = start_ray(None, ray_init) if runner == "ray" else False
-    try:
+    # One Ray for the three jobs (they join it rather than start their own).
+    with ray_session(None, ray_init) if runner == "ray" else contextlib.nullcontext():
         unseen = render_unseen(root / "videos", videos, seconds, seed + 10_000, size, runner)
         log.info("rendering the training corpus: %d people x %d videos x %.1f s",
                  identities, videos_per_identity, train_seconds)  # fmt: skip
@@ -200,11 +201,6 @@ def run_demo(
         truths = unseen()
         summary = run_inference(cfg, [str(root / "videos")], str(root / "run"), ckpt,
                                 runner=runner)  # fmt: skip
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     summary["ccc"] = truth_ccc(str(root / "run"), truths, cfg.video.fps)
     pairs = truth_pairs(str(root / "run"), truths)
     summary["ccc_interval"] = {k: ccc_interval(v, seed=seed) for k, v in pairs.items()}

@@ -14,7 +14,6 @@ sequence (and their mean), to Parquet and JSON.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -26,7 +25,8 @@ import torch
 
 from pipeline.model.checkpoint import load_model
 from pipeline.model.network import SSVAERR, predict
-from pipeline.storage import atomic_write, join, storage_options, write_text
+from pipeline.record import write_record
+from pipeline.storage import atomic_write, join, storage_options
 from pipeline.timeline import TrackAccumulator
 from pipeline.windows import window_starts
 from schemas.config import VaerrConfig, config_dump
@@ -331,5 +331,5 @@ def run_evaluate(
             "(no public test labels; the paper does the same)"
         )
     record = {**summary, "config": config_dump(cfg)}
-    write_text(join(out, "summary.json"), json.dumps(record, indent=2, default=float), cfg.storage)
+    write_record(join(out, "summary.json"), record, cfg.storage)
     return summary

@@ -30,7 +30,7 @@ import math
 import os
 import socket
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,8 @@ from pipeline.model.checkpoint import (
     save_checkpoint,
 )
 from pipeline.progress import EpochLine
-from pipeline.raysetup import start_ray
+from pipeline.raysetup import ray_session
+from pipeline.record import utc_now, write_record
 from pipeline.storage import (
     absolute,
     arrow_filesystem,
@@ -93,6 +94,22 @@ def _append_metrics(uri: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
     write_text(uri, text, cfg.storage)
 
 
+@dataclass
+class _Fit:
+    """One worker's training state: the task, its network (and the session's wrapped copy),
+    the optimiser over its trainable parameters, the device, the best epoch so far and the
+    restarts before this one."""
+
+    task: Any
+    wrapped: nn.Module
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    device: torch.device
+    start: int = 0
+    best: dict[str, Any] | None = None
+    restarts: int = 0
+
+
 def fit_worker(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Session) -> dict:
     """Train for train.epochs (resuming from the session's checkpoint); returns the last
     epoch's metrics. Every rank runs this; rank 0 validates and writes the run's files."""
@@ -101,7 +118,28 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Se
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed % (2**32))
-    extras = dataclasses.replace(extras, all_sum=session.all_sum())
+    fit = _start(cfg, task_name, dataclasses.replace(extras, all_sum=session.all_sum()), session)
+    last: dict[str, Any] = {}
+    for epoch in range(fit.start, t.epochs):
+        t0 = time.perf_counter()
+        lr = lr_at(epoch, cfg)
+        for g in fit.opt.param_groups:
+            g["lr"] = lr
+        steps, train = _train_epoch(cfg, fit, session, epoch, extras.steps_per_epoch or 1)
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **train}
+        if session.rank == 0:
+            state = _finish_epoch(cfg, fit, epoch, metrics, time.perf_counter() - t0, session)
+            session.report(_json_metrics(metrics), state, epoch)
+        else:
+            session.report(_json_metrics(metrics), None, epoch)
+        last = metrics
+    return last
+
+
+def _start(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Session) -> _Fit:
+    """Build the task's network and optimiser on the session's device, resumed from the
+    session's checkpoint when there is one."""
+    t = cfg.train
     task = TASKS[task_name](cfg, extras)
     module = task.build()
     device = session.device()
@@ -115,85 +153,91 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Se
         opt.load_state_dict(state["optimizer"])
         start, best, restarts = int(state["epoch"]) + 1, state.get("best"), state["restarts"] + 1
         log.info("rank %d: resumed after epoch %d (restart %d)", session.rank, start - 1, restarts)
-    wrapped = session.prepare(module)
+    return _Fit(task, session.prepare(module), params, opt, device, start, best, restarts)
+
+
+def _train_epoch(
+    cfg: VaerrConfig, fit: _Fit, session: Session, epoch: int, est_steps: int
+) -> tuple[int, dict[str, float]]:
+    """One epoch of optimiser steps over the session's batches; (steps, mean train losses,
+    the total loss also averaged over ranks)."""
+    t = cfg.train
+    gen = torch.Generator().manual_seed(int(t.seed) * 100_003 + epoch * 1009 + session.rank)
+    fit.wrapped.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    for batch in session.batches(epoch):
+        if t.max_steps_per_epoch and steps >= t.max_steps_per_epoch:
+            break
+        b = batch_tensors(batch, fit.device)
+        b["length"] = b["length"].clamp_min(1).long()
+        loss, parts = fit.task.loss(fit.wrapped, b, gen)
+        fit.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip:
+            nn.utils.clip_grad_norm_(fit.params, t.grad_clip)
+        fit.opt.step()
+        steps += 1
+        fit.task.after_step(fit.wrapped, (epoch + steps / max(est_steps, steps)) / t.epochs)
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v
+    train = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
+    # the loss averaged over ranks (the same key on every rank: a collective)
+    train.update(session.all_mean({"train/loss": sums.get("loss", 0.0) / max(steps, 1)}))
+    return steps, train
+
+
+def _finish_epoch(
+    cfg: VaerrConfig,
+    fit: _Fit,
+    epoch: int,
+    metrics: dict[str, Any],
+    seconds: float,
+    session: Session,
+) -> dict[str, Any]:
+    """Rank 0: validate into `metrics`, save the product when the score improved, append the
+    epoch to RUN/metrics.jsonl; returns the resume checkpoint's state."""
     rdir = run_dir(cfg)
-    opts_run = storage_options(cfg.storage, rdir)
-    est_steps = extras.steps_per_epoch or 1
-    last: dict[str, Any] = {}
-    for epoch in range(start, t.epochs):
-        t0 = time.perf_counter()
-        lr = lr_at(epoch, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        gen = torch.Generator().manual_seed(int(t.seed) * 100_003 + epoch * 1009 + session.rank)
-        wrapped.train()
-        sums: dict[str, float] = {}
-        steps = 0
-        for batch in session.batches(epoch):
-            if t.max_steps_per_epoch and steps >= t.max_steps_per_epoch:
-                break
-            b = batch_tensors(batch, device)
-            b["length"] = b["length"].clamp_min(1).long()
-            loss, parts = task.loss(wrapped, b, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                nn.utils.clip_grad_norm_(params, t.grad_clip)
-            opt.step()
-            steps += 1
-            progress = (epoch + steps / max(est_steps, steps)) / t.epochs
-            task.after_step(wrapped, progress)
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v
-        train = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
-        # the loss averaged over ranks (the same key on every rank: a collective)
-        train.update(session.all_mean({"train/loss": sums.get("loss", 0.0) / max(steps, 1)}))
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": lr, "steps": steps, **train}
-        if session.rank == 0:
-            metrics.update(task.validate(wrapped))
-            score = task.score(metrics)
-            # without validation (score None throughout) the last epoch is the product;
-            # with it, only a better score replaces the best (a NaN epoch never does)
-            prev = None if best is None else best.get("score")
-            if score is None:
-                improved = best is None or prev is None
-            else:
-                improved = prev is None or score > prev
-            if improved:
-                best = {
-                    "epoch": epoch,
-                    "score": score,
-                    "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                }
-                uri = join(rdir, task.product_name)
-                product = task.product(wrapped, epoch, metrics)
-                save_checkpoint(product, uri, opts_run)
-            metrics.update(
-                {
-                    "best_epoch": best["epoch"],
-                    "best_score": best["score"],
-                    "time_s": round(time.perf_counter() - t0, 3),
-                    "restarts": restarts,
-                    "world_size": session.world_size,
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "time": datetime.now(UTC).isoformat(),
-                }
-            )
-            _append_metrics(join(rdir, METRICS_FILE), metrics, cfg)
-            log.info("epoch %d: %s", epoch, {k: v for k, v in metrics.items() if "/" in k})
-            state = {
-                "model": {k: v.detach().cpu() for k, v in unwrap(wrapped).state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "restarts": restarts,
-            }
-            session.report(_json_metrics(metrics), state, epoch)
-        else:
-            session.report(_json_metrics(metrics), None, epoch)
-        last = metrics
-    return last
+    metrics.update(fit.task.validate(fit.wrapped))
+    score = fit.task.score(metrics)
+    # without validation (score None throughout) the last epoch is the product;
+    # with it, only a better score replaces the best (a NaN epoch never does)
+    prev = None if fit.best is None else fit.best.get("score")
+    if score is None:
+        improved = fit.best is None or prev is None
+    else:
+        improved = prev is None or score > prev
+    if improved:
+        fit.best = {
+            "epoch": epoch,
+            "score": score,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        }
+        product = fit.task.product(fit.wrapped, epoch, metrics)
+        save_checkpoint(
+            product, join(rdir, fit.task.product_name), storage_options(cfg.storage, rdir)
+        )
+    metrics.update(
+        {
+            "best_epoch": fit.best["epoch"],
+            "best_score": fit.best["score"],
+            "time_s": round(seconds, 3),
+            "restarts": fit.restarts,
+            "world_size": session.world_size,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "time": utc_now(),
+        }
+    )
+    _append_metrics(join(rdir, METRICS_FILE), metrics, cfg)
+    log.info("epoch %d: %s", epoch, {k: v for k, v in metrics.items() if "/" in k})
+    return {
+        "model": {k: v.detach().cpu() for k, v in unwrap(fit.wrapped).state_dict().items()},
+        "optimizer": fit.opt.state_dict(),
+        "epoch": epoch,
+        "best": fit.best,
+        "restarts": fit.restarts,
+    }
 
 
 def _json_metrics(m: dict[str, Any]) -> dict[str, Any]:
@@ -275,7 +319,7 @@ def run_training(
     cfg = resolve_paths(cfg)
     t = cfg.train
     rdir = run_dir(cfg)
-    started = datetime.now(UTC).isoformat()
+    started = utc_now()
     t0 = time.perf_counter()
     workers = t.num_workers if runner == "ray" else 1
     per_worker = t.per_worker_batch(workers)  # ValueError naming the fix if it does not divide
@@ -298,7 +342,8 @@ def run_training(
         last = fit_worker(cfg, task, extras, session)
         error = None
     else:
-        last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs, ray_address, ray_init)
+        with ray_session(ray_address, ray_init):  # started here unless already joined
+            last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs)
     product = join(rdir, TASKS[task](cfg, extras).product_name)
     export = TASKS[task].export_uri(cfg)
     if export:
@@ -320,10 +365,10 @@ def run_training(
     record = {
         **summary,
         "started": started,
-        "ended": datetime.now(UTC).isoformat(),
+        "ended": utc_now(),
         "config": config_dump(cfg),
     }
-    write_text(join(rdir, "result.json"), json.dumps(record, indent=2, default=str), cfg.storage)
+    write_record(join(rdir, "result.json"), record, cfg.storage)
     if error:
         raise RuntimeError(f"training failed: {error}")
     return summary
@@ -335,10 +380,9 @@ def _fit_ray(
     specs: list[dict],
     extras: TaskExtras,
     loader_kwargs: dict[str, Any],
-    address: str | None,
-    ray_init: dict[str, Any] | None,
 ) -> tuple[dict[str, Any], str | None]:
-    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
+    """A Ray Train TorchTrainer over a Ray Data dataset of clip specs (inside a ray_session):
+    (the last reported metrics, None) or ({}, the error)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -346,51 +390,47 @@ def _fit_ray(
     from training.progress import EpochRelay
 
     t = cfg.train
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows = list(specs)
+    np.random.default_rng(t.seed).shuffle(rows)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
+    ds = ds.randomize_block_order(seed=t.seed).map_batches(
+        load_clip_batch,
+        fn_kwargs=loader_kwargs,
+        batch_size=t.per_worker_batch(),
+        batch_format="numpy",
+        num_cpus=t.loader_num_cpus,
+    )
+    storage_path, storage_fs = arrow_filesystem(cfg.train.storage_path, cfg.storage)
+    relay = EpochRelay(t.epochs, task)  # one line per epoch on this terminal
+    resources = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        _ray_train_fn,
+        train_loop_config={"cfg": cfg, "task": task, "extras": extras},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=t.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            callbacks=[relay.callback],
+        ),
+        datasets={"train": ds},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        rows = list(specs)
-        np.random.default_rng(t.seed).shuffle(rows)
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-        ds = ds.randomize_block_order(seed=t.seed).map_batches(
-            load_clip_batch,
-            fn_kwargs=loader_kwargs,
-            batch_size=t.per_worker_batch(),
-            batch_format="numpy",
-            num_cpus=t.loader_num_cpus,
-        )
-        storage_path, storage_fs = arrow_filesystem(cfg.train.storage_path, cfg.storage)
-        relay = EpochRelay(t.epochs, task)  # one line per epoch on this terminal
-        resources = {"CPU": t.cpus_per_worker}
-        if t.use_gpu:
-            resources["GPU"] = 1
-        trainer = TorchTrainer(
-            _ray_train_fn,
-            train_loop_config={"cfg": cfg, "task": task, "extras": extras},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
-            ),
-            run_config=ray.train.RunConfig(
-                name=t.name,
-                storage_path=storage_path,
-                storage_filesystem=storage_fs,
-                failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
-                callbacks=[relay.callback],
-            ),
-            datasets={"train": ds},
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        )
-        try:
-            result = trainer.fit()
-        except Exception as exc:  # surfaced in result.json, then raised by run_training
-            log.error("Ray Train run failed: %s", exc)
-            return {}, f"{type(exc).__name__}: {exc}"
-        finally:
-            relay.close()
-        return dict(result.metrics or {}), None
+        result = trainer.fit()
+    except Exception as exc:  # surfaced in result.json, then raised by run_training
+        log.error("Ray Train run failed: %s", exc)
+        return {}, f"{type(exc).__name__}: {exc}"
     finally:
-        if started:
-            ray.shutdown()
+        relay.close()
+    return dict(result.metrics or {}), None
 
 
 def _read_best(rdir: str, cfg: VaerrConfig) -> dict[str, Any] | None:

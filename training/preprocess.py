@@ -15,7 +15,10 @@ actors or in-process):
    last, so a killed run never leaves a half-committed video.
 
 Resumable: a video whose status row matches (source version, config hash) is skipped;
-`force` redoes everything. Outputs go to any fsspec URI (S3 included).
+`force` redoes everything. Outputs go to any fsspec URI (S3 included). Storage faults are
+handled as inference handles them: transient errors are retried for storage.retry_s seconds;
+a video whose environment failed (storage, memory, a dead worker) is a failed row with
+failure_kind "environment" that a rerun retries until infer.max_attempts runs tried it.
 
 Memory: a video's kept crops are held until its shard is written (9 KiB per frame: about
 70 MB for a 5-minute 25 fps recording such as RECOLA's), which bounds the video length
@@ -28,9 +31,8 @@ import hashlib
 import json
 import logging
 import time
-import traceback
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,8 +42,22 @@ import pyarrow.parquet as pq
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
-from pipeline.raysetup import start_ray
-from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.record import utc_now, write_record
+from pipeline.retry import with_retries
+from pipeline.scheduling import StageSpec, batch_to_rows, run_stages, text
+from pipeline.status import (
+    FAILED,
+    NO_FACE,
+    OK,
+    PENDING,
+    attempt_outcome,
+    failure_kind,
+    failure_reason,
+    is_pending,
+    note_pending,
+    pending_rows,
+    prior_attempts,
+)
 from pipeline.storage import atomic_write, filesystem, join, write_text
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
@@ -51,10 +67,20 @@ from training.audio import Extractor, build_extractor, frame_features
 from training.datasets import read_dataset
 from training.datasets.items import LabelTrack, VideoItem, resample_labels
 from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_status
+from training.labelled import (
+    annotated_frames,
+    choose_tracks,
+    collect_tracks,
+    overlapping_tracks,
+    track_stats,
+)
 
 log = logging.getLogger(__name__)
 
-ITEM_COLUMNS = ("video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels")
+# Stage input columns; `attempts`: runs that already tried the video (environment failures).
+ITEM_COLUMNS = (
+    "video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels", "attempts"
+)  # fmt: skip
 # Data fields that only schedule or place the work (they do not change the shards).
 _RUNTIME_DATA = ("shards", "actors", "num_cpus", "num_gpus", "row_group_frames")
 
@@ -74,125 +100,23 @@ def preprocess_hash(cfg: VaerrConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Choosing the labelled person
-
-
-def track_stats(tracks: dict[int, dict[str, np.ndarray]]) -> dict[int, dict[str, float]]:
-    """Per track: frames, mean box area (px^2) and mean box centre x (px)."""
-    out = {}
-    for tid, t in tracks.items():
-        box = t["box_xyxy"].astype(np.float64)
-        area = (box[:, 2] - box[:, 0]).clip(0) * (box[:, 3] - box[:, 1]).clip(0)
-        out[tid] = {
-            "n": float(len(box)),
-            "area": float(area.mean()),
-            "cx": float(((box[:, 0] + box[:, 2]) / 2).mean()),
-        }
-    return out
-
-
-def choose_tracks(
-    stats: dict[int, dict[str, float]],
-    faces: list[str | None],
-    rule: str = "largest",
-    major_fraction: float = 0.5,
-) -> list[int | None]:
-    """The track of each labelled face (None where none fits); for unlabelled data
-    (`faces` empty) the rule's track(s).
-
-    Rules: `largest` mean box area (ties: more frames), `longest` (ties: larger), `all`.
-    A named face ("0", "1"... left-to-right index, "left", "right") is looked up among the
-    major tracks (>= major_fraction of the longest) ordered by mean centre x; left/right
-    need at least two major tracks to mean anything.
-    """
-    if not stats:
-        return [None] * len(faces) if faces else []
-    largest = max(stats, key=lambda t: (stats[t]["area"], stats[t]["n"], -t))
-    longest = max(stats, key=lambda t: (stats[t]["n"], stats[t]["area"], -t))
-    if not faces:
-        if rule == "all":
-            return sorted(stats)
-        return [longest if rule == "longest" else largest]
-    longest_n = max(s["n"] for s in stats.values())
-    major = sorted(
-        (t for t in stats if stats[t]["n"] >= major_fraction * longest_n),
-        key=lambda t: stats[t]["cx"],
-    )
-    out: list[int | None] = []
-    for face in faces:
-        if face is None:
-            out.append(longest if rule == "longest" else largest)
-        elif face in ("left", "right"):
-            out.append((major[0] if face == "left" else major[-1]) if len(major) >= 2 else None)
-        else:
-            i = int(face)
-            out.append(major[i] if 0 <= i < len(major) else None)
-    return out
-
-
-def overlapping_tracks(
-    tracks: dict[int, dict[str, np.ndarray]], chosen: int, iou_min: float, taken: set[int]
-) -> list[int]:
-    """Other tracks of the face `chosen` follows: mean box IoU >= iou_min with it and no frame
-    shared with `chosen` or an earlier pick (largest first). `taken`: tracks already used."""
-
-    def mean_box(t: int) -> np.ndarray:
-        return np.asarray(tracks[t]["box_xyxy"], np.float64).mean(0)
-
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-        inter = w * h
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
-
-    ref = mean_box(chosen)
-    frames = set(tracks[chosen]["frame_index"].tolist())
-    out = []
-    others = sorted((t for t in tracks if t != chosen and t not in taken),
-                    key=lambda t: -len(tracks[t]["frame_index"]))  # fmt: skip
-    for t in others:
-        f = set(tracks[t]["frame_index"].tolist())
-        if iou(mean_box(t), ref) >= iou_min and not (f & frames):
-            out.append(t)
-            frames |= f
-    return out
-
-
-def annotated_frames(
-    labels: list[LabelTrack],
-    fps: float,
-    n_frames: int | None,
-    source_fps: float | None,
-    max_gap_s: float | None,
-) -> int | None:
-    """Labelled frames the annotation holds at the analysis rate, summed over the annotated
-    persons: frames 0..n_frames-1 (None: up to the last annotation) with both targets
-    finite after resampling. Independent of face detection: the coverage denominator."""
-    total = 0
-    try:
-        for lt in labels:
-            t = lt.times(source_fps)
-            if n_frames is None:
-                ok = np.isfinite(t)
-                n = int(np.floor(t[ok].max() * fps)) + 1 if ok.any() else 0
-            else:
-                n = int(n_frames)
-            ft = np.arange(n, dtype=np.float64) / fps
-            a = resample_labels(t, lt.arousal, ft, max_gap_s)
-            v = resample_labels(t, lt.valence, ft, max_gap_s)
-            total += int(np.sum(np.isfinite(a) & np.isfinite(v)))
-    except ValueError:  # frame-indexed labels without the video's frame rate
-        return None
-    return total
-
-
-# ---------------------------------------------------------------------------------------------
 # The stage
 
 
-def _s(x: Any) -> str:
-    return "" if x is None else str(x)
+@dataclass
+class Sharded:
+    """What one video gave: its shard table (None when no sequence), sequence rows, decoded
+    frames, face tracks, the reason when there is no sequence, and the source frame rate."""
+
+    clips: pa.Table | None
+    seqs: list[dict[str, Any]]
+    frames: int
+    tracks: int
+    reason: str = ""
+    src_fps: float | None = None
+
+
+Pair = tuple[int, LabelTrack | None, str]  # (track id, its labels or None, how it was chosen)
 
 
 class ShardStage:
@@ -221,11 +145,10 @@ class ShardStage:
             build_extractor(self.audio_cfg) if self.audio_cfg.enabled else None
         )
         self.hash = preprocess_hash(cfg)
-        self._src_fps: float | None = None  # the current video's source rate (from _video)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [
-            self.process({k: _s(batch[k][i]) for k in ITEM_COLUMNS})
+            self.process({k: text(batch[k][i]) for k in ITEM_COLUMNS})
             for i in range(len(batch["uri"]))
         ]
         return {
@@ -233,15 +156,14 @@ class ShardStage:
         }
 
     def process(self, item: dict[str, str]) -> dict[str, Any]:
-        """One video end to end; returns its status row (also written)."""
+        """One video end to end; returns its status row (also written). Transient storage
+        faults are retried (storage.retry_s); what still fails becomes the row's reason and
+        failure kind; a failure to write the status row itself raises (the run cannot
+        complete, as in inference)."""
         t0 = time.perf_counter()
-        vid = item["video_id"]
+        vid, retry_s = item["video_id"], self.cfg.storage.retry_s
         row: dict[str, Any] = {
-            "video_id": vid,
-            "uri": item["uri"],
-            "dataset": item["dataset"],
-            "split": item["split"],
-            "subject": item["subject"],
+            **{k: item[k] for k in ("video_id", "uri", "dataset", "split", "subject")},
             "status": FAILED,
             "reason": None,
             "frames": 0,
@@ -253,45 +175,36 @@ class ShardStage:
             "config_hash": self.hash,
             "source_etag": item["source_etag"] or None,
         }
+        kind = None
         try:
-            clips, seqs, frames, tracks, reason = self._video(item)
-            row.update(frames=frames, tracks=tracks, sequences=len(seqs))
-            row["annotated_frames"] = self._annotated(item, frames, self._src_fps)
-            row["labelled_frames"] = int(sum(s["labelled_frames"] for s in seqs))
-            if seqs:
+            res = with_retries(lambda: self._video(item), retry_s, item["uri"])
+            row.update(frames=res.frames, tracks=res.tracks, sequences=len(res.seqs))
+            row["annotated_frames"] = self._annotated(item, res.frames, res.src_fps)
+            row["labelled_frames"] = int(sum(s["labelled_frames"] for s in res.seqs))
+            if res.seqs:
+                self._write(join(self.root, CLIPS_DIR, f"{vid}.parquet"), res.clips, CLIP_SHARD)
+                seqs = pa.Table.from_pylist(res.seqs, SEQUENCES)
+                self._write(join(self.root, SEQUENCES_DIR, f"{vid}.parquet"), seqs, SEQUENCES)
                 row["status"] = OK
-                self._write(join(self.root, CLIPS_DIR, f"{vid}.parquet"), clips, CLIP_SHARD)
-                self._write(
-                    join(self.root, SEQUENCES_DIR, f"{vid}.parquet"),
-                    pa.Table.from_pylist(seqs, SEQUENCES),
-                    SEQUENCES,
-                )
             else:
-                row["status"], row["reason"] = NO_FACE, reason
+                row["status"], row["reason"] = NO_FACE, res.reason
                 self._remove_stale(vid)
-        except VideoError as exc:
-            row["reason"] = str(exc)
-            row["annotated_frames"] = self._annotated(item, None, None)
-            self._remove_stale(vid)
         except Exception as exc:  # a status row, not a crashed job (DESIGN principle 7)
-            row["reason"] = f"{type(exc).__name__}: {exc}"
-            log.error("%s: unexpected error\n%s", item["uri"], traceback.format_exc())
+            row["status"], kind = FAILED, failure_kind(exc)
+            row["reason"] = failure_reason(exc, item["uri"])
+            if isinstance(exc, VideoError):
+                row["annotated_frames"] = self._annotated(item, None, None)
             self._remove_stale(vid)
+        prior, limit = int(item.get("attempts") or 0), self.cfg.infer.max_attempts
+        row["reason"], row["attempts"], _ = attempt_outcome(
+            row["status"], row["reason"], kind, prior, limit
+        )
+        row["failure_kind"] = kind
         row["processing_s"] = time.perf_counter() - t0
-        self._write(
-            join(self.root, STATUS_DIR, f"{vid}.parquet"),
-            pa.Table.from_pylist([row], PREPROCESS_STATUS),
-            PREPROCESS_STATUS,
-        )
-        log.info(
-            "%s: %s (%d frames, %d tracks, %d sequences) %s",
-            item["uri"],
-            row["status"],
-            row["frames"],
-            row["tracks"],
-            row["sequences"],
-            row["reason"] or "",
-        )
+        status = pa.Table.from_pylist([row], PREPROCESS_STATUS)
+        self._write(join(self.root, STATUS_DIR, f"{vid}.parquet"), status, PREPROCESS_STATUS)
+        log.info("%s: %s (%d frames, %d tracks, %d sequences) %s", item["uri"], row["status"],
+                 row["frames"], row["tracks"], row["sequences"], row["reason"] or "")  # fmt: skip
         return row
 
     def _annotated(self, item: dict[str, str], frames: int | None, src: float | None) -> Any:
@@ -301,88 +214,87 @@ class ShardStage:
         fps = float(self.cfg.video.fps)
         return annotated_frames(labels, fps, frames or None, src, self.cfg.data.label_gap_s)
 
-    def _video(self, item: dict[str, str]) -> tuple[pa.Table | None, list[dict], int, int, str]:
-        cfg = self.cfg
-        fps = float(cfg.video.fps)
-        self._src_fps = None
+    def _video(self, item: dict[str, str]) -> Sharded:
+        """Faces -> the labelled person's tracks -> shard rows and sequences (not written)."""
         run = self.pipe.run(item["uri"])
-        parts: dict[int, list[dict[str, np.ndarray]]] = {}
-        cols = ("frame_index", "time_s", "crop", "box_xyxy")
-        for rows in run:
-            for tid in np.unique(rows["track_id"]).tolist():
-                sel = rows["track_id"] == tid
-                parts.setdefault(int(tid), []).append({k: rows[k][sel] for k in cols})
-        tracks = {
-            tid: {k: np.concatenate([p[k] for p in ps]) for k in cols} for tid, ps in parts.items()
-        }
-        for t in tracks.values():
-            order = np.argsort(t["frame_index"], kind="stable")
-            for k in cols:
-                t[k] = t[k][order]
+        tracks = collect_tracks(run)
         if not tracks:
-            return None, [], run.frames, 0, "no face track found"
-        labels = VideoItem.labels_from_json(item["labels"])
-        faces = [lt.face for lt in labels]
-        chosen = choose_tracks(
-            track_stats(tracks), faces, cfg.data.face_rule, cfg.data.major_track_fraction
-        )
+            return Sharded(None, [], run.frames, 0, "no face track found")
         src_fps = run.info.src_fps if run.info else None
-        self._src_fps = src_fps
-        pairs: list[tuple[int, LabelTrack | None, str]] = []
-        if labels:
-            taken = {t for t in chosen if t is not None}
-            for lt, tid in zip(labels, chosen):
-                if tid is None:
-                    log.warning("%s: no track for labelled face %s", item["uri"], lt.face)
-                    continue
-                pairs.append((tid, lt, lt.face or cfg.data.face_rule))
-                if cfg.data.label_tracks == "overlapping":
-                    for extra in overlapping_tracks(tracks, tid, cfg.data.overlap_iou, taken):
-                        taken.add(extra)
-                        pairs.append((extra, lt, f"{lt.face or cfg.data.face_rule}+overlap"))
-        else:
-            pairs = [(tid, None, cfg.data.face_rule) for tid in chosen if tid is not None]
+        pairs = self._pairs(item, tracks)
         if not pairs:
-            return None, [], run.frames, len(tracks), "no track matches the labelled face"
-        audio_all = (
-            self._audio(item["uri"], tracks, fps) if run.info and run.info.has_audio else None
-        )
+            reason = "no track matches the labelled face"
+            return Sharded(None, [], run.frames, len(tracks), reason, src_fps)
+        has_audio = run.info is not None and run.info.has_audio
+        audio = self._audio(item["uri"], tracks, float(self.cfg.video.fps)) if has_audio else None
         tables, seqs = [], []
         for tid, lt, how in pairs:
-            t = tracks[tid]
-            n = len(t["frame_index"])
-            if lt is not None:
-                lab_t = lt.times(src_fps)
-                aro = resample_labels(lab_t, lt.arousal, t["time_s"], cfg.data.label_gap_s)
-                val = resample_labels(lab_t, lt.valence, t["time_s"], cfg.data.label_gap_s)
-            else:
-                aro = val = np.full(n, np.nan, np.float32)
-            feats = None
-            if audio_all is not None:
-                feats = audio_all[np.clip(t["frame_index"], 0, len(audio_all) - 1)]
-            labelled = int(np.sum(np.isfinite(aro) & np.isfinite(val)))
-            tables.append(self._shard_table(item, tid, t, aro, val, feats))
-            first = int(t["frame_index"][0])
-            if int(t["frame_index"][-1]) - first + 1 != n:
-                log.warning("%s: track %d has holes; frames are read by range", item["uri"], tid)
-            seqs.append(
-                {
-                    "dataset": item["dataset"],
-                    "video_id": item["video_id"],
-                    "uri": item["uri"],
-                    "track_id": tid,
-                    "split": item["split"],
-                    "subject": item["subject"],
-                    "shard": f"{CLIPS_DIR}/{item['video_id']}.parquet",
-                    "first_frame": first,
-                    "n_frames": n,
-                    "labelled_frames": labelled,
-                    "has_audio": feats is not None,
-                    "fps": fps,
-                    "face": how,
-                }
-            )
-        return pa.concat_tables(tables), seqs, run.frames, len(tracks), ""
+            table, seq = self._sequence(item, tid, tracks[tid], lt, how, src_fps, audio)
+            tables.append(table)
+            seqs.append(seq)
+        return Sharded(pa.concat_tables(tables), seqs, run.frames, len(tracks), "", src_fps)
+
+    def _pairs(self, item: dict[str, str], tracks: dict[int, dict[str, np.ndarray]]) -> list[Pair]:
+        """The tracks kept: per labelled face its chosen track (plus, with
+        data.label_tracks=overlapping, the other tracks of that face); unlabelled data: the
+        rule's track(s)."""
+        d = self.cfg.data
+        labels = VideoItem.labels_from_json(item["labels"])
+        chosen = choose_tracks(
+            track_stats(tracks), [lt.face for lt in labels], d.face_rule, d.major_track_fraction
+        )
+        if not labels:
+            return [(tid, None, d.face_rule) for tid in chosen if tid is not None]
+        pairs: list[Pair] = []
+        taken = {t for t in chosen if t is not None}
+        for lt, tid in zip(labels, chosen):
+            if tid is None:
+                log.warning("%s: no track for labelled face %s", item["uri"], lt.face)
+                continue
+            pairs.append((tid, lt, lt.face or d.face_rule))
+            if d.label_tracks == "overlapping":
+                for extra in overlapping_tracks(tracks, tid, d.overlap_iou, taken):
+                    taken.add(extra)
+                    pairs.append((extra, lt, f"{lt.face or d.face_rule}+overlap"))
+        return pairs
+
+    def _sequence(
+        self,
+        item: dict[str, str],
+        tid: int,
+        t: dict[str, np.ndarray],
+        lt: LabelTrack | None,
+        how: str,
+        src_fps: float | None,
+        audio: np.ndarray | None,
+    ) -> tuple[pa.Table, dict[str, Any]]:
+        """One kept track: its shard rows (labels resampled to its frame times, audio
+        features per frame) and its sequence row."""
+        n, gap = len(t["frame_index"]), self.cfg.data.label_gap_s
+        if lt is not None:
+            lab_t = lt.times(src_fps)
+            aro = resample_labels(lab_t, lt.arousal, t["time_s"], gap)
+            val = resample_labels(lab_t, lt.valence, t["time_s"], gap)
+        else:
+            aro = val = np.full(n, np.nan, np.float32)
+        feats = None if audio is None else audio[np.clip(t["frame_index"], 0, len(audio) - 1)]
+        first = int(t["frame_index"][0])
+        if int(t["frame_index"][-1]) - first + 1 != n:
+            log.warning("%s: track %d has holes; frames are read by range", item["uri"], tid)
+        seq = {
+            **{k: item[k] for k in ("dataset", "video_id", "uri")},
+            "track_id": tid,
+            "split": item["split"],
+            "subject": item["subject"],
+            "shard": f"{CLIPS_DIR}/{item['video_id']}.parquet",
+            "first_frame": first,
+            "n_frames": n,
+            "labelled_frames": int(np.sum(np.isfinite(aro) & np.isfinite(val))),
+            "has_audio": feats is not None,
+            "fps": float(self.cfg.video.fps),
+            "face": how,
+        }
+        return self._shard_table(item, tid, t, aro, val, feats), seq
 
     def _audio(self, uri: str, tracks: dict[int, dict[str, np.ndarray]], fps: float) -> Any:
         if self.extractor is None:
@@ -440,19 +352,27 @@ class ShardStage:
         )
 
     def _write(self, uri: str, table: pa.Table, schema: pa.Schema) -> None:
-        with atomic_write(uri, self.cfg.storage) as f:
-            pq.write_table(
-                conform(table, schema),
-                f,
-                compression="zstd",
-                row_group_size=self.cfg.data.row_group_frames,
-            )
+        """Write one Parquet file atomically, retrying transient storage faults."""
+        table = conform(table, schema)
+
+        def write() -> None:
+            with atomic_write(uri, self.cfg.storage) as f:
+                pq.write_table(
+                    table, f, compression="zstd", row_group_size=self.cfg.data.row_group_frames
+                )
+
+        with_retries(write, self.cfg.storage.retry_s, f"writing {uri}")
 
     def _remove_stale(self, vid: str) -> None:
+        """Delete the video's shard and sequence files of an earlier run, retrying outages."""
         for sub in (CLIPS_DIR, SEQUENCES_DIR):
             fs, path = filesystem(join(self.root, sub, f"{vid}.parquet"), self.cfg.storage)
-            if fs.exists(path):
-                fs.rm(path)
+
+            def rm(fs: Any = fs, path: str = path) -> None:
+                if fs.exists(path):
+                    fs.rm(path)
+
+            with_retries(rm, self.cfg.storage.retry_s, f"removing {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,7 +382,11 @@ class ShardStage:
 def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, str]]:
     """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
     items = list(items)
-    manifest = list_inputs([it.uri for it in items], cfg.storage, cfg.infer)
+    manifest = with_retries(
+        lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer),
+        cfg.storage.retry_s,
+        "listing inputs",
+    )
     etag = {r["uri"]: r["source_etag"] for r in manifest.to_pylist()}
     return [
         {
@@ -474,72 +398,10 @@ def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, st
             "split": it.split,
             "subject": it.subject,
             "labels": it.labels_json(),
+            "attempts": "0",
         }
         for it in items
     ]
-
-
-def pending(rows: list[dict[str, str]], done: pa.Table, chash: str, force: bool) -> list[dict]:
-    """Rows without a status row for the same source version and config hash."""
-    if force:
-        return rows
-    key = {r["video_id"]: (r["source_etag"], r["config_hash"]) for r in done.to_pylist()}
-    return [
-        r
-        for r in rows
-        if not r["source_etag"] or key.get(r["video_id"]) != (r["source_etag"], chash)
-    ]  # noqa: E501
-
-
-def run_local_stage(
-    rows: list[dict[str, str]], stage: ShardStage, on_done: Any = None
-) -> list[dict[str, Any]]:
-    """The stage, looped in this process; `on_done(status_row)` after each video."""
-    out = []
-    for r in rows:
-        out.append(stage.process(r))
-        if on_done:
-            on_done(out[-1])
-    return out
-
-
-def run_ray_stage(
-    rows: list[dict[str, str]],
-    cfg: VaerrConfig,
-    root: str,
-    address: str | None = None,
-    ray_init: dict[str, Any] | None = None,
-    on_done: Any = None,
-) -> list[dict[str, Any]]:
-    """The stage on a Ray Data actor pool (fractional CPUs, optional GPU share); starts a
-    local Ray unless one is running or `address` names a cluster."""
-    started = start_ray(address, ray_init)  # before `import ray`: see pipeline/raysetup.py
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    try:
-        d = cfg.data
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-        ds = ds.map_batches(
-            ShardStage,
-            fn_constructor_kwargs={"cfg": cfg, "root": root},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=d.actors),
-            num_cpus=d.num_cpus,
-            num_gpus=d.num_gpus,
-        )
-        out = []
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["video_id"])):
-                out.append({k: batch[k][i] for k in batch})
-                if on_done:
-                    on_done(out[-1])
-        return out
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_preprocess(
@@ -553,54 +415,75 @@ def run_preprocess(
     stage: ShardStage | None = None,
 ) -> dict[str, Any]:
     """Read the dataset, shard what is not done yet, return the summary (also written to
-    R/preprocess.json). `items` / `stage` can be injected (tests)."""
-    t0 = time.perf_counter()
-    started = datetime.now(UTC).isoformat()
-    root = cfg.data.shards
+    R/preprocess.json). `items` / `stage` can be injected (tests; `stage` runs locally only)."""
+    t0, started = time.perf_counter(), utc_now()
+    root, budget = cfg.data.shards, cfg.storage.retry_s
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
     rows = item_rows(items, cfg)
     chash = preprocess_hash(cfg)
-    todo = pending(rows, read_status(root, cfg.storage), chash, force)
+    done = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+    version = {"config_hash": chash}
+    tried = {} if force else prior_attempts(rows, done, version)
+    todo = [
+        {**r, "attempts": str(tried.get(r["video_id"], 0))}
+        for r in pending_rows(rows, done, version, force, cfg.infer.max_attempts)
+    ]
     log.info("%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo))
-    write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage)
+    with_retries(
+        lambda: write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage),
+        budget,
+        "writing config.yaml",
+    )
+    d = cfg.data
+    spec = StageSpec(ShardStage, {"cfg": cfg, "root": root}, batch_size=1, num_cpus=d.num_cpus,
+                     num_gpus=d.num_gpus, pool_size=d.actors, instance=stage)  # fmt: skip
     with Progress("preprocess", len(todo)) as bar:
-        done = lambda r: bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))  # noqa: E731
-        if todo and runner == "local":
-            run_local_stage(todo, stage or ShardStage(cfg, root), done)
-        elif todo:
-            run_ray_stage(todo, cfg, root, ray_address, ray_init, done)
-    status = read_status(root, cfg.storage).to_pylist()
-    current = {r["video_id"] for r in rows}
-    status = [s for s in status if s["video_id"] in current]
-    counts = {k: sum(s["status"] == k for s in status) for k in (OK, NO_FACE, FAILED)}
-    splits: dict[str, int] = {}
-    for s in status:
-        if s["status"] == OK:
-            splits[s["split"]] = splits.get(s["split"], 0) + 1
+
+        def sink(batch: dict[str, np.ndarray]) -> None:
+            for r in batch_to_rows(batch):
+                bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
+
+        run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
+    status = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+    totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
+    splits = totals.pop("splits")
     summary = {
         "videos": len(rows),
         "processed": len(todo),
         "skipped": len(rows) - len(todo),
-        **counts,
-        "sequences": int(sum(s["sequences"] for s in status)),
-        "frames": int(sum(s["frames"] for s in status)),
-        "labelled_frames": int(sum(s["labelled_frames"] for s in status)),
-        # annotated frames at the analysis rate, whether or not a kept face track covers them
-        "annotated_frames": int(sum(s.get("annotated_frames") or 0 for s in status)),
+        **totals,
         "label_tracks": cfg.data.label_tracks,
         "splits": splits,
         "wall_s": round(time.perf_counter() - t0, 2),
         "config_hash": chash,
         "output": root,
     }
-    record = {
-        **summary,
-        "started": started,
-        "ended": datetime.now(UTC).isoformat(),
-        "runner": runner,
-        "config": config_dump(cfg),
-    }
-    write_text(
-        join(root, "preprocess.json"), json.dumps(record, indent=2, default=str), cfg.storage
-    )
+    note_pending(summary)
+    record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
+              "config": config_dump(cfg)}  # fmt: skip
+    write_record(join(root, "preprocess.json"), record, cfg.storage)
     return summary
+
+
+def _totals(status: pa.Table, current: set[str], max_attempts: int) -> dict[str, Any]:
+    """Counts over the status rows of the current videos: ok, no_face, failed (final),
+    pending (environment failures a rerun retries), sequences, frames, labelled and annotated
+    frames (at the analysis rate, whether or not a kept face track covers them), ok videos per
+    split."""
+    rows = [s for s in status.to_pylist() if s["video_id"] in current]
+    pending = sum(is_pending(s, max_attempts) for s in rows)
+    counts = {k: sum(s["status"] == k for s in rows) for k in (OK, NO_FACE, FAILED)}
+    counts[FAILED] -= pending
+    splits: dict[str, int] = {}
+    for s in rows:
+        if s["status"] == OK:
+            splits[s["split"]] = splits.get(s["split"], 0) + 1
+    return {
+        **counts,
+        PENDING: pending,
+        "sequences": int(sum(s["sequences"] for s in rows)),
+        "frames": int(sum(s["frames"] for s in rows)),
+        "labelled_frames": int(sum(s["labelled_frames"] for s in rows)),
+        "annotated_frames": int(sum(s.get("annotated_frames") or 0 for s in rows)),
+        "splits": splits,
+    }

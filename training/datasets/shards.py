@@ -53,7 +53,8 @@ def _read_dir(
 
 def read_status(root: str, storage: StorageConfig | None = None) -> pa.Table:
     """Every committed video's status row under R/videos/."""
-    return _read_dir(root, STATUS_DIR, PREPROCESS_STATUS, storage, ("annotated_frames",))
+    added = ("annotated_frames", "failure_kind", "attempts")  # null in older status files
+    return _read_dir(root, STATUS_DIR, PREPROCESS_STATUS, storage, added)
 
 
 def read_sequences(
