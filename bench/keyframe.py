@@ -176,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     inputs += [(f"synth 1280x720 {a.seconds:g} s, 2 faces", s720)]
     end = ["video.end_s=2"] if a.quick else []
     base = face_overrides("retina5") + a.sets + end
+    ref_sets = ["faces.detector.roi.keyframe_every=1"]
     rows, verdict = [], []
     t_start = time.perf_counter()
     ref_pipe = None
     refs: dict[str, tuple[dict[str, np.ndarray], float]] = {}
     for name, uri in inputs:
-        ref, wall, ref_pipe = run_rows(load_config(None, base), uri, ref_pipe)
+        ref, wall, ref_pipe = run_rows(load_config(None, base + ref_sets), uri, ref_pipe)
         refs[name] = (ref, wall)
         n = len(ref.get("frame_index", []))
         rows.append([name, "every frame (reference)", n, "-", "-", "-", "-", "-", num(wall, 2)])
@@ -246,13 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.fan:
         fan = random_fan(a.workdir / "fan_random.pth")
         fan_end = [f"video.end_s={a.fan_seconds:g}"]
-        fan_base = face_overrides("fan68", fan) + a.sets + fan_end
+        fan_base = face_overrides("fan68", fan) + a.sets + fan_end + ref_sets
         label, sets = roi_sets(a.rois)[0]
         period = int(sets[0].split("=")[1])
         frows = []
         pipe5 = pipe68 = pipe68r = None
         for name, uri in inputs:
-            r5, _, pipe5 = run_rows(load_config(None, base + fan_end), uri, pipe5)
+            r5, _, pipe5 = run_rows(load_config(None, base + fan_end + ref_sets), uri, pipe5)
             r68, w68, pipe68 = run_rows(load_config(None, fan_base), uri, pipe68)
             g68, g_w, pipe68r = run_rows(load_config(None, fan_base + sets), uri, pipe68r)
             c = compare(r68, g68)
