@@ -97,7 +97,7 @@ class RoiConfig(Section):
     detected frames in between, RetinaFace runs only on a window around each live track."""
 
     keyframe_every: int = Field(
-        8,
+        1,
         ge=1,
         le=250,
         description="Every n-th detected frame (see every_k) is a full-frame keyframe; the "
