@@ -92,6 +92,32 @@ class VideoConfig(Section):
         return self
 
 
+class RoiConfig(Section):
+    """Keyframes: full-frame detection on every `keyframe_every`-th detected frame; on the
+    detected frames in between, RetinaFace runs only on a window around each live track."""
+
+    keyframe_every: int = Field(
+        1,
+        ge=1,
+        le=250,
+        description="Every n-th detected frame (see every_k) is a full-frame keyframe; the "
+        "others search only around live tracks, so new faces appear at the next keyframe. "
+        "1: every detected frame is a keyframe (no ROI search; then not in config_hash).",
+    )
+    enlarge: float = Field(
+        1.6, ge=1.1, le=6, description="ROI side / the track's last box side (motion margin)."
+    )
+    min_side: int = Field(
+        128,
+        ge=64,
+        le=1024,
+        multiple_of=32,
+        description="Smallest ROI window side at the detector's input scale, px. Windows keep "
+        "the keyframes' scale and 32-px anchor grid (same pixels, same anchors); one size per "
+        "chunk, fitted to the largest enlarged face, the frame's size at most.",
+    )
+
+
 class DetectorConfig(Section):
     """RetinaFace MobileNet-0.25 (the network face-alignment ships)."""
 
@@ -111,6 +137,7 @@ class DetectorConfig(Section):
     batch_size: int | None = Field(
         None, ge=1, description="Frames per detector forward pass; None: 8 on a CPU, 32 on a GPU."
     )
+    roi: RoiConfig = Field(default_factory=RoiConfig, description="Keyframes and ROI search.")
 
 
 class LandmarkConfig(Section):
@@ -390,5 +417,8 @@ def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = RESULT_SECTIONS) -
     for runtime in ("device", "checkpoint", "registry_file", "encoder_checkpoint"):
         picked.get("model", {}).pop(runtime, None)
     picked.get("faces", {}).pop("device", None)
+    detector = picked.get("faces", {}).get("detector", {})
+    if detector.get("roi", {}).get("keyframe_every") == 1:  # ROI search off: as before it existed
+        detector.pop("roi")
     payload = json.dumps(picked, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -19,8 +19,10 @@ import cv2
 import numpy as np
 import torch
 from torchvision.ops import batched_nms
+from torchvision.ops import nms as nms_boxes
 
 from pipeline.device import batch_for
+from pipeline.faces.align import box_iou
 from pipeline.weights import resolve_file
 from schemas.config import DetectorConfig
 
@@ -223,28 +225,116 @@ def area_resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x
 
 
+def input_frames(frames: torch.Tensor, max_side: int) -> tuple[torch.Tensor, float]:
+    """uint8 RGB [N, H, W, 3] on any device -> (the frames at the detector's input scale, RGB
+    [N, h, w, 3] in uint8 levels: uint8 on a CPU, float32 elsewhere; the scale h / H <= 1).
+    Frames whose longest side exceeds `max_side` are area-downscaled as OpenCV's INTER_AREA
+    does (rounded to uint8 levels)."""
+    n, h, w = frames.shape[:3]
+    scale = min(1.0, max_side / max(h, w))
+    if scale >= 1.0:
+        return frames, scale
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if frames.device.type == "cpu":  # cv2 itself: far faster on a CPU
+        small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames.numpy()]
+        return torch.from_numpy(np.stack(small)), scale
+    x = area_resize(frames.permute(0, 3, 1, 2).float(), size[1], size[0]).round_()
+    return x.permute(0, 2, 3, 1), scale
+
+
+def network_input(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """RGB [N, h, w, 3] in uint8 levels (any dtype) -> the network's input: mean-subtracted
+    BGR [N, 3, h, w] in channels-last memory, `dtype`, on x's device."""
+    x = x.permute(0, 3, 1, 2).flip(1).float()  # RGB -> BGR, NCHW view
+    mean = torch.tensor(BGR_MEAN, device=x.device).view(1, 3, 1, 1)
+    return (x - mean).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
 def prepare_frames(
     frames: torch.Tensor, max_side: int, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, float]:
-    """uint8 RGB [N, H, W, 3] on any device -> (the network's input: mean-subtracted BGR
-    [N, 3, h, w] in channels-last memory, `dtype`; the scale h / H <= 1), all on the frames'
-    device. Frames whose longest side exceeds `max_side` are area-downscaled as OpenCV's
-    INTER_AREA does (rounded to uint8 levels)."""
-    n, h, w = frames.shape[:3]
-    scale = min(1.0, max_side / max(h, w))
-    if scale < 1.0 and frames.device.type == "cpu":  # cv2 itself: far faster on a CPU
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames.numpy()]
-        frames, scale_done = torch.from_numpy(np.stack(small)), True
-    else:
-        scale_done = scale >= 1.0
-    x = frames.permute(0, 3, 1, 2).flip(1).float()  # RGB -> BGR, NCHW view
-    if not scale_done:
-        hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-        x = area_resize(x, hs, ws).round_()  # uint8 levels, as cv2 gives
-    mean = torch.tensor(BGR_MEAN, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean).to(dtype).contiguous(memory_format=torch.channels_last)
-    return x, scale
+    """uint8 RGB [N, H, W, 3] on any device -> (the network's input: mean-subtracted
+    BGR [N, 3, h, w] in channels-last memory, `dtype`; the scale h / H <= 1), all on the frames'
+    device (`input_frames` then `network_input`)."""
+    x, scale = input_frames(frames, max_side)
+    return network_input(x, dtype), scale
+
+
+# The anchors of every level (strides 8, 16, 32) sit on a grid that repeats every 32 input px:
+# a window whose origin is a multiple of this sees the same anchors as the whole frame.
+ROI_GRID = 32
+
+
+def roi_windows(
+    anchors: np.ndarray, scale: float, height: int, width: int, min_side: int, enlarge: float
+) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """Detector windows around tracked faces, one size for all. anchors: boxes [R, 4] xyxy,
+    source px; the frames are [height, width] at the detector's input scale `scale`.
+
+    The window is square, side = the largest enlarged box (`enlarge` x the box's longer side)
+    plus one grid step, rounded up to the 32-px anchor grid and at least `min_side`; along an
+    axis where that reaches the frame's size (rounded up to the grid) it spans the frame. Each
+    window's origin is on the grid, as close to centred on its box as the grid allows, and no
+    further outside the frame than the grid needs.
+    -> (origins int64 [R, 2] (x0, y0) input px, the window size (height, width) in input px,
+    fits bool [R]: the enlarged box, clipped to the frame, lies inside its window)."""
+    b = anchors.astype(np.float64) * scale
+    centre = (b[:, :2] + b[:, 2:]) / 2
+    half = enlarge * np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])[:, None] / 2
+    limit = np.array([width, height], np.float64)
+    lo = np.clip(centre - half, 0, limit)
+    hi = np.clip(centre + half, 0, limit)
+    need = float((2 * half).max(initial=0.0)) + ROI_GRID
+    side = max(min_side, int(np.ceil(need / ROI_GRID)) * ROI_GRID)
+    full = np.ceil(limit / ROI_GRID).astype(np.int64) * ROI_GRID
+    size = np.minimum(side, full)  # (width, height)
+    top = np.ceil(np.maximum(limit - size, 0) / ROI_GRID) * ROI_GRID
+    origin = np.clip(np.round((centre - size / 2) / ROI_GRID) * ROI_GRID, 0, top)
+    fits = ((lo >= origin) & (hi <= origin + size)).all(1) & (hi - lo > 0).all(1)
+    return origin.astype(np.int64), (int(size[1]), int(size[0])), fits
+
+
+def cut_windows(
+    x: torch.Tensor, owner: np.ndarray, origins: np.ndarray, size: tuple[int, int]
+) -> torch.Tensor:
+    """Windows [R, wh, ww, 3] (size = (wh, ww)) from frames x [N, h, w, 3] (uint8 levels, any
+    device): window r of frame owner[r] at origins[r] = (x0, y0); outside the frame it is the
+    detector's mean colour, i.e. zero input, as the network's zero padding sees past the edge."""
+    n, h, w = x.shape[:3]
+    wh, ww = size
+    fill = torch.tensor(BGR_MEAN[::-1].copy(), device=x.device).to(x.dtype)
+    out = fill.expand(len(owner), wh, ww, 3).clone()
+    for r, (o, (x0, y0)) in enumerate(zip(owner.tolist(), origins.tolist())):
+        xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + ww, w), min(y0 + wh, h)
+        if xb > xa and yb > ya:
+            out[r, ya - y0 : yb - y0, xa - x0 : xb - x0] = x[o, ya:yb, xa:xb]
+    return out
+
+
+def pick_tracked(dets: Detections, anchor: np.ndarray) -> Detections:
+    """The one detection of a window that is the tracked face: the largest IoU with the
+    anchor box (the track's last box); none if no detection overlaps it. Other faces a window
+    catches (a neighbour, partly cut off at the window's edge) wait for the next keyframe."""
+    if len(dets.boxes) == 0:
+        return dets
+    iou = box_iou(anchor[None].astype(np.float64), dets.boxes.astype(np.float64))[0]
+    k = int(iou.argmax())
+    if iou[k] <= 0:
+        return Detections.empty()
+    return Detections(dets.boxes[k : k + 1], dets.scores[k : k + 1], dets.landmarks[k : k + 1])
+
+
+def merge_faces(parts: list[Detections], nms: float, max_faces: int) -> Detections:
+    """One frame's detections from several windows -> one Detections, strongest first;
+    a face found by two windows (two tracks over one face) is kept once (IoU > nms)."""
+    parts = [p for p in parts if len(p.boxes)]
+    if not parts:
+        return Detections.empty()
+    boxes = np.concatenate([p.boxes for p in parts])
+    scores = np.concatenate([p.scores for p in parts])
+    pts = np.concatenate([p.landmarks for p in parts])
+    keep = nms_boxes(torch.from_numpy(boxes), torch.from_numpy(scores), nms).numpy()[:max_faces]
+    return Detections(boxes[keep], scores[keep], pts[keep])
 
 
 @lru_cache(maxsize=16)
@@ -338,8 +428,13 @@ class RetinaFaceDetector:
         return out
 
     def _detect(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
-        timer = self.timer
         x, scale = self._prepare(frames)
+        return self._run(x, scale)
+
+    def _run(self, x: torch.Tensor, scale: float) -> list[Detections]:
+        """Network + decoding of prepared inputs x [N, 3, h, w] at `scale` -> N Detections
+        in (window) source px."""
+        timer = self.timer
         h, w = x.shape[2:]
         with autocast(self.device, self.dtype):
             loc, conf, landm = self.net(x)
@@ -352,3 +447,62 @@ class RetinaFaceDetector:
         if timer is not None:
             timer.mark("detect_post", None)
         return dets
+
+    @torch.inference_mode()
+    def detect_rois(
+        self, frames: np.ndarray | torch.Tensor, anchors: list[np.ndarray]
+    ) -> list[Detections]:
+        """Detection around tracked faces only. frames: uint8 RGB [N, H, W, 3] (numpy or a
+        tensor anywhere); anchors[i]: boxes [M_i, 4] xyxy source px of the faces tracked into
+        frame i (their last boxes). -> N Detections, source px, at most one face per anchor.
+
+        Each anchor gets a window at the keyframes' input scale, on their 32-px anchor grid
+        (`roi_windows`: one size per call, fitted to the largest enlarged face), so the
+        network sees the same pixels and anchors as on the whole frame; all windows of the
+        call go through the network in batches. A frame where some enlarged anchor does not
+        fit its window is detected whole, and so are all frames when the windows would cost
+        as much as the frames. A frame without anchors has no
+        detections: new faces are found at the next keyframe."""
+        out = [Detections.empty() for _ in range(len(frames))]
+        todo = [i for i, a in enumerate(anchors) if len(a)]
+        if not todo:
+            return out
+        roi = self.cfg.roi
+        dt = self._in_dtype or getattr(torch, self.dtype)
+        x = frames_tensor(frames, self.device)
+        x = x[torch.as_tensor(todo, device=x.device)]
+        small, scale = input_frames(x, self.cfg.max_side)
+        n, h, w = small.shape[:3]
+        owner = np.repeat(np.arange(n), [len(anchors[i]) for i in todo])
+        boxes = np.concatenate([anchors[i] for i in todo]).reshape(-1, 4)
+        origins, size, fits = roi_windows(boxes, scale, h, w, roi.min_side, roi.enlarge)
+        whole = np.zeros(n, bool)
+        np.logical_or.at(whole, owner, ~fits)
+        win = ~whole[owner]  # windows of frames that are not detected whole
+        if win.sum() * size[0] * size[1] >= (~whole).sum() * h * w:
+            whole[:] = True  # windows would cost as much as the frames: detect them whole
+            win[:] = False
+        found: list[list[Detections]] = [[] for _ in range(n)]
+        if win.any():
+            idx = np.flatnonzero(win)
+            per = max(self.batch_size, self.batch_size * (h * w) // (size[0] * size[1]))
+            for s in range(0, len(idx), per):
+                part = idx[s : s + per]
+                crops = cut_windows(small, owner[part], origins[part], size)
+                dets = self._run(network_input(crops, dt), scale)
+                for r, d in zip(part.tolist(), dets):
+                    shift = origins[r].astype(np.float32) / scale
+                    d = pick_tracked(
+                        Detections(d.boxes + np.tile(shift, 2), d.scores, d.landmarks + shift),
+                        boxes[r],
+                    )
+                    found[owner[r]].append(d)
+        full = np.flatnonzero(whole)
+        for s in range(0, len(full), self.batch_size):
+            part = full[s : s + self.batch_size]
+            sel = torch.as_tensor(part, device=small.device)
+            for k, d in zip(part.tolist(), self._run(network_input(small[sel], dt), scale)):
+                found[k] = [d]
+        for k, i in enumerate(todo):
+            out[i] = merge_faces(found[k], self.cfg.nms, self.cfg.max_faces)
+        return out

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pipeline.faces.align import (
+    box_iou,
     centred_average,
     crop_square,
     interpolate_at,
@@ -140,7 +141,7 @@ class FaceStream:
         sel = np.flatnonzero(idx % every == 0)
         rgb, gray = self._to_device(chunk, sel)
         self._mark("convert")
-        dets: list[Detections] = self.detector(rgb) if len(sel) else []
+        dets = self._detect(rgb, idx[sel])
         lms = self.landmarker.batch(rgb, [d.boxes for d in dets], [d.landmarks for d in dets])
         self._mark("fan")
         by_frame = {int(i): (d, lm) for i, d, lm in zip(sel, dets, lms)}
@@ -157,6 +158,59 @@ class FaceStream:
         rows = self._finalise()
         self._mark("align")
         return rows
+
+    def _detect(self, rgb: torch.Tensor, frames: np.ndarray) -> list[Detections]:
+        """Detections for the frames to detect on (rgb [S, H, W, 3] on the device, analysis
+        frame indices frames [S]). Keyframes (every `keyframe_every`-th detected frame) are
+        detected whole; with `roi.keyframe_every` > 1 the others only in windows around the
+        live tracks (see `anchor_boxes`)."""
+        if len(frames) == 0:
+            return []
+        det = self.cfg.detector
+        period = det.every_k * det.roi.keyframe_every
+        if det.roi.keyframe_every == 1 or not hasattr(self.detector, "detect_rois"):
+            return self.detector(rgb)
+        key = np.flatnonzero(frames % period == 0)
+        rest = np.flatnonzero(frames % period != 0)
+        dev = rgb.device
+        out: list[Detections] = [Detections.empty() for _ in frames]
+        if len(key):
+            for k, d in zip(key.tolist(), self.detector(rgb[torch.from_numpy(key).to(dev)])):
+                out[k] = d
+        if len(rest):
+            anchors = self.anchor_boxes(frames, key, out, rest)
+            found = self.detector.detect_rois(rgb[torch.from_numpy(rest).to(dev)], anchors)
+            for k, d in zip(rest.tolist(), found):
+                out[k] = d
+        return out
+
+    def anchor_boxes(
+        self, frames: np.ndarray, key: np.ndarray, key_dets: list[Detections], rest: np.ndarray
+    ) -> list[np.ndarray]:
+        """Where to look for the tracked faces in the non-keyframes `rest` (positions in
+        `frames`, analysis indices of this chunk's detected frames): for each, boxes [M, 4]
+        source px. The faces of the latest keyframe of this chunk before it, plus the last box
+        of every track that was open at the chunk's start, can still link (gap <= max_gap)
+        and that keyframe did not find again (IoU < the tracker's threshold). All windows of a
+        chunk come from state known before its non-keyframes are detected, so they go through
+        the network in one batch; `roi.enlarge` is the margin for motion since then."""
+        track = self.cfg.track
+        open_tracks = list(self.tracker.open.values())
+        last = np.array([t.last for t in open_tracks], np.int64)
+        tboxes = np.array([t.boxes[-1] for t in open_tracks], np.float32).reshape(-1, 4)
+        out = []
+        for pos in rest.tolist():
+            f = int(frames[pos])
+            prior = key[key < pos]
+            base = tboxes[f - last <= track.max_gap + 1]
+            if len(prior) == 0:
+                out.append(base)
+                continue
+            kb = key_dets[int(prior[-1])].boxes
+            if len(kb) and len(base):
+                base = base[box_iou(base, kb).max(1) < track.iou_threshold]
+            out.append(np.concatenate([kb, base]).astype(np.float32))
+        return out
 
     def pop_ended(self) -> list[int]:
         """Public ids of tracks whose last row has been returned since the previous call."""
