@@ -39,9 +39,11 @@ SIZED = [*ORDER, "bench"]
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
-# Still over the limits, each with its reason (none today: the issue-14 splits are merged).
+# Still over the limits, each with its reason.
 LONG_MODULES_ALLOWED: set[str] = set()
-LONG_FUNCTIONS_ALLOWED: set[str] = set()
+LONG_FUNCTIONS_ALLOWED = {
+    "bench/keyframe.py::main",  # a one-off measurement script read top to bottom (issue 15)
+}
 
 
 def _functions(tree: ast.AST, prefix: str = ""):
