@@ -22,7 +22,7 @@ from training.pretext.byol import ema_momentum
 from training.pretext.conformer import Conformer
 from training.pretext.dino import dino_loss
 from training.pretext.lira import LiraModel, lira_loss, shift_targets
-from training.tasks import FinetuneTask
+from training.tasks import FinetuneTask, TaskExtras
 
 GRID = ["grid_bbaf2n.mpg", "grid_lbbc2a.mpg", "grid_swiz3n.mpg"]
 SMALL_LIRA = [
@@ -95,7 +95,7 @@ def test_lira_on_grid_learns_audio_from_lips(grid_shards, tmp_path):
         load_config(
             None, ["model.arch=ssvaerr_tiny", f"model.encoder_checkpoint={summary['product']}"]
         ),
-        {},
+        TaskExtras(),
     )
     model = ft.build()
     w = enc["state_dict"]["encoder.frontend.conv.weight"]
