@@ -43,7 +43,7 @@ from pipeline.status import (
     pending_rows,
     prior_attempts,
 )
-from pipeline.storage import atomic_write, filesystem, join, write_text
+from pipeline.storage import filesystem, join, remove, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
@@ -60,22 +60,14 @@ class _Video:
 
 
 def _table_write(uri: str, table: pa.Table, cfg: VaerrConfig) -> None:
-    def write() -> None:
-        with atomic_write(uri, cfg.storage) as f:
-            pq.write_table(table, f, compression="zstd")
-
-    with_retries(write, cfg.storage.retry_s, f"writing {uri}")
+    """Write a Parquet file atomically, retrying outages."""
+    with_retries(lambda: write_parquet(uri, table, cfg.storage), cfg.storage.retry_s,
+                 f"writing {uri}")  # fmt: skip
 
 
 def _remove(uri: str, cfg: VaerrConfig) -> None:
     """Delete a file if it exists (a stale result of an earlier run), retrying outages."""
-
-    def rm() -> None:
-        fs, path = filesystem(uri, cfg.storage)
-        if fs.exists(path):
-            fs.rm(path)
-
-    with_retries(rm, cfg.storage.retry_s, f"removing {uri}")
+    with_retries(lambda: remove(uri, cfg.storage), cfg.storage.retry_s, f"removing {uri}")
 
 
 class TimelineWriter:

@@ -304,6 +304,12 @@ def write_text(uri: str, text: str, storage: Options = None) -> None:
     write_bytes(uri, text.encode("utf-8"), storage)
 
 
+def write_parquet(uri: str, table: pa.Table, storage: Options = None, **options: Any) -> None:
+    """Write a Parquet file atomically (zstd; `options` go to pyarrow.parquet.write_table)."""
+    with atomic_write(uri, storage) as f:
+        pq.write_table(table, f, compression="zstd", **options)
+
+
 @contextlib.contextmanager
 def local_output(uri: str, storage: Options = None) -> Iterator[str]:
     """A local file path to write `uri` through, for libraries that need a real file (PyAV).

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 from schemas.config import VaerrConfig, load_config
 
@@ -23,6 +24,20 @@ def asset(rel: str) -> Path:
     if not p.exists():
         pytest.skip(f"asset {p} not found (set VAERR_ASSETS to the shared/assets folder)")
     return p
+
+
+# The device parameter of the face-stage tests: every path on CPU tensors, and on CUDA
+# (marked gpu) where a GPU exists.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+        ],
+    ),
+]
 
 
 def face_overrides(kind: str = "retina5") -> list[str]:

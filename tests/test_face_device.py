@@ -38,18 +38,8 @@ from pipeline.faces.pipeline import decode_ahead
 from pipeline.faces.warp import compose, similarity_batch, warp_batch
 from pipeline.video import VideoReader
 from schemas.config import load_config
-from tests.conftest import MEAN_FACE, asset, face_overrides
+from tests.conftest import DEVICES, MEAN_FACE, asset, face_overrides
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ],
-    ),
-]
 REAL_CLIPS = [
     "grid_bbaf2n.mpg",
     "grid_lbbc2a.mpg",

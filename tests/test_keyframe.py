@@ -14,18 +14,8 @@ from pipeline.faces.detect import ROI_GRID, RetinaFaceDetector, roi_windows
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.video import VideoReader
 from schemas.config import config_hash, load_config
-from tests.conftest import asset, face_overrides
+from tests.conftest import DEVICES, asset, face_overrides
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ],
-    ),
-]
 KEY = 8  # keyframe every 8th frame in these tests
 ROI = [f"faces.detector.roi.keyframe_every={KEY}"]
 OFF = ["faces.detector.roi.keyframe_every=1"]

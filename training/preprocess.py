@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.manifest import list_inputs
@@ -58,7 +57,7 @@ from pipeline.status import (
     pending_rows,
     prior_attempts,
 )
-from pipeline.storage import atomic_write, filesystem, join, write_text
+from pipeline.storage import join, remove, write_parquet, write_text
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from schemas.tables import CLIP_SHARD, conform
@@ -353,26 +352,17 @@ class ShardStage:
 
     def _write(self, uri: str, table: pa.Table, schema: pa.Schema) -> None:
         """Write one Parquet file atomically, retrying transient storage faults."""
-        table = conform(table, schema)
-
-        def write() -> None:
-            with atomic_write(uri, self.cfg.storage) as f:
-                pq.write_table(
-                    table, f, compression="zstd", row_group_size=self.cfg.data.row_group_frames
-                )
-
-        with_retries(write, self.cfg.storage.retry_s, f"writing {uri}")
+        table, st = conform(table, schema), self.cfg.storage
+        rows = self.cfg.data.row_group_frames
+        with_retries(lambda: write_parquet(uri, table, st, row_group_size=rows), st.retry_s,
+                     f"writing {uri}")  # fmt: skip
 
     def _remove_stale(self, vid: str) -> None:
         """Delete the video's shard and sequence files of an earlier run, retrying outages."""
+        st = self.cfg.storage
         for sub in (CLIPS_DIR, SEQUENCES_DIR):
-            fs, path = filesystem(join(self.root, sub, f"{vid}.parquet"), self.cfg.storage)
-
-            def rm(fs: Any = fs, path: str = path) -> None:
-                if fs.exists(path):
-                    fs.rm(path)
-
-            with_retries(rm, self.cfg.storage.retry_s, f"removing {path}")
+            uri = join(self.root, sub, f"{vid}.parquet")
+            with_retries(lambda u=uri: remove(u, st), st.retry_s, f"removing {uri}")
 
 
 # ---------------------------------------------------------------------------------------------
