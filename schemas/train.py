@@ -243,6 +243,16 @@ class TrainConfig(Section):
     loader_num_cpus: float = Field(
         0.25, gt=0, description="CPUs per Ray Data clip-loading task (fractional)."
     )
+    clips_in_memory_mb: int = Field(
+        2048,
+        ge=0,
+        le=1_048_576,
+        description="When the training sequences' crops take at most this many MB, every "
+        "worker holds them in memory and draws its clips itself (read once, no Ray Data "
+        "execution per epoch: on small corpora that was most of an epoch's time); above it, "
+        "clips stream from the shards through Ray Data. 0: always stream. Does not change "
+        "what is learned, only where clips are read.",
+    )
     max_failures: int = Field(
         3, ge=-1, description="Worker-group restarts from the last checkpoint (-1: no limit)."
     )

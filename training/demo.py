@@ -65,6 +65,12 @@ def make_videos(
     return truths
 
 
+def render_workers() -> int:
+    """Processes that render the corpus: every core (rendering is single-threaded numpy and
+    nothing else runs meanwhile but the unseen videos' half-CPU task), at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def render_unseen(
     out: Path, videos: int, seconds: float, seed: int, size: tuple[int, int], runner: str
 ) -> Callable[[], list[dict[str, Any]]]:
@@ -192,7 +198,7 @@ def run_demo(
                  identities, videos_per_identity, train_seconds)  # fmt: skip
         make_corpus(
             root / "corpus", identities, videos_per_identity, train_seconds, seed,
-            (0.67, 0.33, 0.0), size=size, with_audio=False,
+            (0.67, 0.33, 0.0), size=size, with_audio=False, workers=render_workers(),
         )  # fmt: skip
         shards = run_preprocess(cfg, runner=runner)
         log.info("shards: %s", shards)

@@ -8,9 +8,13 @@ mean of arousal and valence CCC, AVEC convention), per-epoch metrics appended to
 RUN/metrics.jsonl, and a resume checkpoint (model, optimiser, epoch, best, RNG) reported.
 
 How it is scheduled (`run_training`): `runner="ray"` is a Ray Train `TorchTrainer` (DDP over
-`train.num_workers` workers, CPU/gloo or one GPU each/NCCL), fed by a Ray Data dataset of
-clip specs that `get_dataset_shard` splits equally across workers and whose clips are read
-from the shards by Ray Data tasks (`ClipLoader`); checkpoints go to `train.storage_path`
+`train.num_workers` workers, CPU/gloo or one GPU each/NCCL). A corpus whose crops fit in
+`train.clips_in_memory_mb` is read once by every worker and its clips drawn there
+(`sessions.spec_batches`: each rank its share of one seeded permutation per epoch); a larger
+one streams: a Ray Data dataset of clip specs that `get_dataset_shard` splits equally across
+workers, whose clips Ray Data tasks read from the shards every epoch (`ClipLoader`). On the
+demo's corpus, Ray Data's per-epoch execution was most of an epoch's time (30 s of epochs
+whose steps take 2.5 s: bench/RESULTS.md). Checkpoints go to `train.storage_path`
 (local or S3) under `train.name`; `FailureConfig(max_failures)` restarts a failed worker
 group from the last checkpoint, and a new run with the same name resumes from it too.
 `runner="local"` loops the same `fit_worker` in this process, with the same checkpoints
@@ -53,7 +57,7 @@ from pipeline.storage import (
     write_text,
 )
 from schemas.config import VaerrConfig, config_dump, config_yaml
-from training.datasets.shards import ClipLoader, clip_specs, read_sequences
+from training.datasets.shards import ClipLoader, clip_specs, read_sequences, specs_memory_mb
 from training.sessions import LocalSession, RaySession, Session
 from training.tasks import (
     METRICS_FILE,
@@ -245,10 +249,13 @@ def _json_metrics(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ray_train_fn(config: dict[str, Any]) -> None:
-    """The Ray Train per-worker entry point."""
+    """The Ray Train per-worker entry point (`config["specs"]`: the clip specs when the corpus
+    is held in memory by every worker, else None and clips come from the dataset shard)."""
     cfg = config["cfg"]
     torch.set_num_threads(cfg.train.threads or max(1, int(round(cfg.train.cpus_per_worker))))
-    fit_worker(cfg, config["task"], config["extras"], RaySession(cfg))
+    specs = config.get("specs")
+    loader = ClipLoader(**config["loader"], cache=True) if specs is not None else None
+    fit_worker(cfg, config["task"], config["extras"], RaySession(cfg, specs, loader))
 
 
 def load_clip_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
@@ -336,14 +343,15 @@ def run_training(
         "seed": t.seed,
         "audio_dim": extras.audio_dim,
     }
+    in_memory = specs_memory_mb(specs, cfg.model.crop_size) <= t.clips_in_memory_mb
     if runner == "local":
-        session = LocalSession(cfg, specs, ClipLoader(**loader_kwargs))
+        session = LocalSession(cfg, specs, ClipLoader(**loader_kwargs, cache=in_memory))
         session.on_epoch = EpochLine(t.epochs, task)
         last = fit_worker(cfg, task, extras, session)
         error = None
     else:
         with ray_session(ray_address, ray_init):  # started here unless already joined
-            last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs)
+            last, error = _fit_ray(cfg, task, specs, extras, loader_kwargs, in_memory)
     product = join(rdir, TASKS[task](cfg, extras).product_name)
     export = TASKS[task].export_uri(cfg)
     if export:
@@ -380,8 +388,10 @@ def _fit_ray(
     specs: list[dict],
     extras: TaskExtras,
     loader_kwargs: dict[str, Any],
+    in_memory: bool = False,
 ) -> tuple[dict[str, Any], str | None]:
-    """A Ray Train TorchTrainer over a Ray Data dataset of clip specs (inside a ray_session):
+    """A Ray Train TorchTrainer (inside a ray_session) whose workers draw clips from the
+    sequences they hold in memory (`in_memory`), or from a Ray Data dataset of clip specs:
     (the last reported metrics, None) or ({}, the error)."""
     import ray
     import ray.train
@@ -390,17 +400,12 @@ def _fit_ray(
     from training.progress import EpochRelay
 
     t = cfg.train
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    rows = list(specs)
-    np.random.default_rng(t.seed).shuffle(rows)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    ds = ds.randomize_block_order(seed=t.seed).map_batches(
-        load_clip_batch,
-        fn_kwargs=loader_kwargs,
-        batch_size=t.per_worker_batch(),
-        batch_format="numpy",
-        num_cpus=t.loader_num_cpus,
-    )
+    loop_config = {"cfg": cfg, "task": task, "extras": extras, "loader": loader_kwargs}
+    datasets = {}
+    if in_memory:
+        loop_config["specs"] = specs
+    else:
+        datasets["train"] = _clip_dataset(cfg, specs, loader_kwargs)
     storage_path, storage_fs = arrow_filesystem(cfg.train.storage_path, cfg.storage)
     relay = EpochRelay(t.epochs, task)  # one line per epoch on this terminal
     resources = {"CPU": t.cpus_per_worker}
@@ -408,7 +413,7 @@ def _fit_ray(
         resources["GPU"] = 1
     trainer = TorchTrainer(
         _ray_train_fn,
-        train_loop_config={"cfg": cfg, "task": task, "extras": extras},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
@@ -420,8 +425,8 @@ def _fit_ray(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
             callbacks=[relay.callback],
         ),
-        datasets={"train": ds},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),
     )
     try:
         result = trainer.fit()
@@ -431,6 +436,25 @@ def _fit_ray(
     finally:
         relay.close()
     return dict(result.metrics or {}), None
+
+
+def _clip_dataset(cfg: VaerrConfig, specs: list[dict], loader_kwargs: dict[str, Any]) -> Any:
+    """The streaming path: a Ray Data dataset of the clip specs (shuffled, blocks in a seeded
+    order) whose clips are read from the shards by `load_clip_batch` tasks, every epoch."""
+    import ray
+
+    t = cfg.train
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows = list(specs)
+    np.random.default_rng(t.seed).shuffle(rows)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
+    return ds.randomize_block_order(seed=t.seed).map_batches(
+        load_clip_batch,
+        fn_kwargs=loader_kwargs,
+        batch_size=t.per_worker_batch(),
+        batch_format="numpy",
+        num_cpus=t.loader_num_cpus,
+    )
 
 
 def _read_best(rdir: str, cfg: VaerrConfig) -> dict[str, Any] | None:

@@ -74,6 +74,29 @@ def _load_state(folder: str) -> dict[str, Any]:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def spec_batches(
+    specs: list[dict[str, Any]],
+    loader: ClipLoader,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One worker's batches of an epoch drawn in-process: the specs in an order seeded by
+    (seed, epoch), every `world_size`-th from `rank` (the tail that does not divide is left
+    out, so every rank takes the same number of steps: DDP needs it), loaded `batch_size` at
+    a time. The same permutation on every rank, so the ranks' shares never overlap; clip
+    positions are seeded by (seed, epoch, rank), so a run and its resumption draw alike."""
+    order = np.random.default_rng([seed, 7, epoch]).permutation(len(specs))
+    if world_size > 1:
+        order = order[: len(order) - len(order) % world_size][rank::world_size]
+    loader.reseed(seed, epoch, rank)  # clip positions reproducible per (seed, epoch, rank)
+    for i in range(0, len(order), batch_size):
+        rows = [specs[j] for j in order[i : i + batch_size]]
+        yield loader({k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]})
+
+
 class LocalSession(Session):
     """In-process: clips read by ClipLoader here, checkpoints in RUN/local_checkpoints/."""
 
@@ -93,12 +116,8 @@ class LocalSession(Session):
         return module.to(self.device())
 
     def batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        rng = np.random.default_rng([self.cfg.train.seed, 7, epoch])
-        order = rng.permutation(len(self.specs))
         bs = self.cfg.train.per_worker_batch(1)  # one worker: the global batch
-        for i in range(0, len(order), bs):
-            rows = [self.specs[j] for j in order[i : i + bs]]
-            yield self.loader({k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]})
+        yield from spec_batches(self.specs, self.loader, self.cfg.train.seed, epoch, 0, 1, bs)
 
     def restore(self) -> dict[str, Any] | None:
         fs, path = filesystem(self.ckpt_root)
@@ -121,12 +140,21 @@ class LocalSession(Session):
 
 
 class RaySession(Session):
-    """Inside a Ray Train worker: DDP via ray.train.torch, batches from the dataset shard."""
+    """Inside a Ray Train worker: DDP via ray.train.torch; batches from the dataset shard, or,
+    given `specs` and a caching `loader` (a corpus that fits in memory), drawn here from the
+    sequences this worker holds (`spec_batches`): no Ray Data execution per epoch."""
 
-    def __init__(self, cfg: VaerrConfig) -> None:
+    def __init__(
+        self,
+        cfg: VaerrConfig,
+        specs: list[dict[str, Any]] | None = None,
+        loader: ClipLoader | None = None,
+    ) -> None:
         import ray.train
 
         self.cfg = cfg
+        self.specs = specs
+        self.loader = loader
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
@@ -144,8 +172,14 @@ class RaySession(Session):
     def batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         import ray.train
 
-        shard = ray.train.get_dataset_shard("train")
         bs = self.cfg.train.per_worker_batch(self.world_size)
+        if self.specs is not None and self.loader is not None:
+            t = self.cfg.train
+            yield from spec_batches(
+                self.specs, self.loader, t.seed, epoch, self.rank, self.world_size, bs
+            )
+            return
+        shard = ray.train.get_dataset_shard("train")
         yield from shard.iter_batches(
             batch_size=bs,
             batch_format="numpy",

@@ -183,6 +183,11 @@ class ClipLoader:
     audio_feat float32 [B, T, D] (zeros past `length`). Clip positions come from a generator
     seeded by `seed` and fresh entropy: Ray Data re-runs the loader each epoch without
     telling it which one, and the same positions every epoch would defeat the sampling.
+    A loader that knows its epoch (`reseed`) draws reproducible positions instead.
+
+    With `cache`, each sequence is read whole the first time one of its clips is asked for
+    and kept in memory; later clips are slices (the in-memory path of training: a corpus
+    that fits is read once per worker, not once per clip and epoch).
     """
 
     def __init__(
@@ -193,14 +198,36 @@ class ClipLoader:
         crop_size: int = 96,
         seed: int | None = None,
         audio_dim: int = 0,
+        cache: bool = False,
     ) -> None:
         self.clip_frames = clip_frames
         self.storage = storage
         self.audio = audio
         self.size = crop_size
         self.audio_dim = audio_dim
+        self.cache: dict[tuple[str, int, int], dict[str, np.ndarray]] | None = {} if cache else None
         entropy = np.random.SeedSequence().entropy
         self.rng = np.random.default_rng([seed or 0, int(entropy) & ((1 << 63) - 1)])
+
+    def reseed(self, *keys: int) -> None:
+        """Draw the next clip positions from a generator seeded by `keys` alone (e.g. seed,
+        epoch, rank): reproducible sampling where the caller knows the epoch."""
+        self.rng = np.random.default_rng([int(k) for k in keys])
+
+    def _frames(
+        self, uri: str, track: int, first: int, total: int, start: int, count: int
+    ) -> dict[str, np.ndarray]:
+        """Frames start .. start+count-1 of the sequence (track, first, total) of `uri`: read
+        from the shard, or sliced from the cached whole sequence."""
+        if self.cache is None:
+            return read_frames(uri, track, start, count, self.storage, self.audio, self.size)
+        key = (uri, track, first)
+        seq = self.cache.get(key)
+        if seq is None:
+            seq = read_frames(uri, track, first, total, self.storage, self.audio, self.size)
+            self.cache[key] = seq
+        lo, hi = np.searchsorted(seq["frame_index"], [start, start + count])
+        return {k: v[lo:hi] for k, v in seq.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["shard_uri"])
@@ -213,16 +240,10 @@ class ClipLoader:
         for i in range(n):
             total = int(batch["n_frames"][i])
             count = min(t, total)
-            start = int(batch["first_frame"][i]) + int(self.rng.integers(0, total - count + 1))
-            fr = read_frames(
-                str(batch["shard_uri"][i]),
-                int(batch["track_id"][i]),
-                start,
-                count,
-                self.storage,
-                self.audio,
-                s,
-            )
+            first = int(batch["first_frame"][i])
+            start = first + int(self.rng.integers(0, total - count + 1))
+            uri, track = str(batch["shard_uri"][i]), int(batch["track_id"][i])
+            fr = self._frames(uri, track, first, total, start, count)
             m = len(fr["frame_index"])
             crops[i, :m] = fr["crops"]
             aro[i, :m] = fr["arousal"]
@@ -238,3 +259,10 @@ class ClipLoader:
                     af[i, : len(f)] = f
             out["audio_feat"] = af
         return out
+
+
+def specs_memory_mb(specs: list[dict[str, Any]], crop_size: int = 96) -> float:
+    """Memory the distinct sequences of `specs` take when held whole (ClipLoader's cache), MB
+    (crops only: labels and audio features are a few % of it)."""
+    seqs = {(s["shard_uri"], s["track_id"], s["first_frame"]): s["n_frames"] for s in specs}
+    return sum(seqs.values()) * crop_size * crop_size / 2**20
