@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +57,226 @@ def test_plot_draws_dollar_names_as_text(name: str, tmp_path: Path, capsys):
     png = tmp_path / "p.png"
     assert main(["plot", str(tmp_path / "out"), "--video", name, "-o", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", DOLLAR_NAMES[:3])
+def test_report_of_a_job_with_dollar_names(name: str, tmp_path: Path, capsys):
+    from tests.test_report import status_row, write_status
+
+    out = tmp_path / "out"
+    (out / "timelines").mkdir(parents=True)
+    table = renamed(happy_video(), name)
+    vid = table["video_id"][0].as_py()
+    pq.write_table(table, out / "timelines" / f"{vid}.parquet")
+    write_status(out, [status_row(vid, table["uri"][0].as_py())])
+    report = tmp_path / "r.html"
+    assert main(["report", str(out), "--output", str(report)]) == 0
+    text = report.read_text()
+    assert text.count('<img class="timeline"') == 1 and f"<h3>{name}</h3>" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 5: every value from OUT is escaped for its context; ids never come from OUT
+
+PAYLOADS = {
+    "script": '"><script>window.__pwned=1</script>',
+    "attribute": 'x\' onmouseover=\'window.__pwned=1\' " onfocus="window.__pwned=1" autofocus x="',
+    "markup": "</code></td></tr></table><img src=x onerror=window.__pwned=1><svg onload=alert(1)>",
+}
+
+
+def hostile_job(out: Path, bad: str, hostile_fps: bool = False) -> dict[str, str]:
+    """OUT whose every column the report reads holds `bad`: two videos with episodes (ids,
+    uris, emotion words, model ids: hostile; one a local mp4 so it gets a player), a failed
+    row (status, reason) and a run.json of hostile strings (frames_per_s too with
+    `hostile_fps`: a string where a number belongs). Returns {video_id: uri}."""
+    from tests.test_events import spike_video
+    from tests.test_report import status_row
+
+    (out / "timelines").mkdir(parents=True)
+    uris = {}
+    rows = []
+    for i, (table, uri) in enumerate(
+        [
+            (happy_video(), f"{out.parent}/clips/{bad}.mp4"),  # a local file: a <video> src
+            (spike_video(), f"javascript:window.__pwned=1//{bad}.mp4"),  # a URL that is no URL
+        ]
+    ):
+        vid = f"{bad}{i}"
+        n = table.num_rows
+        table = table.set_column(0, "video_id", pa.array([vid] * n))
+        table = table.set_column(1, "uri", pa.array([uri] * n))
+        table = table.set_column(7, "emotion", pa.array([bad] * n))
+        table = table.set_column(11, "model_id", pa.array([bad] * n))
+        pq.write_table(table, out / "timelines" / f"v{i}.parquet")
+        row = status_row(vid, uri)
+        row.update(model_id=bad, config_hash=bad, source_etag=bad, warnings=bad)
+        rows.append(row)
+        uris[vid] = uri
+    rows.append(status_row(f"{bad}f", f"s3://b/{bad}.mp4", "failed", reason=bad))
+    rows.append(status_row(f"{bad}g", f"s3://b/{bad}g.mp4", bad, reason=bad))  # status: bad
+    write_rows(out, rows)
+    run = {
+        "frames_per_s": bad if hostile_fps else 1.5,
+        "model_id": bad,
+        "started": bad,
+        "ended": bad,
+        "untrained": bad,
+    }
+    (out / "run.json").write_text(json.dumps(run))
+    return uris
+
+
+def write_rows(out: Path, rows: list[dict]) -> None:
+    """Status rows, one file each, named by position (ids may be anything)."""
+    from schemas.tables import VIDEOS
+
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(rows):
+        pq.write_table(pa.Table.from_pylist([r], VIDEOS), out / "videos" / f"s{i}.parquet")
+
+
+def static_checks(text: str, bad: str) -> None:
+    """Without a browser: one script element (ours), no event-handler attribute, no
+    javascript: URL, every id attribute ours (video-N, player-N, fixed names)."""
+    from html.parser import HTMLParser
+
+    found: dict[str, list] = {"script": [], "on": [], "ids": [], "urls": []}
+
+    class P(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "script":
+                found["script"].append(tag)
+            for k, v in attrs:
+                if k.startswith("on"):
+                    found["on"].append((tag, k))
+                if k == "id":
+                    found["ids"].append(v)
+                if k in ("href", "src") and v and not v.startswith(("#", "data:")):
+                    found["urls"].append(v)
+
+    P().feed(text)
+    assert len(found["script"]) == 1 and found["on"] == []
+    assert all(re.fullmatch(r"(video|player)-\d+|[a-z-]+", i) for i in found["ids"]), found["ids"]
+    assert all(not u.lower().startswith("javascript:") for u in found["urls"]), found["urls"]
+
+
+@pytest.mark.parametrize(
+    "kind, hostile_fps", [("script", False), ("attribute", False), ("markup", True)]
+)
+def test_report_escapes_every_value_from_out(kind: str, hostile_fps: bool, tmp_path: Path, capsys):
+    bad = PAYLOADS[kind]
+    out = tmp_path / "out"
+    uris = hostile_job(out, bad, hostile_fps)
+    report = tmp_path / "report.html"
+    assert main(["report", str(out), "--output", str(report)]) == 0
+    facts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert facts["videos_shown"] == 2 and facts["happy"] > 0 and facts["spikes"] > 0
+    text = report.read_text()
+    static_checks(text, bad)
+    in_browser(report, bad, uris)
+
+
+def in_browser(report: Path, bad: str, uris: dict[str, str]) -> None:
+    """Open the page in Chromium: nothing the payload wrote runs (no dialog, no global, no
+    page error) and the page renders (counts, both figures decoded, the payload shown as text)."""
+    from tests.test_report import find_chromium
+
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set VAERR_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright; no browser download)")
+    dialogs: list[str] = []
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(report.as_uri())
+            page.wait_for_load_state("load")
+            for link in page.locator("a").all():  # every link, seek links included
+                link.click()
+            page.mouse.move(300, 300)
+            page.wait_for_timeout(200)
+            assert page.evaluate("typeof window.__pwned") == "undefined"
+            assert page.locator("script").count() == 1
+            counts = page.locator("#status-counts [data-count]").all_inner_texts()
+            assert counts == ["4", "2", "0", "1"]  # videos, ok, no_face, failed
+            widths = page.eval_on_selector_all(
+                "img.timeline", "els => els.map(e => e.naturalWidth)"
+            )
+            assert len(widths) == 2 and min(widths) > 0
+            shown = page.eval_on_selector_all(
+                "section.video", "els => els.map(e => e.dataset.videoId)"
+            )
+            assert sorted(shown) == sorted(uris)  # the ids, intact, as data
+            body = page.inner_text("body")
+            assert bad.strip() in body  # shown as text, not run as markup
+            assert page.locator("video").count() == 1  # the local mp4; javascript: gets none
+        finally:
+            browser.close()
+    assert dialogs == [] and errors == []
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 22: faces counted apart from track ids; synthetic training said plainly
+
+
+def test_episode_tables_count_faces_apart_from_track_ids(tmp_path: Path):
+    from pipeline.report import build_report, load_job
+    from tests.test_report import planted_job
+
+    out = planted_job(tmp_path / "out")
+    text, _ = build_report(load_job(str(out)), str(out))
+    head = text[text.index('<table id="events-spike">') :]
+    head = head[: head.index("</tr>")]
+    assert "<th>faces</th><th>track ids</th>" in head.replace("\n", "")
+    rows = re.findall(
+        r'<tr class="event" data-kind="(\w+)"[^>]*data-faces="(\d+)" data-tracks="([\d, ]+)">'
+        r'.*?<td class="n">(\d+)</td><td>([\d, ]+)</td>',
+        text,
+        re.S,
+    )
+    assert rows and {k for k, *_ in rows} == {"happy", "spike"}
+    for _, faces, tracks, faces_cell, tracks_cell in rows:
+        ids = [int(x) for x in tracks.split(",")]
+        assert int(faces) == int(faces_cell) == len(ids) and tracks_cell == tracks
+    # A spike on faces 0 and 1 reads "2 faces", and face 0 alone "1 face (track ids 0)".
+    assert ("2", "0, 1") in {(f, t) for _, f, t, _, _ in rows}
+    items = re.sub(r"\s+", " ", text)
+    assert "2 faces (track ids 0, 1)" in items and "1 face (track ids 0)" in items
+    assert "faces 0," not in items
+
+
+SYNTHETIC_CASES = {
+    # training_data of the status rows (None: the column is absent, an older OUT)
+    "one synthetic among others": (["synthetic", None, "real"], True),
+    "all synthetic": (["synthetic", "synthetic", "synthetic"], True),
+    "first file lacks the column": ([-1, "synthetic", None], True),
+    "not recorded": ([None, None, None], False),
+    "older OUT without the column": ([-1, -1, -1], False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYNTHETIC_CASES))
+def test_report_says_synthetic_training_plainly(case: str, tmp_path: Path, capsys):
+    from pipeline.caveats import SYNTHETIC_NOTE
+    from tests.test_report import planted_job
+
+    values, expect = SYNTHETIC_CASES[case]
+    out = planted_job(tmp_path / "out")
+    for f, value in zip(sorted((out / "videos").iterdir()), values):
+        table = pq.read_table(f)
+        if value != -1:  # -1: leave the file without the column
+            table = table.append_column("training_data", pa.array([value], pa.string()))
+        pq.write_table(table, f)
+    report = tmp_path / "r.html"
+    assert main(["report", str(out), "--output", str(report)]) == 0
+    text = report.read_text()
+    assert ('id="synthetic-warning"' in text) == expect
+    assert (SYNTHETIC_NOTE in text.lower()) == expect

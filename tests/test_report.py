@@ -328,11 +328,12 @@ def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
             spike_start = float(spikes.get_attribute("data-start"))
             assert spike_start == pytest.approx(8.0, abs=0.11)
             # The planted episode's link seeks the video to its start.
-            player = f"#player-{vid}"
+            section = f'section[data-video-id="{vid}"]'  # element ids are video-N, player-N
+            player = f"{section} video"
             page.wait_for_function(
                 f"document.querySelector('{player}').readyState >= 1", timeout=20_000
             )
-            link = page.locator(f'section#video-{vid} li.episode[data-kind="spike"] a.seek')
+            link = page.locator(f'{section} li.episode[data-kind="spike"] a.seek')
             link.click()
             page.wait_for_function(
                 f"Math.abs(document.querySelector('{player}').currentTime - {spike_start}) < 0.05",
