@@ -99,11 +99,11 @@ def _no_rows(video_uri: str, ids: list[str], timelines: str, dataset: ds.Dataset
     same_name = [(v, u) for v, u in _pairs(dataset) if u and basename(u) == name]
     if not same_name:
         return ValueError(f"no timeline rows for {video_uri} (id {ids[0]}) in {timelines}")
-    others = "; ".join(f"{u} (id {v})" for v, u in sorted(same_name, key=lambda p: p[1])[:5])
+    v, u = sorted(same_name, key=lambda p: p[1])[0]
+    more = f" (and {len(same_name) - 1} more)" if len(same_name) > 1 else ""
     return ValueError(
-        f"no timeline rows for {video_uri} (id {ids[0]}) in {timelines}: only the file name "
-        f"matches {others}, another video. If {video_uri} is a copy of it, name it: "
-        f"--video-id {same_name[0][0]}"
+        f"{video_uri} (id {ids[0]}) has no timeline rows of its own; only its file name matches "
+        f"{u} (id {v}){more}, another video. If it is a copy of that one, name it: --video-id {v}"
     )
 
 

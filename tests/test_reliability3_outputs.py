@@ -23,7 +23,7 @@ from matplotlib.text import Text
 from jobs.cli import main
 from pipeline.ids import video_id
 from pipeline.plot import plot_timelines, timeline_figure
-from tests.test_events import happy_video, make_timelines
+from tests.test_events import happy_video
 
 DOLLAR_NAMES = ["$\\foo$.mp4", "$$.mp4", "$_$.mp4", "price $^$.mp4", "a$b $\\frac{1}{0}$.mov"]
 
@@ -280,3 +280,136 @@ def test_report_says_synthetic_training_plainly(case: str, tmp_path: Path, capsy
     text = report.read_text()
     assert ('id="synthetic-warning"' in text) == expect
     assert (SYNTHETIC_NOTE in text.lower()) == expect
+
+
+# --------------------------------------------------------------------------------------------
+# Finding 3: render draws a video's own rows, by id and source version, never by name alone
+
+
+def render_job(
+    tmp_path: Path, status: dict | None = None, until_s: float = 3.0
+) -> tuple[str, Path]:
+    """The GRID clip analysed at clips/a/grid_bbaf2n.mpg: its timelines (one face, 0..until_s)
+    and status row (the clip's current version; keys of `status` replace the row's, a
+    `training_data` key is written as that column). Returns (uri, OUT)."""
+    import shutil
+
+    from pipeline.identity import source_version
+    from schemas.tables import VIDEOS
+    from tests.conftest import asset
+    from tests.test_render import grid_timelines
+    from tests.test_report import status_row
+
+    clip = tmp_path / "clips" / "a" / "grid_bbaf2n.mpg"
+    clip.parent.mkdir(parents=True)
+    shutil.copy(asset("videos/grid_bbaf2n.mpg"), clip)
+    uri = str(clip)
+    out = tmp_path / "out"
+    (out / "timelines").mkdir(parents=True)
+    (out / "videos").mkdir()
+    pq.write_table(grid_timelines(uri, until_s), out / "timelines" / f"{video_id(uri)}.parquet")
+    row = status_row(video_id(uri), uri, tracks=1, duration_s=3.0, frames=75)
+    row["source_etag"] = source_version(uri)
+    extra = dict(status or {})
+    training = extra.pop("training_data", -1)
+    row.update(extra)
+    table = pa.Table.from_pylist([row], VIDEOS)
+    if training != -1:
+        table = table.append_column("training_data", pa.array([training], pa.string()))
+    pq.write_table(table, out / "videos" / f"{video_id(uri)}.parquet")
+    return uri, out
+
+
+def frame_detail(path: Path, index: int, rect: tuple[int, int, int, int]) -> float:
+    """Laplacian variance (edges) of frame `index` inside rect (x1, y1, x2, y2)."""
+    import cv2
+
+    from tests.test_render import decode_all
+
+    x1, y1, x2, y2 = rect
+    img = decode_all(path)[index][y1:y2, x1:x2]
+    return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def another_video(path: Path) -> str:
+    """A different video (an empty grey sky, 1 s) at `path`."""
+    from pipeline.encode import write_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = (np.full((288, 360, 3), 170, np.uint8) for _ in range(25))
+    write_video(str(path), frames, 25.0, container_format="mp4")
+    return str(path)
+
+
+@pytest.mark.parametrize("blur", [False, True], ids=["plain", "blur-faces"])
+@pytest.mark.parametrize("where", ["OUT", "OUT/timelines"])
+def test_render_refuses_a_match_by_file_name_alone(blur: bool, where: str, tmp_path, capsys):
+    uri, out = render_job(tmp_path)
+    sky = another_video(tmp_path / "clips" / "b" / "grid_bbaf2n.mpg")  # same name, other video
+    timelines = str(out if where == "OUT" else out / "timelines")
+    dest = tmp_path / "r.mp4"
+    args = ["render", sky, timelines, "-o", str(dest), "--scale", "1"]
+    assert main(args + (["--blur-faces"] if blur else [])) == 2
+    err = capsys.readouterr().err
+    assert sky in err and uri in err and f"--video-id {video_id(uri)}" in err  # names both
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("blur", [False, True], ids=["plain", "blur-faces"])
+def test_render_refuses_a_source_changed_since_the_job(blur: bool, tmp_path: Path, capsys):
+    uri, out = render_job(tmp_path, {"source_etag": "123-456.0"})  # not the file's version now
+    dest = tmp_path / "r.mp4"
+    args = ["render", uri, str(out), "-o", str(dest)] + (["--blur-faces"] if blur else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "changed since the job analysed it" in err and "123-456.0" in err
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize("named", ["id", "uri"])
+def test_blur_faces_fails_closed_on_a_named_copy(named: str, tmp_path: Path, capsys):
+    """A copy named with --video-id renders, its face blurred; frames past the analysed span
+    (here 1 s of the 3 s clip) are blurred whole; without a status row, --blur-faces refuses."""
+    import shutil
+
+    from tests.test_render import GRID_BOX
+
+    uri, out = render_job(tmp_path, {"duration_s": 1.0})
+    copy = tmp_path / "elsewhere" / "copy.mpg"
+    copy.parent.mkdir()
+    shutil.copy(uri, copy)
+    dest = tmp_path / "r.mp4"
+    name = video_id(uri) if named == "id" else uri
+    base = ["render", str(copy), str(out), "-o", str(dest), "--scale", "1", "--video-id", name]
+    assert main(base + ["--blur-faces"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["video_id"] == video_id(uri) and record["frames"] == 75
+    face = tuple(int(c) + d for c, d in zip(GRID_BOX, (8, 8, -8, -8)))
+    background = (0, 200, 100, 288)  # left of the speaker: no box there
+    sharp = tmp_path / "sharp.mp4"
+    assert main(["render", str(copy), str(out), "-o", str(sharp), "--scale", "1",
+                 "--video-id", name]) == 0  # fmt: skip
+    assert frame_detail(dest, 12, face) < 0.1 * frame_detail(sharp, 12, face)  # inside 1 s
+    assert frame_detail(dest, 12, background) > 0.5 * frame_detail(sharp, 12, background)
+    assert frame_detail(dest, 50, background) < 0.1 * frame_detail(sharp, 50, background)
+    # No status row: the analysed span is unknown, so --blur-faces refuses.
+    (out / "videos" / f"{video_id(uri)}.parquet").unlink()
+    capsys.readouterr()
+    assert main(base[:3] + ["-o", str(tmp_path / "x.mp4")] + base[5:] + ["--blur-faces"]) == 2
+    assert "--blur-faces" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("training, shown", [("synthetic", True), (None, False), ("real", False)])
+def test_render_caption_says_synthetic_training(training, shown: bool, tmp_path: Path, capsys):
+    from pipeline.caveats import SYNTHETIC_NOTE
+
+    uri, out = render_job(tmp_path, {"training_data": training})
+    dest = tmp_path / "r.mp4"
+    assert main(["render", uri, str(out), "-o", str(dest), "--fps", "5"]) == 0  # 540 lines
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["notes"] == ([SYNTHETIC_NOTE] if shown else [])
+    from tests.test_render import decode_all
+
+    top = decode_all(dest)[0][:30, :500].astype(int)  # the caption's corner
+    red = top[..., 0] - np.maximum(top[..., 1], top[..., 2]) > 60
+    assert (red.sum() > 100) == shown
