@@ -40,6 +40,7 @@ import pyarrow.dataset as ds
 
 from pipeline.caveats import synthetic_only, training_data
 from pipeline.events import COLUMNS, find_happy, find_spikes
+from pipeline.identity import same_version
 from pipeline.query import open_timelines
 from pipeline.report_html import SCRIPT, dom_ids, event_key, page_head, render, video_html
 from pipeline.status import FAILED, NO_FACE, OK
@@ -332,9 +333,13 @@ def build_report(
 def _stills(
     job: JobData, events: pa.Table, options: ReportOptions, storage: StorageConfig | None
 ) -> dict[tuple[Any, int], bytes]:
-    """Face stills at the peak of each shown event: {(event key, track id): PNG}."""
+    """Face stills at the peak of each shown event: {(event key, track id): PNG}. Only from a
+    source that is the version the job analysed (pipeline.identity.same_version): a replaced
+    file would give another frame, whose face the blur would miss."""
     assert job.dataset is not None
     out: dict[tuple[Any, int], bytes] = {}
+    rows_of = {r["video_id"]: r for r in job.status.to_pylist()}
+    checked: dict[str, bool] = {}
     for kind in ("happy", "spike"):
         rows = [r for r in events.to_pylist() if r["kind"] == kind]
         rows.sort(key=lambda r: -r["score"])
@@ -343,6 +348,14 @@ def _stills(
                 columns=["video_id", "track_id", "time_s", "arousal", "valence", "box_xyxy"],
                 filter=pc.field("video_id") == r["video_id"],
             )
+            vid = r["video_id"]
+            if vid not in checked:
+                checked[vid] = same_version(r["uri"], rows_of.get(vid), storage)
+                if not checked[vid]:
+                    log.warning("%s: not the version the job analysed (or unknown): no stills",
+                                r["uri"])  # fmt: skip
+            if not checked[vid]:
+                continue
             for tid in r["track_ids"]:
                 t, box = peak_time(rows_v, r, tid)
                 png = face_still(r["uri"], t, box, options.blur_faces, storage)

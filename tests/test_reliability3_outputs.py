@@ -23,7 +23,7 @@ from matplotlib.text import Text
 from jobs.cli import main
 from pipeline.ids import video_id
 from pipeline.plot import plot_timelines, timeline_figure
-from tests.test_events import happy_video
+from tests.test_events import happy_video, make_timelines
 
 DOLLAR_NAMES = ["$\\foo$.mp4", "$$.mp4", "$_$.mp4", "price $^$.mp4", "a$b $\\frac{1}{0}$.mov"]
 
@@ -413,3 +413,23 @@ def test_render_caption_says_synthetic_training(training, shown: bool, tmp_path:
     top = decode_all(dest)[0][:30, :500].astype(int)  # the caption's corner
     red = top[..., 0] - np.maximum(top[..., 1], top[..., 2]) > 60
     assert (red.sum() > 100) == shown
+
+
+@pytest.mark.parametrize("blur", [False, True], ids=["plain", "blur-faces"])
+@pytest.mark.parametrize("changed", [False, True], ids=["same-source", "changed-source"])
+def test_report_stills_only_from_the_analysed_version(blur, changed, tmp_path: Path, capsys):
+    """A still is cut from the source at a row's box: only while the source is the version the
+    job analysed (a replaced file would put the box, and the blur, beside the face)."""
+    from tests.test_render import GRID_BOX
+
+    uri, out = render_job(tmp_path, {"source_etag": "1-2.0"} if changed else None)
+    t = np.arange(31) / 10
+    face = dict(video_id=video_id(uri), uri=uri, track_id=0, time_s=t, box=GRID_BOX)
+    happy = make_timelines([{**face, "arousal": t * 0 + 0.4, "valence": t * 0 + 0.6}])
+    pq.write_table(happy, out / "timelines" / f"{video_id(uri)}.parquet")
+    report = tmp_path / "r.html"
+    args = ["report", str(out), "-o", str(report), "--stills"] + (["--blur-faces"] if blur else [])
+    assert main(args) == 0
+    text = report.read_text()
+    assert text.count('class="event"') == 1
+    assert text.count('class="still"') == (0 if changed else 1)

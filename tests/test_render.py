@@ -14,6 +14,8 @@ import pytest
 
 from jobs.cli import main
 from pipeline.events import find_happy, find_spikes
+from pipeline.identity import source_version
+from pipeline.ids import video_id
 from pipeline.plot import EVENT_COLORS, figure_size_px, plot_timelines
 from pipeline.render import (
     annotations_for,
@@ -28,8 +30,6 @@ from pipeline.render import (
     truth_at,
     va_point,
 )
-from pipeline.identity import source_version
-from pipeline.ids import video_id
 from pipeline.video import VideoReader
 from tests.conftest import asset
 from tests.test_events import happy_video, make_timelines, spike_video
