@@ -15,7 +15,6 @@ import base64
 import posixpath
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import jinja2
 import pyarrow as pa
@@ -24,6 +23,7 @@ import pyarrow.compute as pc
 from pipeline.caveats import SYNTHETIC_NOTE
 from pipeline.plot import plot_timelines
 from pipeline.status import FAILED, NO_FACE, OK
+from pipeline.storage import protocol
 from schemas.config import EmotionConfig
 
 if TYPE_CHECKING:
@@ -185,8 +185,7 @@ def safe_url(url: str | None) -> str | None:
     path without a scheme), else None: never `javascript:`, `data:` or another scheme."""
     if url is None:
         return None
-    scheme = urlsplit(url).scheme.lower()
-    return url if scheme in ("", "http", "https", "file") else None
+    return url if protocol(url).lower() in ("http", "https", "file") else None
 
 
 def fmt_time(seconds: float) -> str:
