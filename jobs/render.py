@@ -6,13 +6,13 @@ import argparse
 import logging
 from typing import Any
 
-import pyarrow as pa
-
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
+from pipeline.caveats import SYNTHETIC_NOTE, synthetic_only
 from pipeline.errors import is_storage_outage, status_reason
+from pipeline.identity import VideoMatch, find_video
 from pipeline.ids import video_id
-from pipeline.query import open_timelines, read_timelines
-from pipeline.render import read_annotations, render_video, video_candidates
+from pipeline.query import open_timelines
+from pipeline.render import read_annotations, render_video
 from pipeline.status import FAILED, OK, status_record
 from pipeline.storage import check_output
 from pipeline.video import VideoError
@@ -31,19 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(--annotations, the generic CSV video,time_s,arousal,valence[,face]) as a green "
             "dot, plus the values and word as text. Encoded with PyAV (H.264 MP4 by "
             "default). Videos with a short side under 540 px are scaled up so the words can "
-            "be read. Prints the status record (with output, width, height, fps) last; exit "
-            "1 when the video cannot be decoded."
+            "be read. The video's rows are those of its id (the hash of its URI) while its "
+            "source is the version the job analysed; a copy kept elsewhere is named with "
+            "--video-id, a match by file name alone is an error. Prints the status record "
+            "(with output, width, height, fps) last; exit 1 when the video cannot be decoded."
         ),
     )
     p.add_argument("video", metavar="VIDEO_URI", help="The video (path or fsspec URI).")
     p.add_argument("timelines", metavar="TIMELINES", help="A job's OUT or OUT/timelines/.")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help=".mp4/.mkv/.mov path/URI.")
     p.add_argument("--annotations", metavar="CSV", help="Ground truth, generic CSV format.")
-    p.add_argument("--blur-faces", action="store_true", help="Blur every face box.")
+    p.add_argument(
+        "--blur-faces",
+        action="store_true",
+        help="Blur every face box; frames past the analysed span are blurred whole, and a "
+        "video whose status row (the analysed span) cannot be read is refused.",
+    )
     p.add_argument(
         "--video-id",
         metavar="ID_OR_URI",
-        help="The video's rows in TIMELINES (default: found by the URI's id, the URI, its name).",
+        help="VIDEO_URI is a copy of this video of TIMELINES (its video_id or the exact URI the "
+        "job saw); default: the rows of VIDEO_URI's own id.",
     )
     p.add_argument(
         "--scale",
@@ -93,17 +101,29 @@ def _bounded(kind: type, low: float, high: float, flag: str, low_open: bool = Fa
     return parse
 
 
-def _rows_of(args: argparse.Namespace, storage: object) -> pa.Table:
-    """The video's timeline rows, by --video-id or by the candidates of its URI."""
+def _match(args: argparse.Namespace, storage: object) -> VideoMatch:
+    """The video's rows (pipeline.identity.find_video); with --blur-faces, its status row is
+    required: it gives the span the job analysed, past which frames are blurred whole."""
     dataset = open_timelines(args.timelines, storage)
-    names = [args.video_id] if args.video_id else video_candidates(args.video)
-    errors = []
-    for name in names:
-        try:
-            return read_timelines(dataset, video=name)
-        except ValueError as exc:
-            errors.append(str(exc))
-    raise ValueError(f"no timeline rows for {args.video} in {args.timelines}: {errors[-1]}")
+    match = find_video(args.video, args.timelines, dataset, storage, named=args.video_id)
+    if args.blur_faces and (match.status is None or not match.status.get("duration_s")):
+        raise ValueError(
+            f"--blur-faces: no status row of {match.video_id} next to {args.timelines} gives the "
+            "span the job analysed, so frames no row speaks for could not be blurred; give "
+            "the job's OUT"
+        )
+    if not match.version_checked:
+        log.warning(
+            "%s: source version not compared with the job's (%s)",
+            args.video,
+            "a named copy" if args.video_id else "no version recorded",
+        )
+    return match
+
+
+def _captions(match: VideoMatch) -> list[str]:
+    """Lines on every frame besides the untrained warning: synthetic training data."""
+    return [SYNTHETIC_NOTE] if match.status is not None and synthetic_only([match.status]) else []
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,14 +132,15 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output)
     uri = args.video
     try:
-        rows = _rows_of(args, cfg.storage)
+        match = _match(args, cfg.storage)
     except (OSError, ValueError) as exc:
         if not is_storage_outage(exc):
             raise  # a usage error: no rows for this video, not a timelines table...
         print_json_line(status_record(video_id(uri), uri, FAILED, status_reason(exc), 0, 0))
         return 1
     ann = read_annotations(args.annotations, cfg.storage) if args.annotations else None
-    vid = rows["video_id"][0].as_py()
+    vid, rows = match.video_id, match.rows
+    span = match.status.get("duration_s") if match.status else None
     try:
         out = render_video(
             args.video,
@@ -132,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             storage=cfg.storage,
             emotion=cfg.emotion,
             crf=args.crf,
+            captions=_captions(match),
+            blur_after_s=span,
         )
     except VideoError as exc:
         print_json_line(status_record(vid, uri, FAILED, str(exc), 0, 0))
@@ -147,5 +170,6 @@ def run(args: argparse.Namespace) -> int:
         )
     record = status_record(vid, uri, OK, None, out["tracks"], out["frames"])
     extra = {k: out[k] for k in ("output", "width", "height", "fps", "truth")}
+    extra["notes"] = _captions(match)
     print_json_line({**record, **extra})
     return 0

@@ -7,6 +7,10 @@ strip coloured by the emotion word (the most frequent word of each 1/240 of the 
 the word's angle on the circumplex, so neighbours on the circle get neighbouring colours, grey
 for Neutral) with the word written on every stretch long enough to hold it. Matplotlib's object
 API on the Agg canvas: no pyplot state, no display.
+
+Every text is drawn as plain text: names, ids and words come from a job's tables (a file
+named `$\\foo$.mp4` is a file name, not TeX), so mathtext and usetex are off for the whole
+figure (`PLAIN_TEXT`, also passed to each text call).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import colorsys
 import io
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,6 +35,10 @@ VALENCE_COLOR = "#1f77b4"
 EVENT_COLORS = {"happy": "#2ca02c", "spike": "#d62728"}
 WIDTH_IN, PANEL_IN, HEADER_IN, DPI = 12.0, 2.2, 1.0, 100
 STRIP_BINS = 240  # word strip resolution: 5 px per bin on a 12 in, 100 dpi figure
+PLAIN_TEXT = {"parse_math": False, "usetex": False}
+"""Text keyword arguments: the string is drawn as given (no `$...$` mathtext, no TeX)."""
+PLAIN_RC = {"text.parse_math": False, "text.usetex": False}
+"""The same for every text matplotlib makes itself (labels, legend) while a figure is built."""
 
 
 def figure_size_px(n_tracks: int, dpi: int = DPI) -> tuple[int, int]:
@@ -83,7 +92,9 @@ def _panel(
     for left, right, word in strip_words(t, words, t_range):
         ax.axvspan(left, right, ymin=0.91, ymax=1.0, color=word_color(word, emotion), lw=0)
         if word != NEUTRAL and (right - left) * chars_per_s >= len(word) + 1:
-            ax.text((left + right) / 2, 1.18, word, ha="center", va="center", fontsize=7.5)
+            ax.text(
+                (left + right) / 2, 1.18, word, ha="center", va="center", fontsize=7.5, **PLAIN_TEXT
+            )
 
 
 def strip_words(
@@ -131,6 +142,25 @@ def plot_timelines(
     one panel per track, episodes of `events` (EVENTS rows) shaded. The image is
     `figure_size_px(n_tracks, dpi)` pixels. Emotion words come from the `emotion` column when
     present, else are computed with `emotion`. Raises ValueError for zero or several videos."""
+    with matplotlib.rc_context(PLAIN_RC):
+        fig = timeline_figure(timelines, events, emotion, title, dpi)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+    png = buf.getvalue()
+    if output:
+        with atomic_write(output, storage) as f:
+            f.write(png)
+    return png
+
+
+def timeline_figure(
+    timelines: pa.Table,
+    events: pa.Table | None = None,
+    emotion: EmotionConfig | None = None,
+    title: str | None = None,
+    dpi: int = DPI,
+) -> Figure:
+    """The matplotlib Figure of `plot_timelines` (every text in it plain, see `PLAIN_TEXT`)."""
     emotion = emotion or EmotionConfig()
     videos = sorted(set(timelines["video_id"].to_pylist()))
     if len(videos) != 1:
@@ -143,28 +173,34 @@ def plot_timelines(
     t_range = (float(t_all.min()) - step / 2, float(t_all.max()) + step / 2)
 
     w, h = figure_size_px(len(tracks), dpi)
-    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
-    tid_col = _column(table, "track_id")
-    for ax, tid in zip(axes, tracks):
-        sel = tid_col == tid
-        t = t_all[sel]
-        a = _column(table, "arousal")[sel].astype(np.float64)
-        v = _column(table, "valence")[sel].astype(np.float64)
-        if "emotion" in table.column_names:
-            words = np.asarray(table["emotion"].filter(pa.array(sel)).to_pylist(), dtype=object)
-        else:
-            words = emotion_words(a, v, emotion)
-        _panel(ax, t, a, v, words, _spans(events, video_id, tid), t_range, emotion)
-        ax.set_ylabel(f"face {tid}", fontsize=10)
-    axes[-1].set_xlabel("time (s)")
+    with matplotlib.rc_context(PLAIN_RC):
+        fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
+        tid_col = _column(table, "track_id")
+        for ax, tid in zip(axes, tracks):
+            sel = tid_col == tid
+            t = t_all[sel]
+            a = _column(table, "arousal")[sel].astype(np.float64)
+            v = _column(table, "valence")[sel].astype(np.float64)
+            if "emotion" in table.column_names:
+                words = np.asarray(table["emotion"].filter(pa.array(sel)).to_pylist(), dtype=object)
+            else:
+                words = emotion_words(a, v, emotion)
+            _panel(ax, t, a, v, words, _spans(events, video_id, tid), t_range, emotion)
+            ax.set_ylabel(f"face {tid}", fontsize=10, **PLAIN_TEXT)
+        axes[-1].set_xlabel("time (s)", **PLAIN_TEXT)
+        _header(fig, table, title or f"{uri}  ({video_id})", h / dpi)
+    return fig
 
-    h_in = h / dpi
-    fig.text(0.01, 1 - 0.22 / h_in, title or f"{uri}  ({video_id})", fontsize=11, va="baseline")
+
+def _header(fig: Figure, table: pa.Table, title: str, h_in: float) -> None:
+    """Title, the untrained note and the legend above the panels (figure height h_in)."""
+    fig.text(0.01, 1 - 0.22 / h_in, title, fontsize=11, va="baseline", **PLAIN_TEXT)
     if "untrained" in table.column_names and any(table["untrained"].to_pylist()):
         note = "UNTRAINED model: values are not predictions of emotion"
-        fig.text(0.01, 1 - 0.45 / h_in, note, fontsize=9, color="#d62728", va="baseline")
+        fig.text(0.01, 1 - 0.45 / h_in, note, fontsize=9, color="#d62728", va="baseline",
+                 **PLAIN_TEXT)  # fmt: skip
     handles = [
         Patch(color=AROUSAL_COLOR, label="arousal"),
         Patch(color=VALENCE_COLOR, label="valence"),
@@ -180,10 +216,3 @@ def plot_timelines(
         frameon=False,
     )
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.55 / h_in, top=1 - HEADER_IN * 0.62 / h_in)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    png = buf.getvalue()
-    if output:
-        with atomic_write(output, storage) as f:
-            f.write(png)
-    return png

@@ -14,8 +14,11 @@ visible at t (within half an output step of its rows; not across a gap in its ro
 Ground truth is the generic CSV format `video,time_s,arousal,valence[,face]`: `video` names the
 video by video_id, URI or file name (a suffix of the URI); `face` is the track id, and without
 it the rows apply to every face. `blur_faces` blurs each box before drawing (faces are personal
-data). Small videos are scaled up so that the shorter side is at least `MIN_SHORT_SIDE` pixels:
-the words are unreadable at 288 lines.
+data) and fails closed: a frame past the span the job analysed (`blur_after_s`: a copy or a
+longer file has frames no row speaks for) is blurred whole. Which rows belong to a video is
+pipeline/identity.py's answer (its id and source version, never its file name). Small videos
+are scaled up so that the shorter side is at least `MIN_SHORT_SIDE` pixels: the words are
+unreadable at 288 lines.
 
 Geometry (`layout_for`, `inset_center`, `va_point`) is pure and public so tests can find the dots.
 """
@@ -32,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from pipeline.caveats import UNTRAINED_NOTE
 from pipeline.emotion import emotion_words
 from pipeline.encode import write_video
 from pipeline.ids import video_id as video_id_of
@@ -460,11 +464,14 @@ def rendered_frames(
     blur_faces: bool,
     emotion: EmotionConfig,
     counter: dict[str, int],
-    banner: str | None = None,
+    banner: list[str] | None = None,
+    blur_after_s: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Annotated output frames, streamed chunk by chunk from the reader; counts into
-    counter['frames'] and records the output size in counter['width'/'height']. `banner`: a
-    line written in the top-left corner of every frame (the untrained-model warning)."""
+    counter['frames'] and records the output size in counter['width'/'height']. `banner`:
+    lines written in the top-left corner of every frame (what the model is: untrained,
+    trained on synthetic faces only). With `blur_faces`, frames after `blur_after_s` s are
+    blurred whole (no row says where their faces are)."""
     lay: Layout | None = None
     sides: dict[int, Place] = {}
     for chunk in reader.chunks(fps):
@@ -478,6 +485,8 @@ def rendered_frames(
                 img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
             else:
                 img = img.copy()
+            if blur_faces and blur_after_s is not None and t > blur_after_s:
+                blur_region(img, np.array([0.0, 0.0, out_w, out_h]))
             annotate_frame(
                 img,
                 float(t),
@@ -489,9 +498,9 @@ def rendered_frames(
                 emotion,
                 sides,
             )
-            if banner:
-                org = (lay.gap, lay.gap + cv2.getTextSize(banner, FONT, lay.label_font, 1)[0][1])
-                _text(img, banner, org, lay.label_font, (255, 80, 80))
+            line_h = cv2.getTextSize("Ag", FONT, lay.label_font, 1)[0][1] + 2 * lay.gap
+            for i, line in enumerate(banner or []):
+                _text(img, line, (lay.gap, (i + 1) * line_h), lay.label_font, (255, 80, 80))
             counter["frames"] += 1
             yield img
 
@@ -511,10 +520,14 @@ def render_video(
     storage: StorageConfig | None = None,
     emotion: EmotionConfig | None = None,
     crf: int = 20,
+    captions: list[str] | None = None,
+    blur_after_s: float | None = None,
 ) -> dict[str, Any]:
     """Render `video_uri` with the overlays of its TIMELINES rows (one video) to `output` (.mp4,
     .mkv, .mov; any fsspec URI). fps: output rate (None: the source's average rate, so every
-    source frame appears once). annotations: read_annotations() table or None. Returns
+    source frame appears once). annotations: read_annotations() table or None. captions: lines
+    written on every frame besides the untrained warning; blur_after_s: see rendered_frames.
+    Returns
     {"video_id", "uri", "output", "frames", "width", "height", "fps", "tracks", "truth"}."""
     emotion = emotion or EmotionConfig()
     tracks = track_series(timelines)
@@ -529,9 +542,9 @@ def render_video(
         untrained = "untrained" in timelines.column_names and any(
             timelines["untrained"].to_pylist()
         )
-        banner = "UNTRAINED model: values are not predictions" if untrained else None
+        banner = ([UNTRAINED_NOTE] if untrained else []) + list(captions or [])
         frames = rendered_frames(
-            reader, tracks, truth, rate, scale, blur_faces, emotion, counter, banner
+            reader, tracks, truth, rate, scale, blur_faces, emotion, counter, banner, blur_after_s
         )
         bar = Progress("render", 1, int(reader.info.duration_s * rate) or None, unit="frame")
         # A failed render leaves nothing under `output` (storage.local_output).
@@ -554,10 +567,3 @@ def render_video(
         "tracks": len(tracks),
         "truth": bool(truth),
     }
-
-
-def video_candidates(video_uri: str) -> list[str]:
-    """Names under which a video's timeline rows may be found: the video_id of the URI as given,
-    the URI itself, its file name (when `vaerr infer` saw it under another path)."""
-    names = [video_id_of(video_uri), video_uri, posixpath.basename(video_uri.rstrip("/"))]
-    return list(dict.fromkeys(n for n in names if n))

@@ -38,9 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.caveats import synthetic_only, training_data
 from pipeline.events import COLUMNS, find_happy, find_spikes
+from pipeline.identity import same_version
 from pipeline.query import open_timelines
-from pipeline.report_html import SCRIPT, event_key, page_head, video_html
+from pipeline.report_html import SCRIPT, dom_ids, event_key, page_head, render, video_html
 from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import (
     atomic_write,
@@ -52,7 +54,7 @@ from pipeline.storage import (
     without_scheme,
 )
 from schemas.config import EmotionConfig, StorageConfig
-from schemas.tables import EVENTS, VIDEOS, conform
+from schemas.tables import EVENTS, VIDEOS, VIDEOS_ADDED, conform
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,13 @@ PLAYABLE = (".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov")
 MPEG-1 (.mpg, the GRID corpus), AVI, MKV... are listed as text."""
 STILL_PX = 80  # height of a face still, px
 TIMELINE_COLUMNS = [*COLUMNS, "emotion", "untrained"]
+STATUS_READ = (
+    VIDEOS
+    if "training_data" in VIDEOS.names
+    else VIDEOS.append(pa.field("training_data", pa.string()))
+)
+"""The status columns the report reads: VIDEOS plus `training_data` (pipeline/caveats.py).
+Files written before a column existed read back with nulls in it."""
 
 
 @dataclass(frozen=True)
@@ -93,15 +102,18 @@ class JobData:
 
 
 def read_status_rows(out: str, storage: StorageConfig | None = None) -> pa.Table:
-    """All status rows under OUT/videos/ (an empty VIDEOS table when there are none)."""
+    """All status rows under OUT/videos/ (STATUS_READ columns; empty when there are none).
+    Every file is read with STATUS_READ's schema, so a column some files lack (added later,
+    such as `training_data`) is null there instead of dropped for all."""
     fs, path = filesystem(join(out, "videos"), storage)
     if not fs.exists(path):
-        return VIDEOS.empty_table()
+        return STATUS_READ.empty_table()
     files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p)
     if not files:
-        return VIDEOS.empty_table()
-    table = ds.dataset(files, filesystem=fs, format="parquet").to_table()
-    return conform(table, VIDEOS, fill_missing=("warnings",))
+        return STATUS_READ.empty_table()
+    table = ds.dataset(files, schema=STATUS_READ, filesystem=fs, format="parquet").to_table()
+    added = (*VIDEOS_ADDED, "training_data")
+    return conform(table, STATUS_READ, fill_missing=added)
 
 
 def load_job(out: str, storage: StorageConfig | None = None) -> JobData:
@@ -160,6 +172,8 @@ def summary_of(job: JobData) -> dict[str, Any]:
         "wall_s": job.run.get("wall_s"),
         "model_ids": models,
         "untrained": untrained,
+        "training_data": training_data(job.status),
+        "synthetic_only": synthetic_only(job.status),
         "config_hashes": sorted({r["config_hash"] for r in st if r["config_hash"]}),
         "started": job.run.get("started"),
         "ended": job.run.get("ended"),
@@ -277,52 +291,34 @@ def build_report(
     events = find_events(job.timelines)
     order = video_order(events, job.status, job.timelines)
     shown = order[: options.max_videos]
-    anchors = {vid: f"video-{vid}" for vid in shown}
+    ids = dom_ids(shown)
     uris = dict(zip(job.status["video_id"].to_pylist(), job.status["uri"].to_pylist()))
     if job.timelines is not None:
         first = job.timelines.group_by("video_id").aggregate([("uri", "min")])
         for vid, uri in zip(first["video_id"].to_pylist(), first["uri_min"].to_pylist()):
             uris.setdefault(vid, uri)
     srcs = {vid: video_src(uris[vid], report_uri) for vid in shown}
-    players = {vid: f"player-{vid}" for vid in shown if srcs[vid] is not None}
+    players = {vid for vid in shown if srcs[vid] is not None}
 
     stills: dict[tuple[Any, int], bytes] = {}
     if options.stills and job.timelines is not None:
         stills = _stills(job, events, options, storage)
 
-    parts = page_head(out, s, job.status, events, anchors, players, stills, options)
-    parts.append(
-        f'<p class="note" id="video-cap">{len(shown)} of {len(order)} videos with timelines '
-        f"shown (at most {options.max_videos}: those with the best-scoring episodes first). "
-        "Any other: <code>vaerr plot OUT --video NAME --output NAME.png</code>; all episodes: "
-        "<code>vaerr query happy|spikes OUT --output all.csv</code>.</p>"
-    )
+    parts = page_head(out, s, job.status, events, ids, players, stills, options)
+    parts.append(render("cap", shown=len(shown), total=len(order), cap=options.max_videos))
     size = sum(len(p) for p in parts)
     for n_done, vid in enumerate(shown):
         if size > options.max_bytes:
             left = len(shown) - n_done
             log.warning("report over %d bytes: %d video sections left out", size, left)
-            parts.append(
-                f'<p class="note">Page size limit reached: {len(shown) - n_done} more video '
-                "sections left out (use <code>vaerr plot</code>).</p>"
-            )
+            parts.append(render("limit", left=left))
             shown = shown[:n_done]
             break
         rows = job.timelines.filter(pc.equal(job.timelines["video_id"], vid))
-        html_v = video_html(
-            vid,
-            uris[vid],
-            rows,
-            events,
-            anchors[vid],
-            players.get(vid),
-            srcs[vid],
-            options,
-            emotion,
-        )
+        html_v = video_html(vid, uris[vid], rows, events, ids[vid], srcs[vid], options, emotion)
         size += len(html_v)
         parts.append(html_v)
-    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    parts.append(render("tail", script=SCRIPT))
     facts = {
         **s,
         "events": events.num_rows,
@@ -337,9 +333,13 @@ def build_report(
 def _stills(
     job: JobData, events: pa.Table, options: ReportOptions, storage: StorageConfig | None
 ) -> dict[tuple[Any, int], bytes]:
-    """Face stills at the peak of each shown event: {(event key, track id): PNG}."""
+    """Face stills at the peak of each shown event: {(event key, track id): PNG}. Only from a
+    source that is the version the job analysed (pipeline.identity.same_version): a replaced
+    file would give another frame, whose face the blur would miss."""
     assert job.dataset is not None
     out: dict[tuple[Any, int], bytes] = {}
+    rows_of = {r["video_id"]: r for r in job.status.to_pylist()}
+    checked: dict[str, bool] = {}
     for kind in ("happy", "spike"):
         rows = [r for r in events.to_pylist() if r["kind"] == kind]
         rows.sort(key=lambda r: -r["score"])
@@ -348,6 +348,14 @@ def _stills(
                 columns=["video_id", "track_id", "time_s", "arousal", "valence", "box_xyxy"],
                 filter=pc.field("video_id") == r["video_id"],
             )
+            vid = r["video_id"]
+            if vid not in checked:
+                checked[vid] = same_version(r["uri"], rows_of.get(vid), storage)
+                if not checked[vid]:
+                    log.warning("%s: not the version the job analysed (or unknown): no stills",
+                                r["uri"])  # fmt: skip
+            if not checked[vid]:
+                continue
             for tid in r["track_ids"]:
                 t, box = peak_time(rows_v, r, tid)
                 png = face_still(r["uri"], t, box, options.blur_faces, storage)

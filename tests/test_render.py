@@ -14,6 +14,8 @@ import pytest
 
 from jobs.cli import main
 from pipeline.events import find_happy, find_spikes
+from pipeline.identity import source_version
+from pipeline.ids import video_id
 from pipeline.plot import EVENT_COLORS, figure_size_px, plot_timelines
 from pipeline.render import (
     annotations_for,
@@ -214,7 +216,17 @@ def grid_timelines(uri: str, until_s: float = 2.0) -> pa.Table:
     t = np.arange(int(round(until_s * 10)) + 1) / 10
     a, v = np.full(len(t), PRED[0]), np.full(len(t), PRED[1])
     return make_timelines(
-        [dict(video_id="grid", uri=uri, track_id=0, time_s=t, arousal=a, valence=v, box=GRID_BOX)]
+        [
+            dict(
+                video_id=video_id(uri),
+                uri=uri,
+                track_id=0,
+                time_s=t,
+                arousal=a,
+                valence=v,
+                box=GRID_BOX,
+            )
+        ]  # fmt: skip
     )
 
 
@@ -255,11 +267,22 @@ def test_render_grid_dots_where_the_values_put_them(tmp_path: Path):
     assert blob(frames[60], rect, "red")[2] == 0
 
 
+def write_grid_status(out: Path, uri: str, storage=None, **kw) -> None:
+    """OUT/videos/<id>.parquet of the GRID clip at `uri` (3 s, its current source version)."""
+    from tests.test_report import status_row, write_status
+
+    row = status_row(video_id(uri), uri, tracks=1, duration_s=3.0, frames=75)
+    row["source_etag"] = source_version(uri, storage)
+    row.update(kw)
+    write_status(out, [row])
+
+
 def test_cli_render_blurs_faces_and_reports(tmp_path: Path, capsys):
     clip = str(asset(GRID))
     tl = tmp_path / "out" / "timelines"
     tl.mkdir(parents=True)
     pq.write_table(grid_timelines(clip, until_s=3.0), tl / "grid.parquet")
+    write_grid_status(tmp_path / "out", clip)
     sharp, blurred = tmp_path / "sharp.mp4", tmp_path / "blurred.mp4"
     base = ["render", clip, str(tmp_path / "out"), "--scale", "1"]
     assert main(base + ["-o", str(sharp)]) == 0
@@ -267,7 +290,7 @@ def test_cli_render_blurs_faces_and_reports(tmp_path: Path, capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["status"] == "ok" and record["reason"] is None
     assert (record["frames"], record["width"], record["height"]) == (75, 360, 288)
-    assert record["video_id"] == "grid" and record["tracks"] == 1
+    assert record["video_id"] == video_id(clip) and record["tracks"] == 1
 
     x1, y1, x2, y2 = (int(c) + d for c, d in zip(GRID_BOX, (8, 8, -8, -8)))  # inside the box
 
@@ -310,7 +333,7 @@ def test_render_from_and_to_s3(s3_server: str, s3_bucket: str, tmp_path: Path, c
     )
     assert rc == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["status"] == "ok" and record["video_id"] == "grid"
+    assert record["status"] == "ok" and record["video_id"] == video_id(uri)
     local = tmp_path / "grid.mp4"
     fs.get(f"{s3_bucket}/renders/grid.mp4", str(local))
     frames = decode_all(local)

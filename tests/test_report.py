@@ -23,6 +23,7 @@ import pytest
 
 from jobs.cli import main
 from pipeline.events import find_happy, find_spikes
+from pipeline.identity import source_version
 from pipeline.ids import video_id
 from pipeline.report import JobData, ReportOptions, build_report, face_still, video_src
 from schemas.tables import VIDEOS
@@ -288,7 +289,8 @@ def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
         ]
     )  # fmt: skip
     pq.write_table(table, out / "timelines" / f"{vid}.parquet")
-    write_status(out, [status_row(vid, uri, tracks=2, duration_s=duration)])
+    row = status_row(vid, uri, tracks=2, duration_s=duration)
+    write_status(out, [{**row, "source_etag": source_version(uri)}])  # stills need the version
 
     report = tmp_path / "report" / "report.html"
     assert main(["report", str(out), "--output", str(report), "--stills"]) == 0
@@ -328,11 +330,12 @@ def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
             spike_start = float(spikes.get_attribute("data-start"))
             assert spike_start == pytest.approx(8.0, abs=0.11)
             # The planted episode's link seeks the video to its start.
-            player = f"#player-{vid}"
+            section = f'section[data-video-id="{vid}"]'  # element ids are video-N, player-N
+            player = f"{section} video"
             page.wait_for_function(
                 f"document.querySelector('{player}').readyState >= 1", timeout=20_000
             )
-            link = page.locator(f'section#video-{vid} li.episode[data-kind="spike"] a.seek')
+            link = page.locator(f'{section} li.episode[data-kind="spike"] a.seek')
             link.click()
             page.wait_for_function(
                 f"Math.abs(document.querySelector('{player}').currentTime - {spike_start}) < 0.05",
