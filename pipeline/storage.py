@@ -382,6 +382,7 @@ class ParquetStream:
         self._file = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
         self.rows = 0
+        self._closed = False
 
     def write(self, table: pa.Table) -> None:
         """Append one table (cast to the schema; missing columns raise)."""
@@ -391,7 +392,10 @@ class ParquetStream:
 
     def close(self, ok: bool = True) -> None:
         """Finish the file; with ok=False, discard it. A failure (a full disk) discards it
-        too: the temporary file never stays behind."""
+        too: the temporary file never stays behind. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._writer.close()
         except BaseException as exc:

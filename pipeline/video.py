@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import av
 import numpy as np
 
-from pipeline.status import ENVIRONMENT_FAILURE, failure_kind
 from pipeline.source import NotRegularFile, open_source
+from pipeline.status import ENVIRONMENT_FAILURE, failure_kind
 from schemas.config import StorageConfig
 
 log = logging.getLogger(__name__)
