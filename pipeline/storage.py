@@ -296,7 +296,8 @@ def atomic_write(uri: str, storage: Options = None) -> Iterator[Any]:
         fs.mv(tmp, path)
     except BaseException:
         try:
-            _discard(f)  # a close that failed (ENOSPC) may have left the descriptor open
+            if not f.closed:  # a close that failed (ENOSPC) may have left the descriptor open
+                _discard(f)
         finally:
             _remove(fs, tmp)
         raise
