@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "pipeline on every video (Ray Data actors), keep the labelled person's track "
             "(data.face_rule), resample the labels to the frame times, add per-frame audio "
             "features, and write data.shards/{clips,sequences,videos}/<video_id>.parquet. "
+            "Dataset videos are taken as named, never as glob patterns (`clip[1].mp4` is that "
+            "file); a missing one, or a FIFO, socket or device (never read), gets a failed "
+            "status row. Temporary files an interrupted run left under data.shards are removed. "
             "Resumable: videos already sharded with the same source and config are skipped. "
             "Prints a JSON summary as the last line."
         ),

@@ -9,23 +9,45 @@ internal errors (the traceback is logged at DEBUG: rerun with -vv to see it).
 from __future__ import annotations
 
 import logging
+import unicodedata
 
 log = logging.getLogger("vaerr")
 
 USAGE = 2
 ENVIRONMENT = 1
 
-_CONTROL = {c: f"\\x{c:02x}" for c in range(32) if c not in (9,)} | {
-    10: "\\n",
-    13: "\\r",
-    127: "\\x7f",
-}
+# Characters a log line must never carry raw: C0/C1 controls and DEL (Cc: newlines, tab, terminal
+# escapes), format characters (Cf: bidi overrides and marks such as U+202E and U+200F, zero-width
+# characters), line and paragraph separators (Zl, Zp) and lone surrogates (Cs: undecodable bytes
+# of a file name), which could break a line, reorder what a reader sees or fail the encoder.
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(ch: str) -> str:
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if unicodedata.category(ch) not in _UNSAFE:
+        return ch
+    code = ord(ch)
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def escape(text: str) -> str:
-    """`text` with newlines and other control characters escaped (`\\n`, `\\x1b`), so a file
-    name cannot break a log line into two or send terminal escape sequences."""
-    return text.translate(_CONTROL)
+    """`text` with every control, format (bidi) and separator character escaped: `\\n`, `\\t`,
+    `\\x1b`, `\\u202e` (right-to-left override), so a file name cannot break a log line into
+    two, reorder what a reader sees or send terminal escape sequences. Printable text (any
+    script, spaces included) is unchanged. The one escaping function of vaerr's log lines and
+    one-line errors."""
+    if text.isprintable():  # False for every character escaped here (and only a few more)
+        return text
+    return "".join(map(_escaped, text))
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

@@ -1,13 +1,17 @@
 """Inputs -> manifest: one row per video with a stable id and a source version.
 
 INPUT may be a local file or folder, a glob, any fsspec URI or prefix (s3://bucket/prefix),
-or a Parquet manifest with a string `uri` column (no nulls). Folders and prefixes are listed
-recursively and filtered by extension; files named explicitly are always kept (a bad one gets a
-status row), and so are dangling or looping symlinks, from folders and globs alike. The source
-version is the object's ETag, else size + mtime: a rerun skips a video only if this is
-unchanged. Ids come from the URI as given: one local file reached by two paths (a symlink, `..`)
-gets two ids and is processed twice; give one path per file.
-"""
+or a Parquet manifest with a string `uri` column (no nulls). A path that exists is taken as
+named, whatever characters it holds (`clip[1].mp4`, `batch[2024]/`, `what?.mp4`); only an
+INPUT that does not exist and holds `*`, `?` or `[` is a glob pattern (`glob=False`: never).
+Folders and prefixes are listed recursively and filtered by extension; files named explicitly
+are always kept (a bad one gets a status row: missing, denied, a FIFO or device), and so are
+dangling or looping symlinks, from folders and globs alike; a pattern that matches nothing is
+kept like a missing file. No INPUT ever lists zero videos silently: a folder without video
+files or an empty manifest is an error. The source version is the object's ETag, else size +
+mtime: a rerun skips a video only if this is unchanged. Ids come from the URI as given: one
+local file reached by two paths (a symlink, `..`) gets two ids and is processed twice; give
+one path per file."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ids import video_id
+from pipeline.source import special_kind
 from pipeline.storage import as_uri, filesystem
 from schemas.config import InferConfig, StorageConfig
 from schemas.tables import MANIFEST
@@ -68,47 +73,105 @@ def manifest_uris(fs: Any, path: str, name: str) -> list[str]:
     return uris
 
 
-def list_inputs(
-    inputs: list[str], storage: StorageConfig | None = None, infer: InferConfig | None = None
-) -> pa.Table:
-    """Expand INPUTs into a manifest table (schema MANIFEST), deduplicated by URI, sorted.
+GLOB_CHARS = "*?["
 
-    A path that does not exist is kept (it becomes a `failed` status row, not a crash); a
-    bucket that cannot be listed raises, since the run itself cannot know its inputs.
+
+def list_inputs(
+    inputs: list[str],
+    storage: StorageConfig | None = None,
+    infer: InferConfig | None = None,
+    glob: bool = True,
+) -> pa.Table:
+    """Expand INPUTs into a manifest table (schema MANIFEST), deduplicated by URI, sorted
+    (see `expand_inputs`)."""
+    return expand_inputs(inputs, storage, infer, glob)[0]
+
+
+def expand_inputs(
+    inputs: list[str],
+    storage: StorageConfig | None = None,
+    infer: InferConfig | None = None,
+    glob: bool = True,
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """(manifest table, one record per INPUT: {"input", "kind", "videos"}).
+
+    A path that exists is that file or folder, whatever characters its name holds. Only an
+    INPUT that does not exist, holds `*`, `?` or `[` and `glob` is on is a pattern (kind
+    "glob"); one that matches no file is kept like a missing path. A missing or denied path
+    is kept (kind "missing": it becomes a `failed` status row, not a crash); so is a FIFO,
+    socket or device (refused unread when opened: a `failed` row naming the kind). A folder
+    without a video file is a ValueError (the run would lose that input silently); a bucket
+    that cannot be listed raises, since the run itself cannot know its inputs. `videos`
+    counts the URIs the input named, duplicates of other inputs included.
     """
     exts = tuple((infer or InferConfig()).video_extensions)
     rows: dict[str, dict[str, Any]] = {}
+    record: list[dict[str, Any]] = []
     for item in inputs:
-        fs, path = filesystem(item, storage)
-        if item.endswith(".parquet") and fs.isfile(path):
-            for uri in manifest_uris(fs, path, item):
-                ufs, upath = filesystem(uri, storage)
-                try:
-                    info = ufs.info(upath)
-                except (FileNotFoundError, PermissionError, OSError):
-                    info = None
-                rows.setdefault(uri, _entry(uri, info))
-            continue
-        if any(ch in path for ch in "*?["):
-            matches = fs.glob(path, detail=True)
-            for p, info in sorted(matches.items()):
-                # Like folder listings, dangling and looping symlinks (type "other") are kept:
-                # each gets a `failed` status row instead of vanishing silently.
-                if info.get("type") != "directory":
-                    rows.setdefault(as_uri(p, item), _entry(as_uri(p, item), info))
-            continue
-        try:
-            info = fs.info(path)
-        except (FileNotFoundError, PermissionError) as exc:
-            # Kept: the face stage gives it a `failed` status row with the reason.
-            log.warning("input %s: %s", item, type(exc).__name__)
-            rows.setdefault(item, _entry(item, None))
-            continue
-        if info.get("type") == "directory":
-            for p, finfo in sorted(fs.find(path, detail=True).items()):
-                if p.lower().endswith(exts):
-                    rows.setdefault(as_uri(p, item), _entry(as_uri(p, item), finfo))
-        else:
-            rows.setdefault(item, _entry(item, info))
+        kind, found = _expand_one(item, storage, exts, glob)
+        for uri, info in found:
+            rows.setdefault(uri, _entry(uri, info))
+        record.append({"input": item, "kind": kind, "videos": len(found)})
     ordered = [rows[k] for k in sorted(rows)]
-    return pa.Table.from_pylist(ordered, schema=MANIFEST)
+    return pa.Table.from_pylist(ordered, schema=MANIFEST), record
+
+
+def _expand_one(
+    item: str, storage: StorageConfig | None, exts: tuple[str, ...], glob: bool
+) -> tuple[str, list[tuple[str, dict[str, Any] | None]]]:
+    """(kind, [(uri, info or None)]) of one INPUT (see `expand_inputs`)."""
+    fs, path = filesystem(item, storage)
+    if item.endswith(".parquet") and fs.isfile(path):
+        found = []
+        for uri in manifest_uris(fs, path, item):
+            ufs, upath = filesystem(uri, storage)
+            try:
+                info = ufs.info(upath)
+            except (FileNotFoundError, PermissionError, OSError):
+                info = None
+            found.append((uri, info))
+        if not found:
+            raise ValueError(f"manifest {item} has no rows: it names no video")
+        return "manifest", found
+    try:
+        info = fs.info(path)
+    except (FileNotFoundError, PermissionError) as exc:
+        if glob and any(ch in path for ch in GLOB_CHARS):
+            return "glob", _glob(fs, path, item)
+        # Kept: the face stage gives it a `failed` status row with the reason.
+        log.warning("input %s: %s", item, type(exc).__name__)
+        return "missing", [(item, None)]
+    if info.get("type") != "directory":
+        kind = special_kind(item)
+        if kind:
+            log.warning(
+                "input %s: not a regular file (%s): it gets a failed status row", item, kind
+            )
+        return "file", [(item, info)]
+    found = [
+        (as_uri(p, item), finfo)
+        for p, finfo in sorted(fs.find(path, detail=True).items())
+        if p.lower().endswith(exts)
+    ]
+    if not found:
+        raise ValueError(
+            f"input {item} is a folder without video files ({', '.join(exts)}): check the path, "
+            "or set infer.video_extensions"
+        )
+    return "folder", found
+
+
+def _glob(fs: Any, path: str, item: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """The files a pattern matches; none: the pattern itself, kept as a missing input."""
+    matches = fs.glob(path, detail=True)
+    # Like folder listings, dangling and looping symlinks (type "other") are kept: each gets a
+    # `failed` status row instead of vanishing silently.
+    found = [
+        (as_uri(p, item), info)
+        for p, info in sorted(matches.items())
+        if info.get("type") != "directory"
+    ]
+    if not found:
+        log.warning("input %s: no file by that name, and as a pattern it matches no file", item)
+        return [(item, None)]
+    return found

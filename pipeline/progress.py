@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, TypeVar
 
+from pipeline.errors import escape
+
 T = TypeVar("T")
 
 _VERBOSITY = 0  # -1 quiet, 0 default, 1+ verbose; set by jobs.cli_io.setup_logging
@@ -131,7 +133,9 @@ class Progress:
         self.videos += 1
         self.frames += int(frames or 0)
         if self.enabled and _VERBOSITY >= 1 and name is not None:
-            self._write(f"{self.desc}: {name}: {status}, {int(frames or 0)} frames", force=True)
+            self._write(
+                f"{self.desc}: {escape(name)}: {status}, {int(frames or 0)} frames", force=True
+            )
         self._tick(videos=1)
 
     def frames_done(self, n: int) -> None:

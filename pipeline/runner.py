@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.manifest import list_inputs
+from pipeline.manifest import expand_inputs
 from pipeline.progress import Progress
 from pipeline.record import record_text, utc_now, write_record
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
@@ -43,7 +43,7 @@ from pipeline.status import (
     pending_rows,
     prior_attempts,
 )
-from pipeline.storage import filesystem, join, remove, write_parquet, write_text
+from pipeline.storage import filesystem, join, remove, sweep_temp, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
@@ -292,8 +292,11 @@ def run_inference(
     runner: str = "ray",
     ray_address: str | None = None,
     ray_init: dict[str, Any] | None = None,
+    glob: bool = True,
 ) -> dict[str, Any]:
-    """The main job. Returns the summary (also written into OUT/run.json)."""
+    """The main job. Returns the summary (also written into OUT/run.json, with the INPUTs as
+    given and how many videos each listed). `glob=False`: no INPUT is a pattern
+    (pipeline/manifest.py)."""
     from pipeline.model import load_checkpoint, resolve_checkpoint
     from pipeline.storage import storage_options
 
@@ -305,7 +308,9 @@ def run_inference(
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
     chash = config_hash(cfg)
-    manifest, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force)
+    manifest, given, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force, glob)
+    # Temporary files of writes an earlier run never finished (killed, a full disk).
+    with_retries(lambda: sweep_temp(out, cfg.storage), cfg.storage.retry_s, "cleaning OUT")
     # The run record says from the start which run is in progress (a killed run stays
     # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
     record: dict[str, Any] = {
@@ -318,6 +323,7 @@ def run_inference(
         "runner": runner,
         "ray_address": ray_address,
         "output": out,
+        "inputs": given,  # what `vaerr verify` checks the status rows against
         "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
         "config": config_dump(cfg),
     }
@@ -348,13 +354,22 @@ def run_inference(
 
 
 def _plan(
-    cfg: VaerrConfig, inputs: Iterable[str], out: str, model_id: str, chash: str, force: bool
-) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
-    """(the manifest of the inputs, its rows still to do, video_id -> runs that already tried
-    it), reading OUT's status rows; storage outages are retried."""
+    cfg: VaerrConfig,
+    inputs: Iterable[str],
+    out: str,
+    model_id: str,
+    chash: str,
+    force: bool,
+    glob: bool = True,
+) -> tuple[pa.Table, list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """(the manifest of the inputs, one record per input (expand_inputs), the manifest's rows
+    still to do, video_id -> runs that already tried it), reading OUT's status rows; storage
+    outages are retried."""
     budget = cfg.storage.retry_s
-    manifest = with_retries(
-        lambda: list_inputs(list(inputs), cfg.storage, cfg.infer), budget, "listing inputs"
+    manifest, given = with_retries(
+        lambda: expand_inputs(list(inputs), cfg.storage, cfg.infer, glob),
+        budget,
+        "listing inputs",
     )
     done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
     version = {"model_id": model_id, "config_hash": chash}
@@ -363,7 +378,7 @@ def _plan(
     tried = {} if force else prior_attempts(rows, done, version)
     log.info("%d videos listed, %d to do, %d already done",
              manifest.num_rows, len(todo), manifest.num_rows - len(todo))  # fmt: skip
-    return manifest, todo, tried
+    return manifest, given, todo, tried
 
 
 def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: VaerrConfig) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -245,25 +246,37 @@ def temp_name(path: str) -> str:
     return f"{parent}/{tmp}" if parent or path.startswith("/") else tmp
 
 
+TEMP_PATTERN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")  # what temp_name makes, and nothing else
+
+
 def _discard(f: Any) -> None:
     """Throw away an unfinished write: abort the multipart upload (fsspec's `discard`) and mark
-    the file closed, so neither `close()` nor garbage collection commits what was written."""
+    the file closed, so neither `close()` nor garbage collection commits what was written.
+    Never raises: closing a local file flushes its buffer, which fails again on a full disk
+    (ENOSPC), and the caller must still remove the temporary name."""
     try:
         f.discard()
     except Exception as exc:  # best effort: the temporary key is removed below anyway
         log.debug("discard failed: %s", type(exc).__name__)
     if hasattr(f, "buffer") and hasattr(f, "commit"):  # fsspec's buffered remote files
         f.closed = True
-    else:
+        return
+    try:
         f.close()  # local files: closing only flushes the temporary name, removed next
+    except Exception as exc:
+        log.debug("closing a discarded write failed: %s", type(exc).__name__)
+        raw = getattr(f, "f", None)  # fsspec's LocalFileOpener wraps the real file
+        with contextlib.suppress(Exception):
+            (raw or f).close()  # a failed flush leaves the descriptor open: release it
 
 
 @contextlib.contextmanager
 def atomic_write(uri: str, storage: Options = None) -> Iterator[Any]:
     """Open `uri` for binary writing; it appears under its name only if the block succeeds.
 
-    Any filesystem: the block writes a hidden temporary name that is renamed (local: an atomic
-    rename; object stores: copy then delete) on success and removed on failure."""
+    Any filesystem: the block writes a hidden temporary name (`.NAME.tmp-XXXXXXXX`, see
+    TEMP_PATTERN) that is renamed (local: an atomic rename; object stores: copy then delete)
+    on success and removed on failure, a full disk included (ENOSPC on write or close)."""
     fs, path = filesystem(uri, storage)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
@@ -273,14 +286,20 @@ def atomic_write(uri: str, storage: Options = None) -> Iterator[Any]:
     try:
         yield f
     except BaseException:
-        _discard(f)
-        _remove(fs, tmp)
+        try:
+            _discard(f)
+        finally:
+            _remove(fs, tmp)
         raise
     try:
         f.close()  # object stores: the temporary key is committed here
         fs.mv(tmp, path)
     except BaseException:
-        _remove(fs, tmp)
+        try:
+            if not f.closed:  # a close that failed (ENOSPC) may have left the descriptor open
+                _discard(f)
+        finally:
+            _remove(fs, tmp)
         raise
 
 
@@ -291,6 +310,23 @@ def _remove(fs: Any, path: str) -> None:
             fs.rm(path)
     except Exception as exc:
         log.warning("could not remove the temporary file %s (%s)", path, type(exc).__name__)
+
+
+def sweep_temp(root: str, storage: Options = None) -> int:
+    """Remove the temporary files (TEMP_PATTERN) a killed writer left anywhere under `root`;
+    returns how many. Only for a folder one run owns at a time (a run's OUT): another writer's
+    unfinished temporary file would go too."""
+    fs, path = filesystem(root, storage)
+    if not fs.exists(path):
+        return 0
+    stray = [p for p in fs.find(path) if TEMP_PATTERN.match(p.rsplit("/", 1)[-1])]
+    for p in stray:
+        _remove(fs, p)
+    if stray:
+        log.info(
+            "removed %d temporary files left by an interrupted write under %s", len(stray), root
+        )
+    return len(stray)
 
 
 def write_bytes(uri: str, data: bytes, storage: Options = None) -> None:
@@ -347,6 +383,7 @@ class ParquetStream:
         self._file = self._ctx.__enter__()
         self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
         self.rows = 0
+        self._closed = False
 
     def write(self, table: pa.Table) -> None:
         """Append one table (cast to the schema; missing columns raise)."""
@@ -355,8 +392,16 @@ class ParquetStream:
             self.rows += table.num_rows
 
     def close(self, ok: bool = True) -> None:
-        """Finish the file; with ok=False, discard it."""
-        self._writer.close()
+        """Finish the file; with ok=False, discard it. A failure (a full disk) discards it
+        too: the temporary file never stays behind. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        except BaseException as exc:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         if ok:
             self._ctx.__exit__(None, None, None)
         else:

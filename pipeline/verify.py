@@ -4,7 +4,9 @@ Verify trusts nothing: it reads the whole OUT, not only the last run's manifest.
 
 * every file under OUT/videos/ and OUT/timelines/ is readable Parquet (an unreadable one is a
   violation naming the file, and the check goes on);
-* every video of the last run's manifest has exactly one status row;
+* every video of the last run's manifest has exactly one status row, and every INPUT the run
+  was given (run.json `inputs`) listed at least one video (a file named as itself: its own
+  status row);
 * status rows and timelines match their schemas (status files written before a column was
   added may lack it); statuses are ok | no_face | failed, with a reason unless ok;
 * one model: every status row has the same (model_id, config_hash) as the run record
@@ -29,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.ids import video_id
 from pipeline.retry import is_transient
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK
 from pipeline.storage import filesystem, join
@@ -96,6 +99,7 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
     _check_status_rows(by_id, limit, problems)
     pairs, mixed = _mixed_runs(rows, run)
     _check_manifest(out, cfg, by_id, problems)
+    _check_inputs(run, by_id, problems)
     seen_tl = _check_timelines(out, cfg, by_id, problems)
     for vid, rs in by_id.items():
         if any(r["status"] == OK and (r["tracks"] or 0) > 0 for r in rs) and vid not in seen_tl:
@@ -179,6 +183,21 @@ def _check_manifest(
         for m in mt.to_pylist() if mt is not None else []:
             if m["video_id"] not in by_id:
                 problems.append(f"input {m['uri']} ({m['video_id']}): no status row")
+
+
+def _check_inputs(run: dict | None, by_id: dict[str, list[dict]], problems: list[str]) -> None:
+    """Every INPUT the last run was given (run.json `inputs`) listed at least one video, and
+    one named as itself (a file, missing or not) has its own status row. Folders, globs and
+    manifests are checked through OUT/manifest.parquet."""
+    for rec in (run or {}).get("inputs") or []:
+        if not isinstance(rec, dict) or "input" not in rec:
+            problems.append(f"run.json: unreadable input record {rec!r}")
+            continue
+        item, kind = str(rec["input"]), rec.get("kind")
+        if not rec.get("videos"):
+            problems.append(f"input {item} ({kind}): listed no video, so it has no status row")
+        elif kind in ("file", "missing") and video_id(item) not in by_id:
+            problems.append(f"input {item} ({video_id(item)}): no status row")
 
 
 def _check_timelines(

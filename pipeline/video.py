@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import av
 import numpy as np
 
+from pipeline.source import NotRegularFile, open_source
 from pipeline.status import ENVIRONMENT_FAILURE, failure_kind
-from pipeline.storage import open_uri
 from schemas.config import StorageConfig
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def _upright(img: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _map_error(exc: Exception, uri: str) -> VideoError:
+    if isinstance(exc, NotRegularFile):
+        return VideoError(str(exc))  # "not a regular file: FIFO"
     if isinstance(exc, FileNotFoundError):
         return VideoError(f"not found: {uri}")
     if isinstance(exc, PermissionError):
@@ -145,8 +147,8 @@ class VideoReader:
         self._file: Any = None
         self._container: Any = None
         try:
-            self._file = open_uri(uri, "rb", storage)
-            if self._file.size == 0 if hasattr(self._file, "size") else False:
+            self._file = open_source(uri, storage)  # never blocks for good (a FIFO, a stall)
+            if self._file.size == 0:
                 raise VideoError("empty file (0 bytes)")
             self._container = av.open(self._file, mode="r", metadata_errors="ignore")
         except VideoError:
@@ -419,7 +421,11 @@ def read_audio(
 
     Loaded whole: it is for training clips (seconds to minutes), not for hour-long inputs.
     """
-    with open_uri(uri, "rb", storage) as f:
+    try:
+        f = open_source(uri, storage)
+    except NotRegularFile as exc:
+        raise _map_error(exc, uri) from None
+    with f:
         try:
             container = av.open(f, mode="r", metadata_errors="ignore")
         except av.error.FFmpegError as exc:

@@ -63,6 +63,14 @@ class StorageConfig(Section):
         description="How long reads and writes retry a storage outage, s, "
         "before the video (read) or the run (write) fails with a clear message.",
     )
+    source_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Time limit on opening a source video and on each read of it, s: one that "
+        "takes longer (a stalled mount or server) fails the video (a rerun retries it).",
+    )
 
 
 class VideoConfig(Section):

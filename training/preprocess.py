@@ -57,7 +57,7 @@ from pipeline.status import (
     pending_rows,
     prior_attempts,
 )
-from pipeline.storage import join, remove, write_parquet, write_text
+from pipeline.storage import join, remove, sweep_temp, write_parquet, write_text
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from schemas.tables import CLIP_SHARD, conform
@@ -373,7 +373,8 @@ def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, st
     """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
     items = list(items)
     manifest = with_retries(
-        lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer),
+        # A dataset names its files: never patterns (`clip[1].mp4` is that file).
+        lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer, glob=False),
         cfg.storage.retry_s,
         "listing inputs",
     )
@@ -419,6 +420,8 @@ def run_preprocess(
         for r in pending_rows(rows, done, version, force, cfg.infer.max_attempts)
     ]
     log.info("%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo))
+    # Temporary files of writes an earlier run never finished (killed, a full disk).
+    with_retries(lambda: sweep_temp(root, cfg.storage), budget, "cleaning the shards folder")
     with_retries(
         lambda: write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage),
         budget,
