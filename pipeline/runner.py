@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.manifest import list_inputs
+from pipeline.outlock import output_lock
 from pipeline.progress import Progress
 from pipeline.record import record_text, utc_now, write_record
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
@@ -88,12 +89,14 @@ class TimelineWriter:
         model_id: str,
         untrained: bool,
         prior_attempts: dict[str, int] | None = None,
+        training_data: str | None = None,
         on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = out
         self.model_id = model_id
         self.untrained = untrained
+        self.training_data = training_data
         self.config_hash = config_hash(cfg)
         self.prior_attempts = dict(prior_attempts or {})
         self.videos: dict[str, _Video] = {}
@@ -188,11 +191,14 @@ class TimelineWriter:
     def _commit(self, vid: str, state: _Video) -> None:
         end = state.end or {}
         uri = str(end["uri"])
-        status = str(end["status"])
+        status, why = str(end["status"]), str(end["reason"]) or None
         tl_uri = join(self.out, "timelines", f"{vid}.parquet")
         crops_uri = join(self.out, "crops", f"{vid}.parquet")
-        if status == OK:
-            _table_write(tl_uri, self._timeline(vid, uri, state), self.cfg)
+        timeline = self._timeline(vid, uri, state) if status == OK else None
+        if timeline is not None and (bad := non_finite_reason(timeline, self.cfg.model.dtype)):
+            status, why, timeline = FAILED, bad, None  # never an ok row of NaN "Neutral" faces
+        if timeline is not None:
+            _table_write(tl_uri, timeline, self.cfg)
             if state.crops:
                 _table_write(crops_uri, pa.concat_tables(state.crops), self.cfg)
         else:
@@ -201,7 +207,7 @@ class TimelineWriter:
         kind = (str(end.get("failure_kind") or "") or VIDEO_FAILURE) if status == FAILED else None
         reason, attempts, pending = attempt_outcome(
             status,
-            str(end["reason"]) or None,
+            why,
             kind,
             self.prior_attempts.get(vid, 0),
             self.cfg.infer.max_attempts,
@@ -222,6 +228,7 @@ class TimelineWriter:
             "warnings": str(end["warnings"]) or None,
             "failure_kind": kind,
             "attempts": attempts,
+            "training_data": self.training_data,
         }
         _table_write(
             join(self.out, "videos", f"{vid}.parquet"),
@@ -232,6 +239,28 @@ class TimelineWriter:
         self.frames += int(end["frames"])
         if self.on_done:
             self.on_done(row)
+
+
+def non_finite_reason(timeline: pa.Table, dtype: str) -> str | None:
+    """Why a video's timeline cannot be `ok`: the network gave NaN or infinite arousal or
+    valence (a half-precision overflow, or weights gone bad), which would otherwise be rows
+    labelled "Neutral". None when every value is finite. A failure of the video with this model
+    and config (final: a rerun gives the same)."""
+    n = sum(
+        int(np.count_nonzero(~np.isfinite(timeline[c].to_numpy(zero_copy_only=False))))
+        for c in ("arousal", "valence")
+    )
+    if not n:
+        return None
+    hint = (
+        f"model.dtype={dtype} overflowed? rerun with --set model.dtype=float32 --force"
+        if dtype != "float32"
+        else "check the checkpoint (vaerr model info)"
+    )
+    return (
+        f"NonFiniteOutput: the model gave {n} NaN/inf arousal/valence values of "
+        f"{2 * timeline.num_rows}: {hint}"
+    )
 
 
 def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
@@ -304,46 +333,53 @@ def run_inference(
     ckpt = load_checkpoint(ckpt_uri, opts)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
-    chash = config_hash(cfg)
-    manifest, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force)
-    # The run record says from the start which run is in progress (a killed run stays
-    # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
-    record: dict[str, Any] = {
-        "run_id": uuid.uuid4().hex[:16],
-        "state": "running",
-        "started": started,
-        "model_id": ckpt.model_id,
-        "config_hash": chash,
-        "checkpoint": checkpoint,
-        "runner": runner,
-        "ray_address": ray_address,
-        "output": out,
-        "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
-        "config": config_dump(cfg),
-    }
-    write_record(join(out, "run.json"), record, cfg.storage)
-    try:
-        writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
-                      ray_init)  # fmt: skip
-    except BaseException as exc:
-        _mark_failed(out, record, exc, cfg)
-        raise
-    wall = time.perf_counter() - t0
-    summary = {
-        "videos": manifest.num_rows,
-        "processed": len(todo),
-        "skipped": manifest.num_rows - len(todo),
-        **writer.counts,
-        "frames": writer.frames,
-        "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
-        "wall_s": round(wall, 2),
-        "model_id": ckpt.model_id,
-        "untrained": ckpt.untrained,
-        "output": out,
-    }
-    note_pending(summary)
-    record = {**summary, **record, "state": "completed", "ended": utc_now()}
-    write_record(join(out, "run.json"), record, cfg.storage)
+    if ckpt.training_data == SYNTHETIC:
+        log.warning("checkpoint %s was trained on SYNTHETIC faces only (a demo model): every "
+                    "status row says training_data=synthetic", checkpoint)  # fmt: skip
+    # One writer per OUT: a second job at once is refused (outlock.OutputLocked, exit 2).
+    with output_lock(out, cfg.storage, "vaerr infer"):
+        chash = config_hash(cfg)
+        manifest, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force)
+        # The run record says from the start which run is in progress (a killed run stays
+        # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
+        record: dict[str, Any] = {
+            "run_id": uuid.uuid4().hex[:16],
+            "state": "running",
+            "started": started,
+            "model_id": ckpt.model_id,
+            "config_hash": chash,
+            "checkpoint": checkpoint,
+            "runner": runner,
+            "ray_address": ray_address,
+            "output": out,
+            "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
+            "training_data": ckpt.training_data,
+            "config": config_dump(cfg),
+        }
+        write_record(join(out, "run.json"), record, cfg.storage)
+        try:
+            writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
+                          ray_init)  # fmt: skip
+        except BaseException as exc:
+            _mark_failed(out, record, exc, cfg)
+            raise
+        wall = time.perf_counter() - t0
+        summary = {
+            "videos": manifest.num_rows,
+            "processed": len(todo),
+            "skipped": manifest.num_rows - len(todo),
+            **writer.counts,
+            "frames": writer.frames,
+            "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
+            "wall_s": round(wall, 2),
+            "model_id": ckpt.model_id,
+            "untrained": ckpt.untrained,
+            "training_data": ckpt.training_data,
+            "output": out,
+        }
+        note_pending(summary)
+        record = {**summary, **record, "state": "completed", "ended": utc_now()}
+        write_record(join(out, "run.json"), record, cfg.storage)
     return summary
 
 
@@ -404,7 +440,7 @@ def _run(
     specs = stage_specs(cfg, ckpt_uri)
     with Progress("infer", len(todo)) as bar:
         writer = TimelineWriter(
-            cfg, out, ckpt.model_id, ckpt.untrained, tried,
+            cfg, out, ckpt.model_id, ckpt.untrained, tried, ckpt.training_data,
             on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
         )  # fmt: skip
         run_stages(items, specs, writer.consume, runner, address=ray_address, ray_init=ray_init)
