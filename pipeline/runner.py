@@ -47,7 +47,7 @@ from pipeline.status import (
 from pipeline.storage import filesystem, join, remove, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
-from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
+from schemas.tables import BOX, CLIPS, SYNTHETIC, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
 
 log = logging.getLogger(__name__)
 

@@ -481,4 +481,3 @@ def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> 
     _no_conditional_writes(uri)
     fs.pipe_file(path, data)
     return True
-

@@ -55,6 +55,10 @@ VIDEOS = pa.schema(
 )
 # Columns VIDEOS gained after its first release: older status files read back with nulls.
 VIDEOS_ADDED = ("warnings", "failure_kind", "attempts", "training_data")
+# `training_data` of a model trained on rendered synthetic faces only (the demo's): the synthetic
+# corpus marks its manifest so, preprocess carries it into the shards' index, fine-tuning into
+# the checkpoint's provenance, and every output made with the model says so.
+SYNTHETIC = "synthetic"
 
 # Episodes found by `vaerr query`.
 EVENTS = pa.schema(

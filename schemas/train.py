@@ -467,6 +467,8 @@ SEQUENCES = pa.schema(
         ("has_audio", pa.bool_()),
         ("fps", pa.float64()),
         ("face", pa.string()),  # how the track was chosen: largest | longest | all | left...
+        # rendered faces (the synthetic corpus) rather than people; null in older indexes
+        ("synthetic", pa.bool_()),
     ]
 )
 
