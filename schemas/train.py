@@ -39,13 +39,32 @@ class AudioFeatureConfig(Section):
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to a callable extractor."
     )
-    rate: int = Field(16000, gt=0, description="Audio sample rate the extractor sees, Hz.")
-    n_mels: int = Field(80, ge=1, le=512, description="Mel bands of the log-mel extractor.")
-    win_ms: float = Field(25.0, gt=0, description="Analysis window of the log-mel STFT, ms.")
-    hop_ms: float = Field(
-        10.0, gt=0, description="Feature hop, ms (also the rate a callable must return)."
+    rate: int = Field(
+        16000,
+        gt=0,
+        le=192000,
+        description="Audio sample rate the extractor sees, Hz. Bounded: at most 192 kHz.",
     )
-    n_fft: int = Field(512, ge=16, description="FFT size of the log-mel STFT (>= window).")
+    n_mels: int = Field(80, ge=1, le=512, description="Mel bands of the log-mel extractor.")
+    win_ms: float = Field(
+        25.0,
+        gt=0,
+        le=1000,
+        description="Analysis window of the log-mel STFT, ms. Bounded: at most 1000.",
+    )
+    hop_ms: float = Field(
+        10.0,
+        gt=0,
+        le=1000,
+        description="Feature hop, ms (also the rate a callable must return). Bounded: at most "
+        "1000.",
+    )
+    n_fft: int = Field(
+        512,
+        ge=16,
+        le=65536,
+        description="FFT size of the log-mel STFT (>= window). Bounded: at most 65536.",
+    )
     fmin: float = Field(0.0, ge=0, description="Lowest mel filter edge, Hz.")
     fmax: float | None = Field(
         None, gt=0, description="Highest mel filter edge, Hz (None: rate/2)."
@@ -54,8 +73,9 @@ class AudioFeatureConfig(Section):
     stack: int | None = Field(
         None,
         ge=1,
+        le=64,
         description="Audio frames stacked per video frame (None: round(1000 / (fps * hop_ms)) "
-        "= 4 at 25 fps and 10 ms).",
+        "= 4 at 25 fps and 10 ms). Bounded: at most 64.",
     )
     normalise: Literal["utterance", "none"] = Field(
         "utterance",
@@ -94,8 +114,9 @@ class DataConfig(Section):
     time_scale: float = Field(
         1.0,
         gt=0,
+        le=1000,
         description="Multiplier turning annotation time stamps into seconds (e.g. 0.001 if "
-        "a SEWA export is in ms).",
+        "a SEWA export is in ms). Bounded: at most 1000.",
     )
     face_rule: Literal["largest", "longest", "all"] = Field(
         "largest",
@@ -114,8 +135,9 @@ class DataConfig(Section):
     label_gap_s: float | None = Field(
         None,
         gt=0,
+        le=3600,
         description="A frame gets a label only if a valid annotation lies within this many "
-        "seconds (None: the annotation step, i.e. the median spacing).",
+        "seconds (None: the annotation step, i.e. the median spacing). Bounded: at most 3600.",
     )
     split_fractions: tuple[float, float, float] = Field(
         (0.6, 0.2, 0.2),
@@ -139,17 +161,34 @@ class DataConfig(Section):
         default_factory=AudioFeatureConfig, description="Audio features (pretext targets)."
     )
     row_group_frames: int = Field(
-        250, ge=16, description="Frames per Parquet row group (clip reads skip other groups)."
+        250,
+        ge=16,
+        le=100000,
+        description="Frames per Parquet row group (clip reads skip other groups). Bounded: at "
+        "most 100000.",
     )
     threads: int | None = Field(
         None,
         ge=1,
+        le=1024,
         description="torch CPU threads of an in-process preprocess run (None: torch's "
-        "default; Ray actors get their CPU share).",
+        "default; Ray actors get their CPU share). Bounded: at most 1024.",
     )
-    actors: int = Field(1, ge=1, description="Face-stage actors of the Ray Data preprocess job.")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs per preprocess actor (fractional).")
-    num_gpus: float = Field(0.0, ge=0, description="GPU share per preprocess actor.")
+    actors: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Face-stage actors of the Ray Data preprocess job. Bounded: at most 1024.",
+    )
+    num_cpus: float = Field(
+        0.5,
+        gt=0,
+        le=256,
+        description="CPUs per preprocess actor (fractional). Bounded: at most 256.",
+    )
+    num_gpus: float = Field(
+        0.0, ge=0, le=64, description="GPU share per preprocess actor. Bounded: at most 64."
+    )
 
 
 class AugmentConfig(Section):
@@ -160,7 +199,12 @@ class AugmentConfig(Section):
     crop_p: float = Field(
         0.0, ge=0, le=1, description="Random crop of `crop_size` px, resized back to the input."
     )
-    crop_size: int = Field(88, ge=8, description="Random crop side, px (METHOD: 88 of 96).")
+    crop_size: int = Field(
+        88,
+        ge=8,
+        le=512,
+        description="Random crop side, px (METHOD: 88 of 96). Bounded: at most 512.",
+    )
     cutout_p: float = Field(0.0, ge=0, le=1, description="One random square set to mid-gray.")
     cutout_frac: float = Field(
         0.3, gt=0, le=1, description="Cutout square side as a fraction of the crop side."
@@ -169,7 +213,10 @@ class AugmentConfig(Section):
         0.0, ge=0, le=1, description="One random run of frames set to mid-gray."
     )
     time_mask_frames: int = Field(
-        10, ge=1, description="Longest time-masked run, frames (inferred)."
+        10,
+        ge=1,
+        le=2000,
+        description="Longest time-masked run, frames (inferred). Bounded: at most 2000.",
     )
     noise_p: float = Field(0.0, ge=0, le=1, description="Salt-and-pepper noise on the clip.")
     noise_amount: float = Field(
@@ -192,20 +239,34 @@ class TrainConfig(Section):
     storage_path: str = Field(
         "runs", description="Folder/URI (local or s3://) of runs, checkpoints and metrics."
     )
-    epochs: int = Field(20, ge=1, description="Epochs (public code default: 20).")
+    epochs: int = Field(
+        20,
+        ge=1,
+        le=100000,
+        description="Epochs (public code default: 20). Bounded: at most 100000.",
+    )
     batch_size: int = Field(
         5,
         ge=1,
+        le=4096,
         description="GLOBAL batch: clips per optimiser step summed over all workers (METHOD: "
         "5). Each of num_workers workers takes batch_size / num_workers clips; a batch that "
         "does not divide is an error. CCC terms are computed on the global batch (moments "
-        "all-reduced across workers).",
+        "all-reduced across workers). Bounded: at most 4096.",
     )
     clip_seconds: float = Field(
-        4.0, gt=0, description="Training clip length, s; shorter sequences are used whole."
+        4.0,
+        gt=0,
+        le=80,
+        description="Training clip length, s; shorter sequences are used whole. Bounded: at most "
+        "80 s = MAX_WINDOW_FRAMES at 25 fps.",
     )
     clips_per_file: int = Field(
-        3, ge=1, description="Random clips drawn from every training sequence per epoch."
+        3,
+        ge=1,
+        le=1000,
+        description="Random clips drawn from every training sequence per epoch. Bounded: at most "
+        "1000.",
     )
     train_splits: tuple[str, ...] = Field(
         ("train",), description="Shard splits trained on (pretext: e.g. ['pretext'])."
@@ -223,37 +284,66 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(
         None, gt=0, description="Clip the gradient norm to this (None: off)."
     )
-    seed: int = Field(1, description="Seed of weights, clip order and augmentations.")
+    seed: int = Field(
+        1,
+        le=2**32 - 1,
+        description="Seed of weights, clip order and augmentations. Bounded: at most 2**32 - 1.",
+    )
     max_steps_per_epoch: int | None = Field(
-        None, ge=1, description="Cap on optimiser steps per epoch (debugging, smoke runs)."
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Cap on optimiser steps per epoch (debugging, smoke runs). Bounded: at most "
+        "1e7.",
     )
     num_workers: int = Field(
-        1, ge=1, description="Ray Train workers (DDP processes; one GPU each with use_gpu)."
+        1,
+        ge=1,
+        le=1024,
+        description="Ray Train workers (DDP processes; one GPU each with use_gpu). Bounded: at "
+        "most 1024.",
     )
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL); else CPU (gloo).")
     cpus_per_worker: float = Field(
-        1.0, gt=0, description="CPUs reserved per worker (fractional on small machines)."
+        1.0,
+        gt=0,
+        le=256,
+        description="CPUs reserved per worker (fractional on small machines). Bounded: at most "
+        "256.",
     )
     threads: int | None = Field(
         None,
         ge=1,
+        le=1024,
         description="torch CPU threads per worker (None: round(cpus_per_worker) on Ray, "
-        "torch's default in-process). More threads than free cores thrash.",
+        "torch's default in-process). More threads than free cores thrash. Bounded: at most 1024.",
     )
     loader_num_cpus: float = Field(
-        0.25, gt=0, description="CPUs per Ray Data clip-loading task (fractional)."
+        0.25,
+        gt=0,
+        le=256,
+        description="CPUs per Ray Data clip-loading task (fractional). Bounded: at most 256.",
     )
     max_failures: int = Field(
-        3, ge=-1, description="Worker-group restarts from the last checkpoint (-1: no limit)."
+        3,
+        ge=-1,
+        le=100,
+        description="Worker-group restarts from the last checkpoint (-1: no limit). Bounded: at "
+        "most 100.",
     )
     keep_checkpoints: int = Field(
-        2, ge=1, description="Ray checkpoints kept (the best model is saved separately)."
+        2,
+        ge=1,
+        le=1000,
+        description="Ray checkpoints kept (the best model is saved separately). Bounded: at most "
+        "1000.",
     )
     eval_chunk_frames: int = Field(
         256,
         ge=8,
+        le=100000,
         description="Frames per encoder pass when scoring whole sequences (bounds memory; "
-        "results do not depend on it).",
+        "results do not depend on it). Bounded: at most 100000.",
     )
 
     def per_worker_batch(self, workers: int | None = None) -> int:
@@ -278,15 +368,28 @@ class TrainConfig(Section):
 class LiraConfig(Section):
     """LiRA: encoder -> Conformer -> MLP predicting the audio features per frame (L1)."""
 
-    conformer_dim: int = Field(256, ge=8, description="Conformer width (inferred).")
-    conformer_layers: int = Field(4, ge=1, description="Conformer blocks (inferred).")
-    conformer_heads: int = Field(4, ge=1, description="Self-attention heads (inferred).")
-    conformer_ff_mult: int = Field(4, ge=1, description="Feed-forward expansion (inferred).")
+    conformer_dim: int = Field(
+        256, ge=8, le=8192, description="Conformer width (inferred). Bounded: at most 8192."
+    )
+    conformer_layers: int = Field(
+        4, ge=1, le=64, description="Conformer blocks (inferred). Bounded: at most 64."
+    )
+    conformer_heads: int = Field(
+        4, ge=1, le=64, description="Self-attention heads (inferred). Bounded: at most 64."
+    )
+    conformer_ff_mult: int = Field(
+        4, ge=1, le=16, description="Feed-forward expansion (inferred). Bounded: at most 16."
+    )
     conformer_kernel: int = Field(
-        31, ge=1, description="Depthwise convolution kernel, frames, odd (inferred)."
+        31,
+        ge=1,
+        le=255,
+        description="Depthwise convolution kernel, frames, odd (inferred). Bounded: at most 255.",
     )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the Conformer.")
-    mlp_hidden: int = Field(512, ge=8, description="Hidden width of the output MLP.")
+    mlp_hidden: int = Field(
+        512, ge=8, le=16384, description="Hidden width of the output MLP. Bounded: at most 16384."
+    )
     control: Literal["none", "shift"] = Field(
         "none",
         description="Sanity control: 'shift' pairs every clip with its own audio features "
@@ -307,7 +410,9 @@ class LiraConfig(Section):
 class ViewConfig(Section):
     """How one augmented view of a clip is made (BYOL / DINO)."""
 
-    size: int = Field(96, ge=16, description="Output side of the view, px.")
+    size: int = Field(
+        96, ge=16, le=512, description="Output side of the view, px. Bounded: at most 512."
+    )
     scale: tuple[float, float] = Field(
         (0.6, 1.0), description="Random-resized-crop area range, fraction of the frame."
     )
@@ -322,8 +427,12 @@ class ViewConfig(Section):
 class ByolConfig(Section):
     """Video-BYOL: online encoder + projector + predictor vs an EMA target (normalised MSE)."""
 
-    proj_dim: int = Field(256, ge=8, description="Projection size (BYOL: 256).")
-    hidden_dim: int = Field(1024, ge=8, description="Projector/predictor hidden size.")
+    proj_dim: int = Field(
+        256, ge=8, le=16384, description="Projection size (BYOL: 256). Bounded: at most 16384."
+    )
+    hidden_dim: int = Field(
+        1024, ge=8, le=16384, description="Projector/predictor hidden size. Bounded: at most 16384."
+    )
     ema: float = Field(
         0.99, ge=0, lt=1, description="Initial target EMA momentum, raised to 1 by cosine."
     )
@@ -337,14 +446,28 @@ class ByolConfig(Section):
 class DinoConfig(Section):
     """DINO: student/teacher (EMA), centring + sharpening, global and local crops, CE."""
 
-    out_dim: int = Field(4096, ge=2, description="Prototype logits (DINO: 65536; inferred).")
-    hidden_dim: int = Field(1024, ge=8, description="Head MLP hidden size.")
-    bottleneck_dim: int = Field(256, ge=8, description="Head bottleneck before prototypes.")
+    out_dim: int = Field(
+        4096,
+        ge=2,
+        le=262144,
+        description="Prototype logits (DINO: 65536; inferred). Bounded: at most 262144.",
+    )
+    hidden_dim: int = Field(
+        1024, ge=8, le=16384, description="Head MLP hidden size. Bounded: at most 16384."
+    )
+    bottleneck_dim: int = Field(
+        256,
+        ge=8,
+        le=16384,
+        description="Head bottleneck before prototypes. Bounded: at most 16384.",
+    )
     teacher_temp: float = Field(0.04, gt=0, description="Teacher softmax temperature.")
     student_temp: float = Field(0.1, gt=0, description="Student softmax temperature.")
     center_momentum: float = Field(0.9, ge=0, lt=1, description="Teacher centre EMA momentum.")
     ema: float = Field(0.996, ge=0, lt=1, description="Initial teacher EMA momentum (cosine).")
-    local_crops: int = Field(4, ge=0, description="Local crops per clip.")
+    local_crops: int = Field(
+        4, ge=0, le=32, description="Local crops per clip. Bounded: at most 32."
+    )
     global_view: ViewConfig = Field(
         default_factory=lambda: ViewConfig(scale=(0.5, 1.0)), description="Global crops (2)."
     )
