@@ -148,14 +148,14 @@ def _report(
 
 def _events_command(args: argparse.Namespace, kind: str) -> int:
     cfg = config_from_args(args)
+    # the detector's settings first: a bad option fails before any read
+    settings = section_from_args(args, HappyConfig if kind == "happy" else SpikeConfig)
     if args.output:
         check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, columns=[*COLUMNS, "untrained"])
     warn_untrained(table)
-    if kind == "happy":
-        events = find_happy(table, section_from_args(args, HappyConfig))
-    else:
-        events = find_spikes(table, section_from_args(args, SpikeConfig))
+    find = find_happy if kind == "happy" else find_spikes
+    events = find(table, settings)
     videos = len(set(table["video_id"].to_pylist()))
     shown = events.select([c for c in SHOWN if c in events.column_names])
     return _report(args, events, {"kind": kind, "videos": videos}, shown)
