@@ -57,6 +57,8 @@ class _Video:
     accs: dict[int, TrackAccumulator] = field(default_factory=dict)
     crops: list[pa.Table] = field(default_factory=list)
     seen: set[tuple[int, int]] = field(default_factory=set)  # (track_id, start) received
+    values: int = 0  # arousal and valence values received
+    non_finite: int = 0  # of them NaN or infinite (checked raw: blending clips to [-1, 1])
     end: dict[str, Any] | None = None
 
 
@@ -120,6 +122,10 @@ class TimelineWriter:
                 if key in state.seen:
                     continue  # a retried task re-sent it (a worker died): count it once
                 state.seen.add(key)
+                for col in ("arousal", "valence"):
+                    part = np.asarray(batch[col][i][:n])
+                    state.values += part.size
+                    state.non_finite += int(np.count_nonzero(~np.isfinite(part)))
                 state.accs.setdefault(tid, TrackAccumulator()).add(
                     batch["frame_index"][i][:n],
                     batch["arousal"][i][:n],
@@ -194,9 +200,10 @@ class TimelineWriter:
         status, why = str(end["status"]), str(end["reason"]) or None
         tl_uri = join(self.out, "timelines", f"{vid}.parquet")
         crops_uri = join(self.out, "crops", f"{vid}.parquet")
+        bad = non_finite_reason(state.non_finite, state.values, self.cfg.model.dtype)
+        if status == OK and bad:
+            status, why = FAILED, bad  # never an ok row of NaN "Neutral" faces
         timeline = self._timeline(vid, uri, state) if status == OK else None
-        if timeline is not None and (bad := non_finite_reason(timeline, self.cfg.model.dtype)):
-            status, why, timeline = FAILED, bad, None  # never an ok row of NaN "Neutral" faces
         if timeline is not None:
             _table_write(tl_uri, timeline, self.cfg)
             if state.crops:
@@ -241,16 +248,12 @@ class TimelineWriter:
             self.on_done(row)
 
 
-def non_finite_reason(timeline: pa.Table, dtype: str) -> str | None:
-    """Why a video's timeline cannot be `ok`: the network gave NaN or infinite arousal or
-    valence (a half-precision overflow, or weights gone bad), which would otherwise be rows
-    labelled "Neutral". None when every value is finite. A failure of the video with this model
-    and config (final: a rerun gives the same)."""
-    n = sum(
-        int(np.count_nonzero(~np.isfinite(timeline[c].to_numpy(zero_copy_only=False))))
-        for c in ("arousal", "valence")
-    )
-    if not n:
+def non_finite_reason(bad: int, total: int, dtype: str) -> str | None:
+    """Why a video cannot be `ok`: the network gave `bad` NaN or infinite arousal/valence
+    values of `total` (a half-precision overflow, or weights gone bad), which would otherwise
+    be rows labelled "Neutral" (NaN) or pinned to +-1 (inf). None when bad is 0. A failure of
+    the video with this model and config (final: a rerun gives the same)."""
+    if not bad:
         return None
     hint = (
         f"model.dtype={dtype} overflowed? rerun with --set model.dtype=float32 --force"
@@ -258,8 +261,7 @@ def non_finite_reason(timeline: pa.Table, dtype: str) -> str | None:
         else "check the checkpoint (vaerr model info)"
     )
     return (
-        f"NonFiniteOutput: the model gave {n} NaN/inf arousal/valence values of "
-        f"{2 * timeline.num_rows}: {hint}"
+        f"NonFiniteOutput: the model gave {bad} NaN/inf arousal/valence values of {total}: {hint}"
     )
 
 
