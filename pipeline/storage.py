@@ -430,9 +430,11 @@ def create_exclusive(uri: str, data: bytes, storage: Options = None) -> bool:
             return True
         except FileExistsError:
             return False
-        except NotImplementedError:  # the server refused the condition
-            pass
+        except OSError as exc:  # S3-compatible servers without it answer 501 (ENOSYS)
+            if exc.errno != errno.ENOSYS:
+                raise
     _no_conditional_writes(uri)
+    fs.invalidate_cache(path)
     if fs.exists(path):
         return False
     fs.pipe_file(path, data)
@@ -459,6 +461,7 @@ def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> 
                 os.link(aside, path)  # someone else's content: put it back
         os.unlink(aside)
         return same and create_exclusive(uri, data)
+    fs.invalidate_cache(path)  # another process may have written it: never a cached listing
     try:
         etag = fs.info(path).get("ETag")
         current = fs.cat_file(path)
@@ -475,9 +478,11 @@ def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> 
         except OSError as exc:  # PreconditionFailed (If-Match): changed meanwhile
             if exc.errno == errno.EINVAL:
                 return False
-            raise
-        fs.invalidate_cache(path)
-        return True
+            if exc.errno != errno.ENOSYS:  # 501: no conditional writes; else a real error
+                raise
+        else:
+            fs.invalidate_cache(path)
+            return True
     _no_conditional_writes(uri)
     fs.pipe_file(path, data)
     return True

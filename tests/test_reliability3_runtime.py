@@ -429,3 +429,17 @@ def test_a_checkpoint_from_model_keeps_its_id_and_training_data(tmp_path):
     a = checkpoint_from_model(model, TINY, provenance={"training_data": SYNTHETIC})
     b = checkpoint_from_model(model, TINY, provenance={"training_data": "sewa"})
     assert a.model_id == b.model_id and a.training_data == SYNTHETIC
+
+
+def test_a_store_without_conditional_writes_warns(caplog):
+    """memory:// (like any fsspec store but local files and S3) cannot create exclusively:
+    the lock still refuses a second job, and a warning says the guarantee is weaker."""
+    import uuid
+
+    out = f"memory://vaerr-{uuid.uuid4().hex[:8]}/out"
+    with caplog.at_level(logging.WARNING, logger="pipeline.storage"):
+        with output_lock(out, None, "first"):
+            with pytest.raises(OutputLocked, match="first"):
+                acquire(out, None, "second")
+    assert "no conditional writes" in caplog.text
+    assert not exists(f"{out}/{LOCK_NAME}")
