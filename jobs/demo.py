@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary.get("untrained"):
         print("NOTE: the checkpoint is UNTRAINED: values are not predictions of emotion.")
+    if summary.get("training_data") == "synthetic":
+        print("NOTE: the model was trained on synthetic (rendered) faces only: a demo model.")
     print_json_line(summary)
     return 0
 

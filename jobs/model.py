@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
+from schemas.tables import SYNTHETIC
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +77,8 @@ def _lines(title: str, record: dict[str, Any]) -> list[str]:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print architecture, parameter count, preprocessing, provenance and the untrained flag."""
+    """Print architecture, parameter count, preprocessing, provenance, the untrained flag and
+    what trained it (training_data)."""
     from pipeline.model import load_checkpoint, parameter_count, resolve_checkpoint
     from pipeline.storage import storage_options
 
@@ -93,6 +95,7 @@ def run_info(args: argparse.Namespace) -> int:
         f"parameters: {parameter_count(ckpt.state_dict)}",
         f"bins: {ckpt.bins}",
         f"untrained: {str(ckpt.untrained).lower()}",
+        f"training_data: {ckpt.training_data or 'unknown'}",
         f"format_version: {ckpt.version}",
     ]
     lines += _lines("model_config", ckpt.model_config)
@@ -100,5 +103,10 @@ def run_info(args: argparse.Namespace) -> int:
     lines += _lines("provenance", ckpt.provenance)
     if ckpt.untrained:
         lines.append("WARNING: untrained (random) weights: its arousal/valence are meaningless.")
+    if ckpt.training_data == SYNTHETIC:
+        lines.append(
+            "WARNING: trained on synthetic (rendered) faces only: a demo model, not a measure "
+            "of real people's affect."
+        )
     print("\n".join(lines), flush=True)
     return 0

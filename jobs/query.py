@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -30,15 +31,43 @@ from schemas.query import HappyConfig, SpikeConfig
 
 log = logging.getLogger("vaerr.query")
 
+# Bounds of the options (a user never needs more; they stop typos such as 1e9).
+MAX_SHOWN = 100_000
+MAX_TIMEOUT_S = 86_400.0
+MAX_MEMORY_MB = 1 << 20
+
 SHOWN = ("uri", "video_id", "kind", "track_ids", "start_s", "end_s", "peak_arousal",
          "peak_valence", "mean_arousal", "mean_valence", "score")  # fmt: skip
+
+
+def bounded(kind: type, lo: float, hi: float) -> Callable[[str], Any]:
+    """An argparse type: `kind` (int or float) in [lo, hi]; NaN is "not a number". The error
+    names the limit (argparse: exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value != value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number (NaN)")
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo:g}, {hi:g}]")
+        return value
+
+    return parse
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output", "-o", metavar="FILE", help="Also write all rows to .parquet, .csv or .json."
     )
-    p.add_argument("--limit", type=int, default=20, help="Rows shown on the terminal (20).")
+    p.add_argument(
+        "--limit",
+        type=bounded(int, 0, MAX_SHOWN),
+        default=20,
+        help=f"Rows shown on the terminal (20; at most {MAX_SHOWN}: write more with --output).",
+    )
     add_config_args(p)
 
 
@@ -89,15 +118,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     limits = SqlLimits()
     sql.add_argument(
         "--timeout-s",
-        type=float,
+        type=bounded(float, 0.001, MAX_TIMEOUT_S),
         default=limits.timeout_s,
-        help=f"Stop the query after this many seconds ({limits.timeout_s:g}).",
+        help=f"Stop the query after this many seconds ({limits.timeout_s:g}; at most "
+        f"{MAX_TIMEOUT_S:g}: a day).",
     )
     sql.add_argument(
         "--memory-mb",
-        type=int,
+        type=bounded(int, 16, MAX_MEMORY_MB),
         default=limits.memory_mb,
-        help=f"DuckDB memory limit, MiB ({limits.memory_mb}).",
+        help=f"DuckDB memory limit, MiB ({limits.memory_mb}; 16 to {MAX_MEMORY_MB}: 1 TiB).",
     )
     _add_output_args(sql)
     sql.set_defaults(func=run_sql_command)
@@ -118,14 +148,14 @@ def _report(
 
 def _events_command(args: argparse.Namespace, kind: str) -> int:
     cfg = config_from_args(args)
+    # the detector's settings first: a bad option fails before any read
+    settings = section_from_args(args, HappyConfig if kind == "happy" else SpikeConfig)
     if args.output:
         check_output(args.output)
     table = read_timelines(args.timelines, cfg.storage, columns=[*COLUMNS, "untrained"])
     warn_untrained(table)
-    if kind == "happy":
-        events = find_happy(table, section_from_args(args, HappyConfig))
-    else:
-        events = find_spikes(table, section_from_args(args, SpikeConfig))
+    find = find_happy if kind == "happy" else find_spikes
+    events = find(table, settings)
     videos = len(set(table["video_id"].to_pylist()))
     shown = events.select([c for c in SHOWN if c in events.column_names])
     return _report(args, events, {"kind": kind, "videos": videos}, shown)

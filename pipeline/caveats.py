@@ -12,8 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from schemas.tables import SYNTHETIC
+
 UNTRAINED_NOTE = "UNTRAINED model: values are not predictions"
-SYNTHETIC = "synthetic"
 SYNTHETIC_NOTE = "model trained on synthetic faces only: not meaningful on real video"
 
 

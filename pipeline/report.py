@@ -63,12 +63,8 @@ PLAYABLE = (".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov")
 MPEG-1 (.mpg, the GRID corpus), AVI, MKV... are listed as text."""
 STILL_PX = 80  # height of a face still, px
 TIMELINE_COLUMNS = [*COLUMNS, "emotion", "untrained"]
-STATUS_READ = (
-    VIDEOS
-    if "training_data" in VIDEOS.names
-    else VIDEOS.append(pa.field("training_data", pa.string()))
-)
-"""The status columns the report reads: VIDEOS plus `training_data` (pipeline/caveats.py).
+STATUS_READ = VIDEOS
+"""The status columns the report reads (VIDEOS, `training_data` included: pipeline/caveats.py).
 Files written before a column existed read back with nulls in it."""
 
 
@@ -112,8 +108,7 @@ def read_status_rows(out: str, storage: StorageConfig | None = None) -> pa.Table
     if not files:
         return STATUS_READ.empty_table()
     table = ds.dataset(files, schema=STATUS_READ, filesystem=fs, format="parquet").to_table()
-    added = (*VIDEOS_ADDED, "training_data")
-    return conform(table, STATUS_READ, fill_missing=added)
+    return conform(table, STATUS_READ, fill_missing=VIDEOS_ADDED)
 
 
 def load_job(out: str, storage: StorageConfig | None = None) -> JobData:

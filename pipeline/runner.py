@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.manifest import expand_inputs
+from pipeline.outlock import output_lock
 from pipeline.progress import Progress
 from pipeline.record import record_text, utc_now, write_record
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
@@ -46,7 +47,7 @@ from pipeline.status import (
 from pipeline.storage import filesystem, join, remove, sweep_temp, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
-from schemas.tables import BOX, CLIPS, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
+from schemas.tables import BOX, CLIPS, SYNTHETIC, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class _Video:
     accs: dict[int, TrackAccumulator] = field(default_factory=dict)
     crops: list[pa.Table] = field(default_factory=list)
     seen: set[tuple[int, int]] = field(default_factory=set)  # (track_id, start) received
+    values: int = 0  # arousal and valence values received
+    non_finite: int = 0  # of them NaN or infinite (checked raw: blending clips to [-1, 1])
     end: dict[str, Any] | None = None
 
 
@@ -88,12 +91,14 @@ class TimelineWriter:
         model_id: str,
         untrained: bool,
         prior_attempts: dict[str, int] | None = None,
+        training_data: str | None = None,
         on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = out
         self.model_id = model_id
         self.untrained = untrained
+        self.training_data = training_data
         self.config_hash = config_hash(cfg)
         self.prior_attempts = dict(prior_attempts or {})
         self.videos: dict[str, _Video] = {}
@@ -117,6 +122,10 @@ class TimelineWriter:
                 if key in state.seen:
                     continue  # a retried task re-sent it (a worker died): count it once
                 state.seen.add(key)
+                for col in ("arousal", "valence"):
+                    part = np.asarray(batch[col][i][:n])
+                    state.values += part.size
+                    state.non_finite += int(np.count_nonzero(~np.isfinite(part)))
                 state.accs.setdefault(tid, TrackAccumulator()).add(
                     batch["frame_index"][i][:n],
                     batch["arousal"][i][:n],
@@ -188,11 +197,15 @@ class TimelineWriter:
     def _commit(self, vid: str, state: _Video) -> None:
         end = state.end or {}
         uri = str(end["uri"])
-        status = str(end["status"])
+        status, why = str(end["status"]), str(end["reason"]) or None
         tl_uri = join(self.out, "timelines", f"{vid}.parquet")
         crops_uri = join(self.out, "crops", f"{vid}.parquet")
-        if status == OK:
-            _table_write(tl_uri, self._timeline(vid, uri, state), self.cfg)
+        bad = non_finite_reason(state.non_finite, state.values, self.cfg.model.dtype)
+        if status == OK and bad:
+            status, why = FAILED, bad  # never an ok row of NaN "Neutral" faces
+        timeline = self._timeline(vid, uri, state) if status == OK else None
+        if timeline is not None:
+            _table_write(tl_uri, timeline, self.cfg)
             if state.crops:
                 _table_write(crops_uri, pa.concat_tables(state.crops), self.cfg)
         else:
@@ -201,7 +214,7 @@ class TimelineWriter:
         kind = (str(end.get("failure_kind") or "") or VIDEO_FAILURE) if status == FAILED else None
         reason, attempts, pending = attempt_outcome(
             status,
-            str(end["reason"]) or None,
+            why,
             kind,
             self.prior_attempts.get(vid, 0),
             self.cfg.infer.max_attempts,
@@ -222,6 +235,7 @@ class TimelineWriter:
             "warnings": str(end["warnings"]) or None,
             "failure_kind": kind,
             "attempts": attempts,
+            "training_data": self.training_data,
         }
         _table_write(
             join(self.out, "videos", f"{vid}.parquet"),
@@ -232,6 +246,23 @@ class TimelineWriter:
         self.frames += int(end["frames"])
         if self.on_done:
             self.on_done(row)
+
+
+def non_finite_reason(bad: int, total: int, dtype: str) -> str | None:
+    """Why a video cannot be `ok`: the network gave `bad` NaN or infinite arousal/valence
+    values of `total` (a half-precision overflow, or weights gone bad), which would otherwise
+    be rows labelled "Neutral" (NaN) or pinned to +-1 (inf). None when bad is 0. A failure of
+    the video with this model and config (final: a rerun gives the same)."""
+    if not bad:
+        return None
+    hint = (
+        f"model.dtype={dtype} overflowed? rerun with --set model.dtype=float32 --force"
+        if dtype != "float32"
+        else "check the checkpoint (vaerr model info)"
+    )
+    return (
+        f"NonFiniteOutput: the model gave {bad} NaN/inf arousal/valence values of {total}: {hint}"
+    )
 
 
 def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
@@ -307,49 +338,57 @@ def run_inference(
     ckpt = load_checkpoint(ckpt_uri, opts)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
-    chash = config_hash(cfg)
-    manifest, given, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force, glob)
-    # Temporary files of writes an earlier run never finished (killed, a full disk).
-    with_retries(lambda: sweep_temp(out, cfg.storage), cfg.storage.retry_s, "cleaning OUT")
-    # The run record says from the start which run is in progress (a killed run stays
-    # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
-    record: dict[str, Any] = {
-        "run_id": uuid.uuid4().hex[:16],
-        "state": "running",
-        "started": started,
-        "model_id": ckpt.model_id,
-        "config_hash": chash,
-        "checkpoint": checkpoint,
-        "runner": runner,
-        "ray_address": ray_address,
-        "output": out,
-        "inputs": given,  # what `vaerr verify` checks the status rows against
-        "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
-        "config": config_dump(cfg),
-    }
-    write_record(join(out, "run.json"), record, cfg.storage)
-    try:
-        writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
-                      ray_init)  # fmt: skip
-    except BaseException as exc:
-        _mark_failed(out, record, exc, cfg)
-        raise
-    wall = time.perf_counter() - t0
-    summary = {
-        "videos": manifest.num_rows,
-        "processed": len(todo),
-        "skipped": manifest.num_rows - len(todo),
-        **writer.counts,
-        "frames": writer.frames,
-        "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
-        "wall_s": round(wall, 2),
-        "model_id": ckpt.model_id,
-        "untrained": ckpt.untrained,
-        "output": out,
-    }
-    note_pending(summary)
-    record = {**summary, **record, "state": "completed", "ended": utc_now()}
-    write_record(join(out, "run.json"), record, cfg.storage)
+    if ckpt.training_data == SYNTHETIC:
+        log.warning("checkpoint %s was trained on SYNTHETIC faces only (a demo model): every "
+                    "status row says training_data=synthetic", checkpoint)  # fmt: skip
+    # One writer per OUT: a second job at once is refused (outlock.OutputLocked, exit 2).
+    with output_lock(out, cfg.storage, "vaerr infer"):
+        chash = config_hash(cfg)
+        manifest, given, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force, glob)
+        # Temporary files of writes an earlier run never finished (killed, a full disk): ours
+        # to remove, since the lock says no other job writes here.
+        with_retries(lambda: sweep_temp(out, cfg.storage), cfg.storage.retry_s, "cleaning OUT")
+        # The run record says from the start which run is in progress (a killed run stays
+        # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
+        record: dict[str, Any] = {
+            "run_id": uuid.uuid4().hex[:16],
+            "state": "running",
+            "started": started,
+            "model_id": ckpt.model_id,
+            "config_hash": chash,
+            "checkpoint": checkpoint,
+            "runner": runner,
+            "ray_address": ray_address,
+            "output": out,
+            "inputs": given,  # what `vaerr verify` checks the status rows against
+            "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
+            "training_data": ckpt.training_data,
+            "config": config_dump(cfg),
+        }
+        write_record(join(out, "run.json"), record, cfg.storage)
+        try:
+            writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
+                          ray_init)  # fmt: skip
+        except BaseException as exc:
+            _mark_failed(out, record, exc, cfg)
+            raise
+        wall = time.perf_counter() - t0
+        summary = {
+            "videos": manifest.num_rows,
+            "processed": len(todo),
+            "skipped": manifest.num_rows - len(todo),
+            **writer.counts,
+            "frames": writer.frames,
+            "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
+            "wall_s": round(wall, 2),
+            "model_id": ckpt.model_id,
+            "untrained": ckpt.untrained,
+            "training_data": ckpt.training_data,
+            "output": out,
+        }
+        note_pending(summary)
+        record = {**summary, **record, "state": "completed", "ended": utc_now()}
+        write_record(join(out, "run.json"), record, cfg.storage)
     return summary
 
 
@@ -419,7 +458,7 @@ def _run(
     specs = stage_specs(cfg, ckpt_uri)
     with Progress("infer", len(todo)) as bar:
         writer = TimelineWriter(
-            cfg, out, ckpt.model_id, ckpt.untrained, tried,
+            cfg, out, ckpt.model_id, ckpt.untrained, tried, ckpt.training_data,
             on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
         )  # fmt: skip
         run_stages(items, specs, writer.consume, runner, address=ray_address, ray_init=ray_init)

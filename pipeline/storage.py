@@ -20,6 +20,7 @@ discarded (S3's multipart upload aborted) and the temporary key removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -431,3 +432,102 @@ def check_output(uri: str, folder: bool = False) -> None:
                     "choose another output path"
                 )
             return
+
+
+# ---------------------------------------------------------------------------------------------
+# Exclusive creation and compare-and-swap (the output lock, pipeline/outlock.py)
+
+
+def _is_s3(uri: str) -> bool:
+    return protocol(uri) in ("s3", "s3a")
+
+
+def _no_conditional_writes(uri: str) -> None:
+    log.warning(
+        "the store of %s has no conditional writes: it is checked, then written, so two jobs "
+        "at the same moment could both pass",
+        uri,
+    )
+
+
+def create_exclusive(uri: str, data: bytes, storage: Options = None) -> bool:
+    """Write `data` to `uri` only if nothing is there; False when something is. Atomic:
+    locally a complete hidden file hard-linked to the name (the link fails if the name exists);
+    on S3 a conditional write (If-None-Match: *); on stores without one, check then write,
+    with a warning that says so."""
+    fs, path = filesystem(uri, storage)
+    if is_local(uri):
+        path = str(local_path(uri))
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = temp_name(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    if _is_s3(uri):
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:  # S3-compatible servers without it answer 501 (ENOSYS)
+            if exc.errno != errno.ENOSYS:
+                raise
+    _no_conditional_writes(uri)
+    fs.invalidate_cache(path)
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return True
+
+
+def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> bool:
+    """Replace the content of `uri` by `data` only if it is still `expected` (another writer
+    may have changed it since it was read); False otherwise, and when `uri` is gone. Locally
+    the file is renamed aside (one renamer wins), compared, and put back if it changed; on S3
+    the write is conditional on the ETag that was compared (If-Match)."""
+    fs, path = filesystem(uri, storage)
+    if is_local(uri):
+        path = str(local_path(uri))
+        aside = f"{path}.swap-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        with open(aside, "rb") as f:
+            same = f.read() == expected
+        if not same:
+            with contextlib.suppress(OSError):
+                os.link(aside, path)  # someone else's content: put it back
+        os.unlink(aside)
+        return same and create_exclusive(uri, data)
+    fs.invalidate_cache(path)  # another process may have written it: never a cached listing
+    try:
+        etag = fs.info(path).get("ETag")
+        current = fs.cat_file(path)
+    except FileNotFoundError:
+        return False
+    if current != expected:
+        return False
+    if _is_s3(uri) and etag:
+        bucket, key, _ = fs.split_path(path)
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:  # PreconditionFailed (If-Match): changed meanwhile
+            if exc.errno == errno.EINVAL:
+                return False
+            if exc.errno != errno.ENOSYS:  # 501: no conditional writes; else a real error
+                raise
+        else:
+            fs.invalidate_cache(path)
+            return True
+    _no_conditional_writes(uri)
+    fs.pipe_file(path, data)
+    return True

@@ -78,17 +78,34 @@ class VideoConfig(Section):
 
     fps: float = Field(25.0, gt=0, le=240, description="Analysis rate, frames/s (METHOD: 25).")
     start_s: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="Start of the range to analyse, s."
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        le=1e6,
+        description="Start of the range to analyse, s. Bounded: at most 1e6 s, 11 days.",
     )
     end_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="End of the range to analyse, s."
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        le=1e6,
+        description="End of the range to analyse, s. Bounded: at most 1e6 s, 11 days.",
     )
-    audio_rate: int = Field(16000, gt=0, description="Audio resample rate, Hz (mono).")
+    audio_rate: int = Field(
+        16000,
+        gt=0,
+        le=192000,
+        description="Audio resample rate, Hz (mono). Bounded: at most 192 kHz.",
+    )
     chunk_frames: int = Field(
         32, ge=1, le=4096, description="Frames decoded and detected per chunk (bounds memory)."
     )
     chunk_mb: int = Field(
-        256, ge=8, description="Cap on one chunk's decoded RGB, MiB (4K video: fewer frames)."
+        256,
+        ge=8,
+        le=16384,
+        description="Cap on one chunk's decoded RGB, MiB (4K video: fewer frames). Bounded: at "
+        "most 16 GiB.",
     )
 
     @model_validator(mode="after")
@@ -135,15 +152,27 @@ class DetectorConfig(Section):
     )
     threshold: float = Field(0.8, ge=0, le=1, description="Face confidence threshold.")
     nms: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
-    max_faces: int = Field(16, ge=1, description="Keep at most this many faces per frame.")
+    max_faces: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Keep at most this many faces per frame. Bounded: at most 1000.",
+    )
     min_size_px: float = Field(
-        16.0, ge=0, description="Drop faces whose box side is below this, source px."
+        16.0,
+        ge=0,
+        le=8192,
+        description="Drop faces whose box side is below this, source px. Bounded: at most 8192.",
     )
     every_k: int = Field(
         1, ge=1, le=25, description="Detect every k-th frame; the tracker fills in between."
     )
     batch_size: int | None = Field(
-        None, ge=1, description="Frames per detector forward pass; None: 8 on a CPU, 32 on a GPU."
+        None,
+        ge=1,
+        le=1024,
+        description="Frames per detector forward pass; None: 8 on a CPU, 32 on a GPU. Bounded: at "
+        "most 1024.",
     )
     roi: RoiConfig = Field(default_factory=RoiConfig, description="Keyframes and ROI search.")
 
@@ -156,7 +185,11 @@ class LandmarkConfig(Section):
     )
     fan_weights: str = Field(FAN_URL, description="FAN 2D weights: path, fsspec URI or URL.")
     batch_size: int | None = Field(
-        None, ge=1, description="Face crops per FAN forward pass; None: 4 on a CPU, 32 on a GPU."
+        None,
+        ge=1,
+        le=1024,
+        description="Face crops per FAN forward pass; None: 4 on a CPU, 32 on a GPU. Bounded: at "
+        "most 1024.",
     )
 
 
@@ -165,13 +198,21 @@ class TrackConfig(Section):
 
     iou_threshold: float = Field(0.3, ge=0, le=1, description="Minimum IoU to link.")
     landmark_weight: float = Field(
-        0.5, ge=0, description="Weight of normalised landmark distance in the link cost."
+        0.5,
+        ge=0,
+        le=100,
+        description="Weight of normalised landmark distance in the link cost. Bounded: at most "
+        "100.",
     )
     max_gap: int = Field(
         12, ge=0, le=250, description="Frames a track may miss before it ends (interpolated)."
     )
     min_length: int = Field(
-        6, ge=1, description="Tracks spanning fewer frames than this are dropped."
+        6,
+        ge=1,
+        le=250,
+        description="Tracks spanning fewer frames than this are dropped. Bounded: at most 250 = "
+        "10 s at 25 fps: a track's frames are held in memory until it is this long.",
     )
 
 
@@ -246,8 +287,9 @@ class InferConfig(Section):
     hop_frames: int = Field(
         100,
         ge=1,
+        le=MAX_WINDOW_FRAMES,
         description="Frames between window starts (50% overlap: every frame is "
-        "scored twice, away from a window edge at least once).",
+        "scored twice, away from a window edge at least once). Bounded: at most 2000.",
     )
     output_hz: float | None = Field(
         10.0,
@@ -256,7 +298,9 @@ class InferConfig(Section):
         description="Timeline rows per second (10 Hz = the AVEC step), at most the analysis "
         "rate video.fps; null: one row per analysis frame.",
     )
-    batch_size: int = Field(8, ge=1, description="Windows per model forward pass.")
+    batch_size: int = Field(
+        8, ge=1, le=1024, description="Windows per model forward pass. Bounded: at most 1024."
+    )
     max_attempts: int = Field(
         3,
         ge=1,
@@ -265,14 +309,28 @@ class InferConfig(Section):
         "unreachable, out of memory, a dead worker) before its failure is final; a video's own "
         "failure (undecodable, not a video) is final at once. Not in config_hash.",
     )
-    face_actors: int = Field(1, ge=1, description="Face-stage actor pool size (max).")
-    model_actors: int = Field(1, ge=1, description="Model-stage actor pool size.")
-    face_num_cpus: float = Field(
-        0.5, gt=0, description="CPUs per face actor (fractional, or a 2-CPU node deadlocks)."
+    face_actors: int = Field(
+        1, ge=1, le=1024, description="Face-stage actor pool size (max). Bounded: at most 1024."
     )
-    model_num_cpus: float = Field(0.5, gt=0, description="CPUs per model actor.")
-    face_num_gpus: float = Field(0.0, ge=0, description="GPU share per face actor.")
-    model_num_gpus: float = Field(0.0, ge=0, description="GPU share per model actor.")
+    model_actors: int = Field(
+        1, ge=1, le=1024, description="Model-stage actor pool size. Bounded: at most 1024."
+    )
+    face_num_cpus: float = Field(
+        0.5,
+        gt=0,
+        le=256,
+        description="CPUs per face actor (fractional, or a 2-CPU node deadlocks). Bounded: at "
+        "most 256.",
+    )
+    model_num_cpus: float = Field(
+        0.5, gt=0, le=256, description="CPUs per model actor. Bounded: at most 256."
+    )
+    face_num_gpus: float = Field(
+        0.0, ge=0, le=64, description="GPU share per face actor. Bounded: at most 64."
+    )
+    model_num_gpus: float = Field(
+        0.0, ge=0, le=64, description="GPU share per model actor. Bounded: at most 64."
+    )
     store_crops: bool = Field(
         False,
         description="Also write aligned crops to OUT/crops/ (faces are personal data: "

@@ -26,7 +26,11 @@ class ModelConfig(Section):
     )
 
     frontend_channels: int | None = Field(
-        None, ge=1, description="Conv3d front-end output channels (None: arch preset; r18: 64)."
+        None,
+        ge=1,
+        le=1024,
+        description="Conv3d front-end output channels (None: arch preset; r18: 64). Bounded: at "
+        "most 1024.",
     )
     widths: tuple[int, int, int, int] | None = Field(
         None, description="ResNet trunk stage widths (None: arch preset; r18: 64/128/256/512)."
@@ -35,10 +39,17 @@ class ModelConfig(Section):
         None, description="BasicBlocks per trunk stage (None: arch preset; r18: 2/2/2/2)."
     )
     gru_hidden: int | None = Field(
-        None, ge=1, description="GRU hidden size per direction (None: arch preset; r18: 256)."
+        None,
+        ge=1,
+        le=4096,
+        description="GRU hidden size per direction (None: arch preset; r18: 256). Bounded: at "
+        "most 4096.",
     )
     gru_layers: int | None = Field(
-        None, ge=1, description="Stacked GRU layers (None: arch preset; r18: 2)."
+        None,
+        ge=1,
+        le=16,
+        description="Stacked GRU layers (None: arch preset; r18: 2). Bounded: at most 16.",
     )
     activation: Literal["relu", "prelu"] = Field(
         "relu", description="Non-linearity of front-end and trunk (METHOD: ReLU, PReLU optional)."

@@ -37,24 +37,29 @@ class HappyConfig(Section):
     min_seconds: float = Field(
         2.0,
         ge=0,
+        le=3600,
         description="Shortest episode, s (from the first to the last qualifying step). 2 s: "
         "a polite or posed smile is over in about a second, enjoyment lasts seconds, and "
-        "continuous annotations (AVEC) lag the face by about 2 s anyway.",
+        "continuous annotations (AVEC) lag the face by about 2 s anyway. Bounded: at most 3600: "
+        "an hour.",
     )
     smooth_seconds: float = Field(
         1.0,
         ge=0,
+        le=60,
         description="Width of the centred moving average applied to each track before "
         "thresholding, s (0: none). 1 s (10 steps at 10 Hz) removes step-to-step jitter so "
         "a one-step dip does not split an episode; thresholds half-way up a step still "
-        "land on the step's edge, since the window is symmetric.",
+        "land on the step's edge, since the window is symmetric. Bounded: at most 60.",
     )
     min_faces: int = Field(
         1,
         ge=1,
+        le=1000,
         description="Faces that must qualify at the same time. 1: one episode per face "
         "track. >= 2: episodes of a video where at least this many tracks qualify at once "
-        "(a party, a goal, a surprise); `track_ids` lists the faces that took part.",
+        "(a party, a goal, a surprise); `track_ids` lists the faces that took part. Bounded: at "
+        "most 1000.",
     )
 
 
@@ -66,16 +71,19 @@ class SpikeConfig(Section):
     smooth_seconds: float = Field(
         0.3,
         ge=0,
+        le=60,
         description="Centred moving average before measuring rises, s (0: none). 0.3 s (3 steps "
         "at 10 Hz) removes one-step jitter, which a rise over a window would pick up, and keeps a "
-        "half-second onset sharp.",
+        "half-second onset sharp. Bounded: at most 60.",
     )
     window_seconds: float = Field(
         1.0,
         gt=0,
+        le=60,
         description="The rise must happen within this time, s. 1 s: startle and alarm "
         "expressions reach their apex within about half a second to a second, changes of "
-        "mood take several.",
+        "mood take several. Bounded: at most 60: a rise over longer is a change of mood, not a "
+        "spike, and the rolling window stays small.",
     )
     min_rise: float = Field(
         0.4,
@@ -108,14 +116,17 @@ class SpikeConfig(Section):
     together_seconds: float = Field(
         1.0,
         ge=0,
+        le=60,
         description="Onsets on different faces of a video starting within this many seconds "
         "of the first one are one event (people react to the same thing within about a "
-        "second).",
+        "second). Bounded: at most 60.",
     )
     min_faces: int = Field(
         1,
         ge=1,
-        description="Keep events where at least this many faces react together.",
+        le=1000,
+        description="Keep events where at least this many faces react together. Bounded: at most "
+        "1000.",
     )
 
 

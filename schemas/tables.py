@@ -48,10 +48,17 @@ VIDEOS = pa.schema(
         # a rerun retries it while attempts < infer.max_attempts); null when not failed.
         ("failure_kind", pa.string()),
         ("attempts", pa.int32()),  # runs that tried this video for this source/model/config
+        # what trained the model (its checkpoint's provenance): "synthetic" (rendered faces:
+        # a demo model), a dataset name, or null when unknown (and in files written before it).
+        ("training_data", pa.string()),
     ]
 )
 # Columns VIDEOS gained after its first release: older status files read back with nulls.
-VIDEOS_ADDED = ("warnings", "failure_kind", "attempts")
+VIDEOS_ADDED = ("warnings", "failure_kind", "attempts", "training_data")
+# `training_data` of a model trained on rendered synthetic faces only (the demo's): the synthetic
+# corpus marks its manifest so, preprocess carries it into the shards' index, fine-tuning into
+# the checkpoint's provenance, and every output made with the model says so.
+SYNTHETIC = "synthetic"
 
 # Episodes found by `vaerr query`.
 EVENTS = pa.schema(

@@ -6,6 +6,11 @@ Every number of METHOD.md's training recipe is a field here with the recipe's va
 default (AdamW 3e-4, weight decay 1e-2, cosine per epoch, batch 5, random 4 s clips, 3 per
 file per epoch, seed 1, horizontal flip p = 0.5, other augmentations off). Values the paper
 does not give are marked "inferred" in their description.
+
+Every size, count and duration has an upper bound (`le=`) far above any real run (widths of
+16384, 1024 workers, 80 s clips = the longest model window, 100000 epochs) that stops a typo
+such as 1e9 before it becomes an out-of-memory crash; the error names the limit. NaN and
+infinities are refused for every float (schemas.base.Section).
 """
 
 from __future__ import annotations
@@ -39,13 +44,19 @@ class AudioFeatureConfig(Section):
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to a callable extractor."
     )
-    rate: int = Field(16000, gt=0, description="Audio sample rate the extractor sees, Hz.")
-    n_mels: int = Field(80, ge=1, le=512, description="Mel bands of the log-mel extractor.")
-    win_ms: float = Field(25.0, gt=0, description="Analysis window of the log-mel STFT, ms.")
-    hop_ms: float = Field(
-        10.0, gt=0, description="Feature hop, ms (also the rate a callable must return)."
+    rate: int = Field(
+        16000, gt=0, le=192000, description="Audio sample rate the extractor sees, Hz."
     )
-    n_fft: int = Field(512, ge=16, description="FFT size of the log-mel STFT (>= window).")
+    n_mels: int = Field(80, ge=1, le=512, description="Mel bands of the log-mel extractor.")
+    win_ms: float = Field(
+        25.0, gt=0, le=1000, description="Analysis window of the log-mel STFT, ms."
+    )
+    hop_ms: float = Field(
+        10.0, gt=0, le=1000, description="Feature hop, ms (also the rate a callable must return)."
+    )
+    n_fft: int = Field(
+        512, ge=16, le=65536, description="FFT size of the log-mel STFT (>= window)."
+    )
     fmin: float = Field(0.0, ge=0, description="Lowest mel filter edge, Hz.")
     fmax: float | None = Field(
         None, gt=0, description="Highest mel filter edge, Hz (None: rate/2)."
@@ -54,6 +65,7 @@ class AudioFeatureConfig(Section):
     stack: int | None = Field(
         None,
         ge=1,
+        le=64,
         description="Audio frames stacked per video frame (None: round(1000 / (fps * hop_ms)) "
         "= 4 at 25 fps and 10 ms).",
     )
@@ -94,6 +106,7 @@ class DataConfig(Section):
     time_scale: float = Field(
         1.0,
         gt=0,
+        le=1000,
         description="Multiplier turning annotation time stamps into seconds (e.g. 0.001 if "
         "a SEWA export is in ms).",
     )
@@ -114,6 +127,7 @@ class DataConfig(Section):
     label_gap_s: float | None = Field(
         None,
         gt=0,
+        le=3600,
         description="A frame gets a label only if a valid annotation lies within this many "
         "seconds (None: the annotation step, i.e. the median spacing).",
     )
@@ -139,17 +153,25 @@ class DataConfig(Section):
         default_factory=AudioFeatureConfig, description="Audio features (pretext targets)."
     )
     row_group_frames: int = Field(
-        250, ge=16, description="Frames per Parquet row group (clip reads skip other groups)."
+        250,
+        ge=16,
+        le=100000,
+        description="Frames per Parquet row group (clip reads skip other groups).",
     )
     threads: int | None = Field(
         None,
         ge=1,
+        le=1024,
         description="torch CPU threads of an in-process preprocess run (None: torch's "
         "default; Ray actors get their CPU share).",
     )
-    actors: int = Field(1, ge=1, description="Face-stage actors of the Ray Data preprocess job.")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs per preprocess actor (fractional).")
-    num_gpus: float = Field(0.0, ge=0, description="GPU share per preprocess actor.")
+    actors: int = Field(
+        1, ge=1, le=1024, description="Face-stage actors of the Ray Data preprocess job."
+    )
+    num_cpus: float = Field(
+        0.5, gt=0, le=256, description="CPUs per preprocess actor (fractional)."
+    )
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPU share per preprocess actor.")
 
 
 class AugmentConfig(Section):
@@ -160,7 +182,7 @@ class AugmentConfig(Section):
     crop_p: float = Field(
         0.0, ge=0, le=1, description="Random crop of `crop_size` px, resized back to the input."
     )
-    crop_size: int = Field(88, ge=8, description="Random crop side, px (METHOD: 88 of 96).")
+    crop_size: int = Field(88, ge=8, le=512, description="Random crop side, px (METHOD: 88 of 96).")
     cutout_p: float = Field(0.0, ge=0, le=1, description="One random square set to mid-gray.")
     cutout_frac: float = Field(
         0.3, gt=0, le=1, description="Cutout square side as a fraction of the crop side."
@@ -169,7 +191,7 @@ class AugmentConfig(Section):
         0.0, ge=0, le=1, description="One random run of frames set to mid-gray."
     )
     time_mask_frames: int = Field(
-        10, ge=1, description="Longest time-masked run, frames (inferred)."
+        10, ge=1, le=2000, description="Longest time-masked run, frames (inferred)."
     )
     noise_p: float = Field(0.0, ge=0, le=1, description="Salt-and-pepper noise on the clip.")
     noise_amount: float = Field(
@@ -192,20 +214,21 @@ class TrainConfig(Section):
     storage_path: str = Field(
         "runs", description="Folder/URI (local or s3://) of runs, checkpoints and metrics."
     )
-    epochs: int = Field(20, ge=1, description="Epochs (public code default: 20).")
+    epochs: int = Field(20, ge=1, le=100000, description="Epochs (public code default: 20).")
     batch_size: int = Field(
         5,
         ge=1,
+        le=4096,
         description="GLOBAL batch: clips per optimiser step summed over all workers (METHOD: "
         "5). Each of num_workers workers takes batch_size / num_workers clips; a batch that "
         "does not divide is an error. CCC terms are computed on the global batch (moments "
         "all-reduced across workers).",
     )
     clip_seconds: float = Field(
-        4.0, gt=0, description="Training clip length, s; shorter sequences are used whole."
+        4.0, gt=0, le=80, description="Training clip length, s; shorter sequences are used whole."
     )
     clips_per_file: int = Field(
-        3, ge=1, description="Random clips drawn from every training sequence per epoch."
+        3, ge=1, le=1000, description="Random clips drawn from every training sequence per epoch."
     )
     train_splits: tuple[str, ...] = Field(
         ("train",), description="Shard splits trained on (pretext: e.g. ['pretext'])."
@@ -223,25 +246,32 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(
         None, gt=0, description="Clip the gradient norm to this (None: off)."
     )
-    seed: int = Field(1, description="Seed of weights, clip order and augmentations.")
+    seed: int = Field(1, le=2**32 - 1, description="Seed of weights, clip order and augmentations.")
     max_steps_per_epoch: int | None = Field(
-        None, ge=1, description="Cap on optimiser steps per epoch (debugging, smoke runs)."
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Cap on optimiser steps per epoch (debugging, smoke runs).",
     )
     num_workers: int = Field(
-        1, ge=1, description="Ray Train workers (DDP processes; one GPU each with use_gpu)."
+        1,
+        ge=1,
+        le=1024,
+        description="Ray Train workers (DDP processes; one GPU each with use_gpu).",
     )
     use_gpu: bool = Field(False, description="One GPU per worker (NCCL); else CPU (gloo).")
     cpus_per_worker: float = Field(
-        1.0, gt=0, description="CPUs reserved per worker (fractional on small machines)."
+        1.0, gt=0, le=256, description="CPUs reserved per worker (fractional on small machines)."
     )
     threads: int | None = Field(
         None,
         ge=1,
+        le=1024,
         description="torch CPU threads per worker (None: round(cpus_per_worker) on Ray, "
         "torch's default in-process). More threads than free cores thrash.",
     )
     loader_num_cpus: float = Field(
-        0.25, gt=0, description="CPUs per Ray Data clip-loading task (fractional)."
+        0.25, gt=0, le=256, description="CPUs per Ray Data clip-loading task (fractional)."
     )
     clips_in_memory_mb: int = Field(
         2048,
@@ -254,14 +284,18 @@ class TrainConfig(Section):
         "what is learned, only where clips are read.",
     )
     max_failures: int = Field(
-        3, ge=-1, description="Worker-group restarts from the last checkpoint (-1: no limit)."
+        3,
+        ge=-1,
+        le=100,
+        description="Worker-group restarts from the last checkpoint (-1: no limit).",
     )
     keep_checkpoints: int = Field(
-        2, ge=1, description="Ray checkpoints kept (the best model is saved separately)."
+        2, ge=1, le=1000, description="Ray checkpoints kept (the best model is saved separately)."
     )
     eval_chunk_frames: int = Field(
         256,
         ge=8,
+        le=100000,
         description="Frames per encoder pass when scoring whole sequences (bounds memory; "
         "results do not depend on it).",
     )
@@ -288,15 +322,15 @@ class TrainConfig(Section):
 class LiraConfig(Section):
     """LiRA: encoder -> Conformer -> MLP predicting the audio features per frame (L1)."""
 
-    conformer_dim: int = Field(256, ge=8, description="Conformer width (inferred).")
-    conformer_layers: int = Field(4, ge=1, description="Conformer blocks (inferred).")
-    conformer_heads: int = Field(4, ge=1, description="Self-attention heads (inferred).")
-    conformer_ff_mult: int = Field(4, ge=1, description="Feed-forward expansion (inferred).")
+    conformer_dim: int = Field(256, ge=8, le=8192, description="Conformer width (inferred).")
+    conformer_layers: int = Field(4, ge=1, le=64, description="Conformer blocks (inferred).")
+    conformer_heads: int = Field(4, ge=1, le=64, description="Self-attention heads (inferred).")
+    conformer_ff_mult: int = Field(4, ge=1, le=16, description="Feed-forward expansion (inferred).")
     conformer_kernel: int = Field(
-        31, ge=1, description="Depthwise convolution kernel, frames, odd (inferred)."
+        31, ge=1, le=255, description="Depthwise convolution kernel, frames, odd (inferred)."
     )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the Conformer.")
-    mlp_hidden: int = Field(512, ge=8, description="Hidden width of the output MLP.")
+    mlp_hidden: int = Field(512, ge=8, le=16384, description="Hidden width of the output MLP.")
     control: Literal["none", "shift"] = Field(
         "none",
         description="Sanity control: 'shift' pairs every clip with its own audio features "
@@ -317,7 +351,7 @@ class LiraConfig(Section):
 class ViewConfig(Section):
     """How one augmented view of a clip is made (BYOL / DINO)."""
 
-    size: int = Field(96, ge=16, description="Output side of the view, px.")
+    size: int = Field(96, ge=16, le=512, description="Output side of the view, px.")
     scale: tuple[float, float] = Field(
         (0.6, 1.0), description="Random-resized-crop area range, fraction of the frame."
     )
@@ -332,8 +366,8 @@ class ViewConfig(Section):
 class ByolConfig(Section):
     """Video-BYOL: online encoder + projector + predictor vs an EMA target (normalised MSE)."""
 
-    proj_dim: int = Field(256, ge=8, description="Projection size (BYOL: 256).")
-    hidden_dim: int = Field(1024, ge=8, description="Projector/predictor hidden size.")
+    proj_dim: int = Field(256, ge=8, le=16384, description="Projection size (BYOL: 256).")
+    hidden_dim: int = Field(1024, ge=8, le=16384, description="Projector/predictor hidden size.")
     ema: float = Field(
         0.99, ge=0, lt=1, description="Initial target EMA momentum, raised to 1 by cosine."
     )
@@ -347,14 +381,18 @@ class ByolConfig(Section):
 class DinoConfig(Section):
     """DINO: student/teacher (EMA), centring + sharpening, global and local crops, CE."""
 
-    out_dim: int = Field(4096, ge=2, description="Prototype logits (DINO: 65536; inferred).")
-    hidden_dim: int = Field(1024, ge=8, description="Head MLP hidden size.")
-    bottleneck_dim: int = Field(256, ge=8, description="Head bottleneck before prototypes.")
+    out_dim: int = Field(
+        4096, ge=2, le=262144, description="Prototype logits (DINO: 65536; inferred)."
+    )
+    hidden_dim: int = Field(1024, ge=8, le=16384, description="Head MLP hidden size.")
+    bottleneck_dim: int = Field(
+        256, ge=8, le=16384, description="Head bottleneck before prototypes."
+    )
     teacher_temp: float = Field(0.04, gt=0, description="Teacher softmax temperature.")
     student_temp: float = Field(0.1, gt=0, description="Student softmax temperature.")
     center_momentum: float = Field(0.9, ge=0, lt=1, description="Teacher centre EMA momentum.")
     ema: float = Field(0.996, ge=0, lt=1, description="Initial teacher EMA momentum (cosine).")
-    local_crops: int = Field(4, ge=0, description="Local crops per clip.")
+    local_crops: int = Field(4, ge=0, le=32, description="Local crops per clip.")
     global_view: ViewConfig = Field(
         default_factory=lambda: ViewConfig(scale=(0.5, 1.0)), description="Global crops (2)."
     )
@@ -477,6 +515,8 @@ SEQUENCES = pa.schema(
         ("has_audio", pa.bool_()),
         ("fps", pa.float64()),
         ("face", pa.string()),  # how the track was chosen: largest | longest | all | left...
+        # rendered faces (the synthetic corpus) rather than people; null in older indexes
+        ("synthetic", pa.bool_()),
     ]
 )
 

@@ -191,6 +191,7 @@ def test_two_workers_train_and_keep_the_best(trained):
     # best.pt: a trained SS-VAERR checkpoint the batch job loads
     model, ckpt = load_model(summary["product"])
     assert not ckpt.untrained and ckpt.arch == "ssvaerr_tiny"
+    assert ckpt.training_data == "synthetic"  # the corpus's manifest -> shards -> provenance
     assert ckpt.provenance["epochs"] == best["epoch"] + 1
     assert ckpt.provenance["metrics"]["val/ccc_mean"] == pytest.approx(best["val/ccc_mean"])
     ray_ckpts = [p for p in os.listdir(run_dir(cfg)) if p.startswith("checkpoint_epoch_")]
@@ -293,7 +294,7 @@ def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, 
     enc_b, enc_a = before.encoder.state_dict(), after.encoder.state_dict()
     assert all(torch.equal(enc_b[k], enc_a[k]) for k in enc_b)  # BN statistics included
     assert not torch.equal(before.head.weight, after.head.weight)
-    assert ckpt.provenance["finetune"] == "frozen_encoder"
+    assert ckpt.provenance["finetune"] == "frozen_encoder" and ckpt.training_data == "synthetic"
     with pytest.raises(ValueError, match="no labelled sequences"):
         run_training(load_config(None, base + ["train.train_splits=[test]"]), runner="local")
 

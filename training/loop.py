@@ -57,7 +57,13 @@ from pipeline.storage import (
     write_text,
 )
 from schemas.config import VaerrConfig, config_dump, config_yaml
-from training.datasets.shards import ClipLoader, clip_specs, read_sequences, specs_memory_mb
+from training.datasets.shards import (
+    ClipLoader,
+    clip_specs,
+    read_sequences,
+    specs_memory_mb,
+    training_data,
+)
 from training.sessions import LocalSession, RaySession, Session
 from training.tasks import (
     METRICS_FILE,
@@ -301,7 +307,9 @@ def prepare_run(cfg: VaerrConfig, task_name: str) -> tuple[list[dict], TaskExtra
             f"no {what}sequences of splits {list(t.train_splits)} in {root} "
             "(run `vaerr preprocess` first?)"
         )
-    extras = task_cls.prepare(cfg, train_seqs, TaskExtras(val_sequences=val_seqs))
+    extras = task_cls.prepare(
+        cfg, train_seqs, TaskExtras(val_sequences=val_seqs, training_data=training_data(train_seqs))
+    )
     log.info(
         "%s: %d training sequences (%d clip specs per epoch), %d validation sequences",
         task_name,

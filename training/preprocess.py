@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from pipeline.faces.pipeline import FacePipeline
 from pipeline.manifest import list_inputs
+from pipeline.outlock import output_lock
 from pipeline.progress import Progress
 from pipeline.record import utc_now, write_record
 from pipeline.retry import with_retries
@@ -78,7 +79,8 @@ log = logging.getLogger(__name__)
 
 # Stage input columns; `attempts`: runs that already tried the video (environment failures).
 ITEM_COLUMNS = (
-    "video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels", "attempts"
+    "video_id", "uri", "source_etag", "dataset", "key", "split", "subject", "labels", "attempts",
+    "synthetic",
 )  # fmt: skip
 # Data fields that only schedule or place the work (they do not change the shards).
 _RUNTIME_DATA = ("shards", "actors", "num_cpus", "num_gpus", "row_group_frames")
@@ -292,6 +294,7 @@ class ShardStage:
             "has_audio": feats is not None,
             "fps": float(self.cfg.video.fps),
             "face": how,
+            "synthetic": str(item.get("synthetic") or "") == "true",
         }
         return self._shard_table(item, tid, t, aro, val, feats), seq
 
@@ -390,6 +393,7 @@ def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, st
             "subject": it.subject,
             "labels": it.labels_json(),
             "attempts": "0",
+            "synthetic": "true" if it.synthetic else "",
         }
         for it in items
     ]
@@ -412,49 +416,52 @@ def run_preprocess(
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
     rows = item_rows(items, cfg)
     chash = preprocess_hash(cfg)
-    done = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
-    version = {"config_hash": chash}
-    tried = {} if force else prior_attempts(rows, done, version)
-    todo = [
-        {**r, "attempts": str(tried.get(r["video_id"], 0))}
-        for r in pending_rows(rows, done, version, force, cfg.infer.max_attempts)
-    ]
-    log.info("%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo))
-    # Temporary files of writes an earlier run never finished (killed, a full disk).
-    with_retries(lambda: sweep_temp(root, cfg.storage), budget, "cleaning the shards folder")
-    with_retries(
-        lambda: write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage),
-        budget,
-        "writing config.yaml",
-    )
-    d = cfg.data
-    spec = StageSpec(ShardStage, {"cfg": cfg, "root": root}, batch_size=1, num_cpus=d.num_cpus,
-                     num_gpus=d.num_gpus, pool_size=d.actors, instance=stage)  # fmt: skip
-    with Progress("preprocess", len(todo)) as bar:
+    with output_lock(root, cfg.storage, "vaerr preprocess"):  # one writer per shard root
+        done = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+        version = {"config_hash": chash}
+        tried = {} if force else prior_attempts(rows, done, version)
+        todo = [
+            {**r, "attempts": str(tried.get(r["video_id"], 0))}
+            for r in pending_rows(rows, done, version, force, cfg.infer.max_attempts)
+        ]
+        log.info(
+            "%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo)
+        )
+        # Temporary files of writes an earlier run never finished (killed, a full disk).
+        with_retries(lambda: sweep_temp(root, cfg.storage), budget, "cleaning the shards folder")
+        with_retries(
+            lambda: write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage),
+            budget,
+            "writing config.yaml",
+        )
+        d = cfg.data
+        spec = StageSpec(ShardStage, {"cfg": cfg, "root": root}, batch_size=1, num_cpus=d.num_cpus,
+                         num_gpus=d.num_gpus, pool_size=d.actors, instance=stage)  # fmt: skip
+        with Progress("preprocess", len(todo)) as bar:
 
-        def sink(batch: dict[str, np.ndarray]) -> None:
-            for r in batch_to_rows(batch):
-                bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
+            def sink(batch: dict[str, np.ndarray]) -> None:
+                for r in batch_to_rows(batch):
+                    bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
 
-        run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
-    status = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
-    totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
-    splits = totals.pop("splits")
-    summary = {
-        "videos": len(rows),
-        "processed": len(todo),
-        "skipped": len(rows) - len(todo),
-        **totals,
-        "label_tracks": cfg.data.label_tracks,
-        "splits": splits,
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "config_hash": chash,
-        "output": root,
-    }
-    note_pending(summary)
-    record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
-              "config": config_dump(cfg)}  # fmt: skip
-    write_record(join(root, "preprocess.json"), record, cfg.storage)
+            run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
+        status = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+        totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
+        splits = totals.pop("splits")
+        summary = {
+            "videos": len(rows),
+            "processed": len(todo),
+            "skipped": len(rows) - len(todo),
+            **totals,
+            "label_tracks": cfg.data.label_tracks,
+            "splits": splits,
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "config_hash": chash,
+            "output": root,
+        }
+        note_pending(summary)
+        record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
+                  "config": config_dump(cfg)}  # fmt: skip
+        write_record(join(root, "preprocess.json"), record, cfg.storage)
     return summary
 
 

@@ -76,6 +76,8 @@ class TaskExtras:
     k-means centres of the CE head (fine-tuning with model.bin_edges=kmeans; else None).
     steps_per_epoch: optimiser steps an epoch is expected to take (progress of EMA schedules).
     all_sum: set on each worker: sums a tensor across ranks (None on one worker).
+    training_data: what the training sequences are (`shards.training_data`: "synthetic", a
+    dataset name, None when unknown), written into the fine-tuned checkpoint's provenance.
     """
 
     val_sequences: list[dict[str, Any]] = field(default_factory=list)
@@ -83,6 +85,7 @@ class TaskExtras:
     bin_centres: list[list[float]] | None = None
     steps_per_epoch: int = 1
     all_sum: Callable[..., Any] | None = None
+    training_data: str | None = None
 
 
 def _audio_dim(cfg: VaerrConfig, train_seqs: list[dict[str, Any]]) -> int:
@@ -235,6 +238,7 @@ class FinetuneTask(Task):
             "run": cfg.train.name,
             "encoder_checkpoint": cfg.model.encoder_checkpoint,
             "finetune": cfg.model.finetune,
+            "training_data": self.extras.training_data,
             "metrics": {k: float(v) for k, v in metrics.items()},
         }
         return checkpoint_from_model(

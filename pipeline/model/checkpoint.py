@@ -16,6 +16,7 @@ checkpoints, the authors' files).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from pipeline.device import resolve_device
 from pipeline.model.catalog import resolve_checkpoint
 from pipeline.model.network import SSVAERR
-from pipeline.model.registry import arch_spec, build_model
+from pipeline.model.registry import ARCHS, arch_spec, build_model
 from pipeline.storage import is_local, local_path, read_bytes, write_bytes
 from schemas.model import ModelConfig
 
@@ -47,6 +48,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
+    "check_weights",
     "checkpoint_from_model",
     "default_preprocessing",
     "init_checkpoint",
@@ -153,6 +155,13 @@ class Checkpoint:
     def model_id(self) -> str:
         """`<arch>-<12 hex>`: stable hash of the weights, bin centres, config and preprocessing."""
         return model_id(self)
+
+    @property
+    def training_data(self) -> str | None:
+        """What trained it (provenance `training_data`): "synthetic" (rendered faces: a demo
+        model), a dataset name, or None when unknown."""
+        value = self.provenance.get("training_data")
+        return str(value) if value else None
 
     @property
     def bins(self) -> int:
@@ -399,8 +408,59 @@ def read_weights_file(
 def load_checkpoint(
     uri: str, storage_options: dict[str, Any] | None = None, map_location: str = "cpu"
 ) -> Checkpoint:
-    """Read and validate an SS-VAERR checkpoint from a path or any fsspec URI."""
-    return Checkpoint.from_dict(read_weights_file(uri, storage_options, map_location), uri)
+    """Read and validate an SS-VAERR checkpoint from a path or any fsspec URI: the format,
+    finite weights and the declared architecture (`check_weights`), before any work."""
+    ckpt = Checkpoint.from_dict(read_weights_file(uri, storage_options, map_location), uri)
+    check_weights(ckpt, uri)
+    return ckpt
+
+
+@functools.lru_cache(maxsize=16)
+def _shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of the network `cfg` builds (on the CPU, once per process and
+    config: r18 takes about a second; the meta device would spend longer importing its
+    kernels)."""
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream untouched
+        model = build_model(cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_weights(ckpt: Checkpoint, source: str = "checkpoint") -> None:
+    """ValueError naming `source` and the first bad tensor when the weights are not finite
+    (NaN/inf: a diverged training), or do not fit the declared architecture: the arch of
+    `model_config` differs, a registered preset other than the declared one fits every
+    tensor (a mislabelled checkpoint, which would get the wrong model id), or a tensor is
+    missing, unexpected or of another shape than the declared network's."""
+    tensors = {**ckpt.state_dict, "bin_centres": ckpt.bin_centres}
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{source}: {name} is a {type(t).__name__}, not a tensor")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"{source} holds non-finite weights: tensor {name} has {bad} NaN/inf values "
+                f"of {t.numel()} (the training that made it diverged): use another checkpoint"
+            )
+    stored = ckpt.model_config.get("arch", ckpt.arch)
+    if stored != ckpt.arch:
+        raise ValueError(f"{source} says arch {ckpt.arch!r} but its model_config says {stored!r}")
+    have = {k: tuple(t.shape) for k, t in tensors.items()}
+    if have != _shapes(ModelConfig(arch=ckpt.arch, bins=ckpt.bins)):
+        for name in ARCHS:
+            if name != ckpt.arch and have == _shapes(ModelConfig(arch=name, bins=ckpt.bins)):
+                raise ValueError(
+                    f"{source} says arch {ckpt.arch!r} but holds {name} weights (every tensor "
+                    f"has {name}'s shape): a mislabelled checkpoint; re-save it as {name}"
+                )
+    want = _shapes(ckpt.config())
+    for name in sorted(set(want) | set(have), key=list({**want, **have}).index):
+        if have.get(name) != want.get(name):
+            what = (
+                "is missing" if name not in have
+                else "is not part of the network" if name not in want
+                else f"has shape {list(have[name])}, the network wants {list(want[name])}"
+            )  # fmt: skip
+            raise ValueError(f"{source} does not fit its arch {ckpt.arch!r}: tensor {name} {what}")
 
 
 def load_model(

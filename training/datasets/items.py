@@ -100,6 +100,7 @@ class VideoItem:
     split: str
     subject: str
     labels: list[LabelTrack] = field(default_factory=list)
+    synthetic: bool = False  # rendered faces (a manifest's `synthetic` column), not people
 
     @property
     def video_id(self) -> str:
@@ -272,7 +273,8 @@ def read_manifest(uri: str | None, storage: StorageConfig | None = None) -> dict
 
 
 def apply_manifest(items: Iterable[VideoItem], manifest: dict[str, dict]) -> list[VideoItem]:
-    """Override split/subject of items listed in the manifest (by key or stem)."""
+    """Override split/subject of items listed in the manifest (by key or stem); a true
+    `synthetic` column (the synthetic corpus's manifest) marks the item synthetic."""
     out = []
     for it in items:
         row = manifest.get(it.key) or manifest.get(stem(it.key))
@@ -281,6 +283,8 @@ def apply_manifest(items: Iterable[VideoItem], manifest: dict[str, dict]) -> lis
                 it.split = normalise_split(row["split"])
             if row.get("subject"):
                 it.subject = row["subject"]
+            if str(row.get("synthetic") or "").lower() in ("true", "1", "yes"):
+                it.synthetic = True
         out.append(it)
     return out
 

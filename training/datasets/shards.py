@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import filesystem, join
 from schemas.config import StorageConfig
-from schemas.tables import conform
+from schemas.tables import SYNTHETIC, conform
 from schemas.train import PREPROCESS_STATUS, SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,22 @@ def read_sequences(
     done = {r["video_id"] for r in read_status(root, storage).to_pylist() if r["status"] == "ok"}
     rows = [
         r
-        for r in _read_dir(root, SEQUENCES_DIR, SEQUENCES, storage).to_pylist()
+        for r in _read_dir(root, SEQUENCES_DIR, SEQUENCES, storage, ("synthetic",)).to_pylist()
         if r["video_id"] in done and (splits is None or r["split"] in splits)
     ]
     for r in rows:
         r["shard_uri"] = join(root, r["shard"])
     return sorted(rows, key=lambda r: (r["video_id"], r["track_id"]))
+
+
+def training_data(seqs: list[dict[str, Any]]) -> str | None:
+    """What a model trained on these sequences learnt from, for its checkpoint's provenance:
+    "synthetic" when any is rendered faces (a demo model: the outputs must say so), else the
+    dataset name(s) ("sewa", "recola+sewa"), None when unknown (no sequences)."""
+    if any(s.get("synthetic") for s in seqs):
+        return SYNTHETIC
+    names = sorted({str(s["dataset"]) for s in seqs if s.get("dataset")})
+    return "+".join(names) or None
 
 
 def crops_from_binary(col: pa.ChunkedArray | pa.Array, size: int) -> np.ndarray:

@@ -175,6 +175,7 @@ MANIFEST_COLUMNS = (
     "n_frames",
     "n_faces",
     "has_audio",
+    "synthetic",  # always true: rendered faces (training_data "synthetic" downstream)
 )
 
 
@@ -275,7 +276,7 @@ def _plan(
             manifest.append({
                 "video": rel, "identity": f"id{i:03d}", "split": splits[i], "seed": vseed,
                 "seconds": video["seconds"], "fps": video["fps"], "n_frames": 0, "n_faces": 1,
-                "has_audio": bool(video["with_audio"]),
+                "has_audio": bool(video["with_audio"]), "synthetic": True,
             })  # fmt: skip
     return jobs, manifest
 
