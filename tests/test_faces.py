@@ -127,15 +127,16 @@ def test_fan_plumbing_with_random_weights(tmp_path):
         face_overrides("fan68")
         + [
             f"faces.landmarks.fan_weights={weights}",
-            "faces.landmarks.batch_size=3",
-            "video.end_s=0.6",
+            "faces.landmarks.batch_size=3",  # 2 faces x 8 frames: 5 full passes and 1 partial
+            "video.end_s=0.32",
         ],
     )
+    n = round(0.32 * 25)  # frames; above faces.track.min_length (6), so both tracks are kept
     pipe = FacePipeline(cfg)
     uri = str(asset("videos/grid_two_speakers_sbs.mp4"))
     run, rows = collect(pipe, uri)
-    assert run.frames == 15 and run.tracks == 2
-    assert rows["landmarks"].shape == (30, 68, 2) and rows["crop"].shape == (30, 96, 96)
+    assert run.frames == n and run.tracks == 2
+    assert rows["landmarks"].shape == (2 * n, 68, 2) and rows["crop"].shape == (2 * n, 96, 96)
     # Batched FAN (3 crops per pass) equals FAN face by face.
     from pipeline.video import VideoReader
 

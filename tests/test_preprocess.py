@@ -187,15 +187,17 @@ def test_preprocess_cli_local_matches_ray_stage(ray_local, videos, tmp_path, cap
     one = tmp_path / "one"
     one.mkdir()
     (one / GRID[0]).symlink_to(asset(f"videos/{GRID[0]}"))
+    cut = "video.end_s=1.2"  # the first 30 frames: the same crops either way is the point
     sets = []
-    for item in face_overrides() + FAST + [f"data.videos={one}"]:
+    for item in face_overrides() + FAST + [cut, f"data.videos={one}"]:
         sets += ["--set", item]
     code = main(["preprocess", "--local", "-o", str(tmp_path / "local"), *sets])
     assert code == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["ok"] == 1 and out["splits"] == {"pretext": 1}
     cfg = load_config(
-        None, face_overrides() + FAST + [f"data.videos={one}", f"data.shards={tmp_path / 'ray'}"]
+        None,
+        face_overrides() + FAST + [cut, f"data.videos={one}", f"data.shards={tmp_path / 'ray'}"],
     )
     assert run_preprocess(cfg)["ok"] == 1
     (a,) = read_sequences(str(tmp_path / "local"))

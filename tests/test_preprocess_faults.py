@@ -41,7 +41,9 @@ def test_preprocess_on_s3_loses_nothing_under_transient_faults(proxy, s3_server,
         face_overrides()
         + ["faces.detector.every_k=5", "data.threads=1", "video.end_s=1.0"]
         + [f"data.videos=s3://{s3_bucket}/in", f"data.shards={root}"]
-        + [f"storage.endpoint_url={proxy.url}", "storage.retry_s=12"],
+        # 6 s: waits of 0.5, 1 and 2 s fit, so a write's try after 3.5 s (past the 2.5 s of
+        # failing writes below) is always allowed; a.mpg's reads give up after ~3.5 s.
+        + [f"storage.endpoint_url={proxy.url}", "storage.retry_s=6"],
     )
     # a.mpg cannot be read for the whole run; every write under shards/ fails for 2.5 s from
     # the first shard write on (longer than the S3 client's own retries).

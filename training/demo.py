@@ -169,8 +169,8 @@ def run_demo(
     seed: int = 7,
     runner: str = "ray",
     ray_init: dict[str, Any] | None = None,
-    identities: int = 60,
-    videos_per_identity: int = 2,
+    identities: int = 120,
+    videos_per_identity: int = 1,
     train_seconds: float = 2.0,
     size: tuple[int, int] = FRAME_SIZE,
 ) -> dict[str, Any]:
