@@ -46,6 +46,9 @@ LOCK_STALE_S = 600.0
 """A lock whose heartbeat is older than this (s) is stale: its job died on another machine. Ten
 heartbeats, so a busy or briefly cut-off holder is not taken for dead."""
 LOCK_HEARTBEAT_S = 60.0
+_HELD: set[str] = set()
+"""Tokens of the locks this process holds now: a lock naming this process with another token
+was left by an earlier job of it whose release failed (e.g. during a storage outage)."""
 """How often (s) a holder rewrites its lock's heartbeat."""
 
 
@@ -105,6 +108,9 @@ def stale_reason(rec: dict[str, Any] | None, stale_s: float = LOCK_STALE_S) -> s
         return "the lock file is unreadable"
     if rec.get("host") == socket.gethostname() and not _pid_alive(pid):
         return f"its process {pid} on this host is gone"
+    if rec.get("host") == socket.gethostname() and pid == os.getpid():
+        if rec.get("token") not in _HELD:
+            return "an earlier job of this process ended without releasing it"
     age = time.time() - beat
     if age > stale_s:
         return f"its last heartbeat is {age:.0f} s old (limit {stale_s:.0f} s)"
@@ -135,8 +141,17 @@ def _refused(out: str, uri: str, rec: dict[str, Any] | None, stale_s: float) -> 
 def acquire(out: str, storage: Options, job: str, stale_s: float = LOCK_STALE_S) -> dict:
     """Create OUT's lock, taking over a stale one; OutputLocked when a live job holds it.
     Returns the record written."""
-    uri = join(out, LOCK_NAME)
     mine = lock_record(job)
+    _HELD.add(mine["token"])  # before it can be seen: never judged stale by this process
+    try:
+        return _acquire(out, storage, mine, stale_s)
+    except BaseException:
+        _HELD.discard(mine["token"])
+        raise
+
+
+def _acquire(out: str, storage: Options, mine: dict, stale_s: float) -> dict:
+    uri = join(out, LOCK_NAME)
     data = _encode(mine)
     for _ in range(3):  # released or taken over between our looks: look again
         if create_exclusive(uri, data, storage):
@@ -173,6 +188,7 @@ def _beat(uri: str, storage: Options, mine: dict, stop: threading.Event, every: 
 def release(out: str, storage: Options, mine: dict) -> None:
     """Delete OUT's lock if it is still ours; never raises (the job's outcome matters more)."""
     uri = join(out, LOCK_NAME)
+    _HELD.discard(mine["token"])
     try:
         seen = _read(uri, storage)
         if seen is not None and (_decode(seen) or {}).get("token") == mine["token"]:

@@ -246,13 +246,12 @@ def test_killed_worker_resumes_from_the_last_checkpoint_on_s3(
     ray_local, s3_server, s3_bucket, corpus_shards
 ):
     """A worker SIGKILLed after epoch 1 of 3: the group restarts from the checkpoint on S3
-    and every epoch is logged exactly once. Clips stream through Ray Data here
-    (clips_in_memory_mb=0), the path of corpora larger than a worker's memory."""
+    and every epoch is logged exactly once (the clips held in memory are read again by the
+    new workers)."""
     cfg = load_config(None, TRAIN + RAY2 + [
         f"data.shards={corpus_shards}", f"train.storage_path=s3://{s3_bucket}/runs",
         "train.name=killed", "train.epochs=3", "train.max_failures=2",
-        "train.max_steps_per_epoch=2", "train.clips_in_memory_mb=0",
-        f"storage.endpoint_url={s3_server}",
+        "train.max_steps_per_epoch=2", f"storage.endpoint_url={s3_server}",
     ])  # fmt: skip
     killed: list = []
     watcher = kill_after_epoch(cfg, 1, killed)
@@ -268,6 +267,23 @@ def test_killed_worker_resumes_from_the_last_checkpoint_on_s3(
     assert summary["product"] == f"s3://{s3_bucket}/runs/killed/best.pt"
     s3 = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
     assert any("checkpoint_epoch_" in p for p in s3.ls(f"{s3_bucket}/runs/killed"))
+
+
+def test_two_workers_stream_clips_through_ray_data(ray_local, corpus_shards, tmp_path):
+    """The path of corpora larger than a worker's memory (clips_in_memory_mb=0): a Ray Data
+    dataset of clip specs split over the two workers, clips read by Ray Data tasks; both
+    ranks take equal steps and the run's product loads."""
+    cfg = load_config(None, TRAIN + RAY2 + [
+        f"data.shards={corpus_shards}", f"train.storage_path={tmp_path}", "train.name=stream",
+        "train.epochs=1", "train.max_steps_per_epoch=3", "train.clips_in_memory_mb=0",
+        "train.val_splits=[]",
+    ])  # fmt: skip
+    summary = run_training(cfg, "finetune")
+    rec = read_metrics(cfg)
+    assert [(r["epoch"], r["steps"], r["world_size"]) for r in rec] == [(0, 3, 2)]
+    assert np.isfinite(rec[0]["train/loss"]) and summary["error"] is None
+    _, ckpt = load_model(summary["product"])
+    assert not ckpt.untrained and ckpt.training_data == "synthetic"
 
 
 def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, tmp_path, capsys):

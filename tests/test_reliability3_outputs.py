@@ -253,6 +253,16 @@ def test_episode_tables_count_faces_apart_from_track_ids(tmp_path: Path):
     assert "faces 0," not in items
 
 
+def with_training_data(table: pa.Table, value: str | None | int) -> pa.Table:
+    """The status table with `training_data` set to `value` on every row, or without the
+    column at all for -1 (a file written before the column existed)."""
+    if "training_data" in table.column_names:
+        table = table.drop_columns(["training_data"])
+    if value == -1:
+        return table
+    return table.append_column("training_data", pa.array([value] * table.num_rows, pa.string()))
+
+
 SYNTHETIC_CASES = {
     # training_data of the status rows (None: the column is absent, an older OUT)
     "one synthetic among others": (["synthetic", None, "real"], True),
@@ -271,10 +281,7 @@ def test_report_says_synthetic_training_plainly(case: str, tmp_path: Path, capsy
     values, expect = SYNTHETIC_CASES[case]
     out = planted_job(tmp_path / "out")
     for f, value in zip(sorted((out / "videos").iterdir()), values):
-        table = pq.read_table(f)
-        if value != -1:  # -1: leave the file without the column
-            table = table.append_column("training_data", pa.array([value], pa.string()))
-        pq.write_table(table, f)
+        pq.write_table(with_training_data(pq.read_table(f), value), f)
     report = tmp_path / "r.html"
     assert main(["report", str(out), "--output", str(report)]) == 0
     text = report.read_text()
@@ -313,9 +320,7 @@ def render_job(
     extra = dict(status or {})
     training = extra.pop("training_data", -1)
     row.update(extra)
-    table = pa.Table.from_pylist([row], VIDEOS)
-    if training != -1:
-        table = table.append_column("training_data", pa.array([training], pa.string()))
+    table = with_training_data(pa.Table.from_pylist([row], VIDEOS), training)
     pq.write_table(table, out / "videos" / f"{video_id(uri)}.parquet")
     return uri, out
 
