@@ -121,7 +121,7 @@ def ccc_interval(
 
 
 def estimated_minutes(
-    base: float = 17.0, cpus: int | None = None, load: float | None = None
+    base: float = 5.0, cpus: int | None = None, load: float | None = None
 ) -> float:
     """Rough wall time of the default demo here: `base` minutes on a quiet 2-core machine
     (measured: README), scaled by sqrt((load + 2) / cores), never below 1. The square root:
