@@ -136,3 +136,8 @@ def exit_line(command: str, exc: BaseException) -> tuple[int, str]:
 def is_storage_outage(exc: BaseException) -> bool:
     """True when `exc` (or its cause) is an object-store or network failure, by type."""
     return _storage_error_kind(exc) is not None
+
+
+class VideoError(Exception):
+    """A video that cannot be decoded; the message is the status row's reason (raised by
+    pipeline.video, classified by pipeline.status: defined below both)."""

@@ -42,7 +42,15 @@ from pipeline.caveats import synthetic_only, training_data
 from pipeline.events import COLUMNS, find_happy, find_spikes
 from pipeline.identity import same_version
 from pipeline.query import open_timelines
-from pipeline.report_html import SCRIPT, dom_ids, event_key, page_head, render, video_html
+from pipeline.report_html import (
+    SCRIPT,
+    ReportOptions,
+    dom_ids,
+    event_key,
+    page_head,
+    render,
+    video_html,
+)
 from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import (
     atomic_write,
@@ -66,20 +74,6 @@ TIMELINE_COLUMNS = [*COLUMNS, "emotion", "untrained"]
 STATUS_READ = VIDEOS
 """The status columns the report reads (VIDEOS, `training_data` included: pipeline/caveats.py).
 Files written before a column existed read back with nulls in it."""
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """What goes into the page and the caps that keep it small (see the module doc)."""
-
-    max_videos: int = 40
-    max_events: int = 25
-    max_failed: int = 200
-    max_video_events: int = 30
-    max_bytes: int = 4_500_000  # stop adding video sections past this page size
-    stills: bool = False
-    blur_faces: bool = False
-    dpi: int = 72
 
 
 @dataclass

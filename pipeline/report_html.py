@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import base64
 import posixpath
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import pyarrow as pa
@@ -26,8 +27,20 @@ from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import protocol
 from schemas.config import EmotionConfig
 
-if TYPE_CHECKING:
-    from pipeline.report import ReportOptions
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What goes into the page and the caps that keep it small (see the module doc)."""
+
+    max_videos: int = 40
+    max_events: int = 25
+    max_failed: int = 200
+    max_video_events: int = 30
+    max_bytes: int = 4_500_000  # stop adding video sections past this page size
+    stills: bool = False
+    blur_faces: bool = False
+    dpi: int = 72
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1260px;

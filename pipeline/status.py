@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipeline.errors import VideoError
 from pipeline.retry import StorageUnavailable, is_transient
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def failure_reason(exc: BaseException, uri: str) -> str:
     error's own message, "storage unreachable for N s" after the retry budget, "environment:
     ..." for the run's surroundings, else the exception (a bug or an unforeseen input: logged
     with its traceback, a status row rather than a crash)."""
-    from pipeline.video import VideoError  # pipeline.video imports this module
-
     if isinstance(exc, VideoError):
         return str(exc)
     if isinstance(exc, StorageUnavailable):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import av
 import numpy as np
 
+from pipeline.errors import VideoError  # here too: callers import it from pipeline.video
 from pipeline.source import NotRegularFile, open_source
 from pipeline.status import ENVIRONMENT_FAILURE, failure_kind
 from schemas.config import StorageConfig
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 
 # Timestamps within this many seconds count as equal (container tick rounding).
 _EPS = 1e-4
-
-
-class VideoError(Exception):
-    """A video that cannot be decoded; the message is the status row's reason."""
 
 
 # Chroma subsampling (horizontal, vertical) of the planar YUV formats handed out as planes.
