@@ -158,9 +158,17 @@ def _options(cfg: Options, uri: str) -> dict[str, Any]:
     return dict(cfg)
 
 
+# s3fs retries each call 5 times itself, and again around every ranged read inside that, with
+# botocore's attempts inside each: 50 tries (about 40 s) before a dead endpoint is reported.
+# Two tries per layer ride out one dropped connection; outages are pipeline.retry's to wait out.
+S3FS_RETRIES = 2
+
+
 def filesystem(uri: str, cfg: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a URI."""
     fs, path = fsspec.core.url_to_fs(str(uri), **_options(cfg, str(uri)))
+    if protocol(uri) in ("s3", "s3a"):
+        fs.retries = S3FS_RETRIES  # an instance attribute: s3fs takes no such argument
     return fs, path
 
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from pipeline.errors import VideoError  # here too: callers import it from pipeline.video
 from pipeline.source import NotRegularFile, open_source
@@ -82,6 +83,13 @@ def frame_planes(frame: Any) -> tuple[str, str, bool, tuple[np.ndarray, ...]]:
         )
         return fmt, matrix, full, arrays
     return "rgb24", "", True, (frame.to_ndarray(format="rgb24"),)
+
+
+def to_rgb(frame: Any, reformatter: VideoReformatter) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of one av.VideoFrame through a reformatter kept for the stream:
+    it keeps swscale's context between frames, which `frame.to_ndarray(format="rgb24")`
+    builds anew for every frame (0.55 -> 0.29 ms a 360x288 frame here; equal pixels)."""
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 class FrameChunk(NamedTuple):
@@ -265,6 +273,7 @@ class VideoReader:
         idx: list[int] = []
         prev: tuple[float, Any] | None = None
         prev_img: Any = None
+        rgb = VideoReformatter()  # one per stream: frame.to_ndarray builds a converter per frame
 
         def emit_until(limit: float) -> Iterator[FrameChunk]:
             nonlocal k, prev_img
@@ -273,7 +282,7 @@ class VideoReader:
                     if planes:
                         prev_img = frame_planes(prev[1])
                     else:
-                        prev_img = _upright(prev[1].to_ndarray(format="rgb24"), info.rotation)
+                        prev_img = _upright(to_rgb(prev[1], rgb), info.rotation)
                 if buf and planes and prev_img[:3] != buf[0][:3]:
                     yield self._flush(buf, idx, fps)  # format changed mid-stream: new chunk
                 buf.append(prev_img)

@@ -311,9 +311,12 @@ ray.shutdown()
 cluster.shutdown()
 secs["two_nodes_done"] = time.perf_counter() - t0
 
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-one = run_inference(cfg, spec["inputs"], spec["one"], spec["checkpoint"])
-ray.shutdown()
+# The one-process reference: the local runner at one torch thread, as Ray's actors run
+# (tests/test_infer.py::test_ray_and_local_runners_agree holds Ray on one node to it).
+import torch
+
+torch.set_num_threads(1)
+one = run_inference(cfg, spec["inputs"], spec["one"], spec["checkpoint"], runner="local")
 secs["one_node_done"] = time.perf_counter() - t0
 ran = {k: sorted(v) for k, v in ran.items()}
 print(json.dumps({"nodes": nodes, "ran": ran, "two": two, "one": one, "secs": secs}))
@@ -323,7 +326,8 @@ print(json.dumps({"nodes": nodes, "ran": ran, "two": two, "one": one, "secs": se
 @pytest.mark.slow
 def test_two_nodes_share_the_work_and_match_one_node(tmp_path, tiny_checkpoint):
     """Two 1-CPU nodes; each stage's actor asks for 0.6 CPU, so the face actor and the model
-    actor cannot share a node: both nodes run batches, deterministically."""
+    actor cannot share a node: both nodes run batches, deterministically, and the timelines
+    equal one process's (the local runner)."""
     tmp = tempfile.mkdtemp(prefix="vr", dir="/tmp")
     inputs = [str(asset("videos/grid_bbaf2n.mpg")), str(asset("videos/grid_two_speakers_sbs.mp4"))]
     spec = {

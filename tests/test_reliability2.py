@@ -172,9 +172,10 @@ def _outage_case(tmp_path: Path, proxy, s3_server, s3_bucket) -> tuple[list[str]
 
 @pytest.mark.slow
 def test_outage_during_reads_is_pending_then_retried(tmp_path, proxy, s3_server, s3_bucket, capsys):
-    """The endpoint drops every connection while the video is read (the client's own retries
-    take ~45 s here): the video stays pending, exit 3; the rerun after the outage completes it;
-    the undecodable video is final at once and never retried."""
+    """The endpoint drops every connection while the video is read (the client gives up
+    within seconds: pipeline/storage.py S3FS_RETRIES): the video stays pending, exit 3; the
+    rerun after the outage completes it; the undecodable video is final at once and never
+    retried."""
     args, out, bad = _outage_case(tmp_path, proxy, s3_server, s3_bucket)
     outage = {"on": True, "hit": 0}
 
