@@ -29,6 +29,7 @@ def run_pairs(runs: int, workdir: Path, first_seed: int = 1) -> list[dict[str, f
     from tests.conftest import face_overrides
     from tests.test_finetune import (
         CORPUS,
+        RUNNERS,
         fit_figures,
         frame_shuffled_copy,
         run_config,
@@ -56,7 +57,7 @@ def run_pairs(runs: int, workdir: Path, first_seed: int = 1) -> list[dict[str, f
         for name, src in (("trained", shards), ("shuffled", shuffled)):
             t0, l0 = time.perf_counter(), load1()
             c = run_config(src, f"{name}{seed}", str(workdir / "runs"), f"train.seed={seed}")
-            run_training(c, "finetune")
+            run_training(c, "finetune", runner=RUNNERS[name])
             rec = read_metrics(c)
             figs[name] = {**fit_figures(rec), "val": rec[-1]["val/ccc_mean"],
                           "s": time.perf_counter() - t0, "load": fmt_load(l0, load1())}  # fmt: skip
