@@ -115,11 +115,6 @@ def write_synthetic_video(
     frames, audio = render_clip(
         identities, aro, val, fps, size, seed=seed, speech=with_audio, noise=noise
     )
-    # Held whole while encoding: fed lazily (each frame freed once encoded), the same frames
-    # came out of PyAV + libx264 as different bytes from run to run (pixel differences up to
-    # ~30 levels; lossless and a held list were byte-identical), so a corpus, and every figure
-    # trained on it, was not reproducible from its seed. A synthetic clip is seconds long.
-    frames = list(frames)
     write_video(path, frames, fps, lossless=lossless, audio=audio, audio_rate=AUDIO_RATE)
     out_a = aro[0] if n_faces == 1 else aro
     out_v = val[0] if n_faces == 1 else val
