@@ -57,21 +57,40 @@ def _sets(items: list[str], flag: str = "--set") -> list[str]:
     return [x for s in items for x in (flag, s)]
 
 
-def test_paper_table_from_real_runs_and_resumable(shards, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # -o out is relative: the configs' runs/ paths land in it
-    small = [
+def _small(shards: str) -> list[str]:
+    """Every run's settings shrunk (the base's splits are SEWA's: train / validation / test)."""
+    return [
         "model.arch=ssvaerr_tiny", f"data.shards={shards}", "train.use_gpu=false",
         "train.threads=1", "train.epochs=1", "train.clip_frames=25", "train.clips_per_file=1",
         "train.batch_size=2", "evaluate.protocols=[sequence]",
-        # the base's splits are SEWA's: train / validation / test
     ]  # fmt: skip
-    pretext = [
+
+
+def _pretext(shards: str) -> list[str]:
+    """The pretext run's settings shrunk."""
+    return [
         "model.arch=ssvaerr_tiny", f"data.shards={shards}", "train.use_gpu=false",
         "train.num_workers=1", "train.threads=1", "train.epochs=1", "train.clip_seconds=1",
         "train.batch_size=2", "train.train_splits=[train]", "train.val_splits=[]",
         "pretrain.lira.conformer_dim=32", "pretrain.lira.conformer_layers=1",
         "pretrain.lira.mlp_hidden=32",
     ]  # fmt: skip
+
+
+SEWA_CITED = {"ho-cpconv": (0.52, 0.75, "cited", None),
+              "ap-det-att": (0.662, 0.672, "cited", None),
+              "ap-best": (0.64, 0.75, "cited", None)}  # fmt: skip
+
+
+def _cited(rows: list[dict]) -> dict[str, tuple]:
+    """The table's cited rows: row -> (paper A, paper V, status, ours A)."""
+    return {r["row"]: (r["paper_arousal"], r["paper_valence"], r["status"], r["ours_arousal"])
+            for r in rows if r["kind"] == "cited"}  # fmt: skip
+
+
+def test_paper_table_from_real_runs_and_resumable(shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # -o out is relative: the configs' runs/ paths land in it
+    small, pretext = _small(shards), _pretext(shards)
     args = ["paper", "I", "--datasets", "sewa", "--rows", "backbone,scratch", "--local",
             "-o", "out", *_sets(small)]  # fmt: skip
 
@@ -100,11 +119,7 @@ def test_paper_table_from_real_runs_and_resumable(shards, tmp_path, monkeypatch,
     rows = pq.read_table(tmp_path / "out" / "table_I.parquet").to_pylist()
     table = [r for r in rows if r["kind"] == "run"]
     assert [(r["row"], r["column"]) for r in table] == [("backbone", "sewa"), ("scratch", "sewa")]
-    cited = {r["row"]: (r["paper_arousal"], r["paper_valence"], r["status"], r["ours_arousal"])
-             for r in rows if r["kind"] == "cited"}  # fmt: skip
-    assert cited == {"ho-cpconv": (0.52, 0.75, "cited", None),
-                     "ap-det-att": (0.662, 0.672, "cited", None),
-                     "ap-best": (0.64, 0.75, "cited", None)}  # fmt: skip
+    assert _cited(rows) == SEWA_CITED  # Table I's other papers, beside ours, never run
     for r in table:  # built from the real runs: the run's evaluation, its checkpoint, coverage
         res = json.loads((tmp_path / "out" / "results" / f"{r['config_hash']}.json").read_text())
         ev = json.loads((tmp_path / "out" / "eval" / r["config_hash"] / "summary.json").read_text())
