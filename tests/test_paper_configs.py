@@ -13,7 +13,14 @@ import yaml
 from schemas.config import load_config
 from schemas.train import TrainConfig
 from tests.conftest import ASSETS, REPO
-from training.paper import PAPER_ROOT, TABLE_COLUMNS, TABLE_ROWS, cell_index, discover
+from training.paper import (
+    PAPER_ROOT,
+    TABLE_COLUMNS,
+    TABLE_ROWS,
+    cell_index,
+    discover,
+    run_paper,
+)
 
 # METHOD.md's three tables, as printed, are the reference: every printed figure must be in a
 # config (our rows) or in cited/table_I.yaml (other papers' rows), and nothing else.
@@ -236,6 +243,23 @@ def test_a_changed_figure_in_method_md_fails_the_check(runs, old, new, cell):
     cited = yaml.safe_load(CITED.read_text())["rows"]
     bad = mismatches(text.replace(old, new), runs, cited)
     assert len(bad) == 1 and cell in bad[0]
+
+
+@pytest.mark.parametrize(
+    ("table", "planned", "cited"), [("I", 6, 5), ("II", 12, 0), ("III", 32, 0)]
+)
+def test_dry_run_plans_each_table_and_places_encoders_under_out(tmp_path, table, planned, cited):
+    lines: list[str] = []
+    out = tmp_path / "out"
+    summary = run_paper(table, str(out), dry_run=True, echo=lines.append)
+    assert (summary["planned"], summary["cited"]) == (planned, cited)
+    assert sum(line.startswith("cited") for line in lines) == cited
+    needs = [line for line in lines if line.startswith("needs-encoder")]
+    assert len(needs) == planned - 2 * (table == "I")  # Table I's scratch rows need none
+    runs = out.resolve() / "runs"
+    assert all(f"missing encoder {runs}/paper-pretrain-" in line for line in needs)
+    assert all(f"--set pretrain.output={runs}/" in line for line in needs)
+    assert not out.exists()  # a dry run writes nothing
 
 
 def test_several_config_files_merge_in_order(tmp_path):
