@@ -247,7 +247,11 @@ class TrainConfig(Section):
         "all-reduced across workers).",
     )
     clip_seconds: float = Field(
-        4.0, gt=0, le=80, description="Training clip length, s; shorter sequences are used whole."
+        4.0,
+        gt=0,
+        le=80,
+        description="Training clip length, s (unless clip_frames); shorter "
+        "sequences are used whole.",
     )
     clip_frames: int | None = Field(
         None,
