@@ -97,10 +97,13 @@ def all_sum_autograd(t: Tensor) -> Tensor:
     """`t` summed over every rank of the default process group, on t's own device (NCCL
     takes only CUDA tensors), autograd-aware: backward sums the upstream gradients the same
     way. The functional collective (torch.distributed._functional_collectives), which
-    replaces the deprecated torch.distributed.nn.functional.all_reduce."""
+    replaces the deprecated torch.distributed.nn.functional.all_reduce; its op is called
+    directly (importing the module registers the op's backward): funcol.all_reduce would
+    first import torch._dynamo to check for tracing, seconds per worker for nothing."""
     from torch.distributed import _functional_collectives as funcol
 
-    return funcol.wait_tensor(funcol.all_reduce(t, "sum", torch.distributed.group.WORLD))
+    group = torch.distributed.group.WORLD.group_name
+    return funcol.wait_tensor(torch.ops._c10d_functional.all_reduce(t, "sum", group))
 
 
 def ccc_loss(
