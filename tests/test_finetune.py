@@ -391,3 +391,18 @@ def test_augmentations_keep_shapes_and_are_seeded():
     assert torch.equal(augment_clips(x, AugmentConfig(hflip_p=0)), x)  # the others are off
     v = make_view(x, load_config().pretrain.dino.local_view, torch.Generator().manual_seed(1))
     assert v.shape == (3, 10, 48, 48) and v.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("fill", [107, 128])
+def test_the_public_codes_crop_without_resize_and_time_out(fill):
+    x = torch.randint(0, 256, (2, 6, 96, 96), dtype=torch.uint8)
+    cfg = AugmentConfig(hflip_p=0, crop_p=1, crop_size=80, crop_resize=False, time_out_p=1,
+                        fill=fill)  # fmt: skip
+    out = augment_clips(x, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 6, 80, 80) and bool((out == fill).all())  # the whole clip masked
+    crop = augment_clips(x, AugmentConfig(hflip_p=0, crop_p=1, crop_size=80, crop_resize=False))
+    assert crop.shape == (2, 6, 80, 80)  # a window of the clip itself, not resized
+    assert any(torch.equal(crop[0], x[0, :, t : t + 80, u : u + 80])
+               for t in range(17) for u in range(17))  # fmt: skip
+    with pytest.raises(ValueError, match="crop_p 0 or 1"):  # one size per batch
+        AugmentConfig(crop_p=0.5, crop_resize=False)
