@@ -36,7 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Comma list of rows (III: 1-8; II: lira-finetuned, byol-frozen, ...; I: "
         "ss-vaerr, backbone, scratch). Default: all.",
     )
-    p.add_argument("--out", "-o", default="runs/paper", help="Results and tables folder/URI.")
+    p.add_argument(
+        "--out",
+        "-o",
+        default="runs/paper",
+        help="Folder/URI of everything it writes: results, tables, and the configs' relative "
+        "run folders and pretext encoders (OUT/runs/...). Shards are read where data.shards "
+        "says (relative: from the current directory; the plan prints them).",
+    )
     p.add_argument("--dry-run", action="store_true", help="Print the plan; run nothing.")
     p.add_argument(
         "--with-pretext",

@@ -4,8 +4,9 @@ evaluate`).
 
 Every number of METHOD.md's training recipe is a field here with the recipe's value as its
 default (AdamW 3e-4, weight decay 1e-2, cosine per epoch, batch 5, random 4 s clips, 3 per
-file per epoch, seed 1, horizontal flip p = 0.5, other augmentations off). Values the paper
-does not give are marked "inferred" in their description.
+file per epoch, seed 1; horizontal flip p = 0.5, vaerr's choice: the public code has none by
+default, other augmentations off). Values the paper does not give are marked "inferred" in
+their description.
 
 Every size, count and duration has an upper bound (`le=`) far above any real run (widths of
 16384, 1024 workers, 80 s clips = the longest model window, 100000 epochs) that stops a typo
@@ -175,14 +176,19 @@ class DataConfig(Section):
 
 
 class AugmentConfig(Section):
-    """Training augmentations of a whole clip (METHOD.md): horizontal flip on by default,
-    the others off (probability 0)."""
+    """Training augmentations of a whole clip: horizontal flip on by default (vaerr's choice;
+    the public code flips only with --augment), the others off (probability 0)."""
 
     hflip_p: float = Field(0.5, ge=0, le=1, description="Horizontal flip of the whole clip.")
     crop_p: float = Field(
-        0.0, ge=0, le=1, description="Random crop of `crop_size` px, resized back to the input."
+        0.0, ge=0, le=1, description="Random crop of `crop_size` px (see crop_resize)."
     )
     crop_size: int = Field(88, ge=8, le=512, description="Random crop side, px (METHOD: 88 of 96).")
+    crop_resize: bool = Field(
+        True,
+        description="Resize the crop back to the input side; false: the crop is the input "
+        "(the public code's RandomCrop(80)); then crop_p must be 0 or 1 (one size a batch).",
+    )
     cutout_p: float = Field(0.0, ge=0, le=1, description="One random square set to mid-gray.")
     cutout_frac: float = Field(
         0.3, gt=0, le=1, description="Cutout square side as a fraction of the crop side."
@@ -193,6 +199,16 @@ class AugmentConfig(Section):
     time_mask_frames: int = Field(
         10, ge=1, le=2000, description="Longest time-masked run, frames (inferred)."
     )
+    time_out_p: float = Field(
+        0.0, ge=0, le=1, description="The whole clip set to `fill` (the public code's TimeOut)."
+    )
+    fill: int = Field(
+        128,
+        ge=0,
+        le=255,
+        description="Gray of masked pixels (cutout, time mask, time-out). The public code's "
+        "masks are zeros after its normalisation: the mean gray, round(0.421 * 255) = 107.",
+    )
     noise_p: float = Field(0.0, ge=0, le=1, description="Salt-and-pepper noise on the clip.")
     noise_amount: float = Field(
         0.02, ge=0, le=1, description="Fraction of pixels set to 0 or 255 by the noise."
@@ -201,6 +217,12 @@ class AugmentConfig(Section):
     solarise_threshold: int = Field(
         128, ge=0, le=255, description="Pixels at or above this gray level are inverted."
     )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> AugmentConfig:
+        if not self.crop_resize and 0 < self.crop_p < 1:
+            raise ValueError("augment.crop_resize=false needs augment.crop_p 0 or 1")
+        return self
 
 
 class TrainConfig(Section):
@@ -225,10 +247,27 @@ class TrainConfig(Section):
         "all-reduced across workers).",
     )
     clip_seconds: float = Field(
-        4.0, gt=0, le=80, description="Training clip length, s; shorter sequences are used whole."
+        4.0,
+        gt=0,
+        le=80,
+        description="Training clip length, s (unless clip_frames); shorter "
+        "sequences are used whole.",
+    )
+    clip_frames: int | None = Field(
+        None,
+        ge=1,
+        le=2000,
+        description="Training clip length in frames, instead of clip_seconds x video.fps "
+        "(the public code: its 4 s at a hard-coded 50 fps = 200).",
     )
     clips_per_file: int = Field(
         3, ge=1, le=1000, description="Random clips drawn from every training sequence per epoch."
+    )
+    frozen_batchnorm: Literal["eval", "train"] = Field(
+        "eval",
+        description="Batch norm of frozen parts (model.finetune not full) while training: "
+        "eval (running statistics fixed; recommended) or train (batch statistics, running "
+        "ones updated: the public code's, which only sets requires_grad=False).",
     )
     train_splits: tuple[str, ...] = Field(
         ("train",), description="Shard splits trained on (pretext: e.g. ['pretext'])."
@@ -315,7 +354,9 @@ class TrainConfig(Section):
         return self.batch_size // n
 
     def clip_frames_at(self, fps: float) -> int:
-        """Clip length in frames at `fps`."""
+        """Clip length in frames at `fps` (clip_frames when set)."""
+        if self.clip_frames is not None:
+            return self.clip_frames
         return max(1, int(round(self.clip_seconds * fps)))
 
 

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 from schemas.config import load_config
 from schemas.train import TrainConfig
 from training.loop import run_training
-from training.losses import ccc_loss
+from training.losses import all_sum_autograd, ccc_loss
+from training.sessions import RaySession
 
 
 def test_global_batch_splits_over_workers_or_names_the_fix(tmp_path):
@@ -50,13 +51,11 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, pred, target, mask, out) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        from torch.distributed.nn.functional import all_reduce
-
+    try:  # the workers' own collective (the functional all_reduce), not a stand-in
         n = pred.shape[0] // world
         p = pred[rank * n : (rank + 1) * n].clone().requires_grad_(True)
         loss = ccc_loss(p, target[rank * n : (rank + 1) * n], mask[rank * n : (rank + 1) * n],
-                        all_sum=all_reduce)  # fmt: skip
+                        all_sum=all_sum_autograd)  # fmt: skip
         loss.backward()
         out[rank] = (float(loss), p.grad.clone())
     finally:
@@ -87,3 +86,36 @@ def test_ccc_over_two_workers_is_the_global_batch_ccc():
     # by 2: the gradient each worker applies is the global CCC's gradient
     grad = torch.cat([res[0][1], res[1][1]]) / 2
     assert torch.allclose(grad, full.grad, atol=1e-6)
+
+
+class _Delivered(Exception):
+    """The collective got its tensor (a meta tensor holds no data to go on with)."""
+
+
+@pytest.mark.parametrize("device", [torch.device("meta"), torch.device("cpu")])
+def test_epoch_mean_collective_runs_on_the_workers_device(monkeypatch, device):
+    # With use_gpu, Ray Train's backend is NCCL, which serves only tensors on the worker's
+    # (CUDA) device: the epoch's loss mean used to all-reduce a CPU tensor and crash there.
+    # Without a GPU: a stand-in for NCCL that refuses any tensor off the declared device.
+    seen = []
+
+    def nccl_like(t, *args, **kwargs):
+        seen.append(t.device)
+        if t.device != device:
+            raise RuntimeError(f"No backend type associated with device type {t.device.type}")
+        if device.type == "meta":
+            raise _Delivered
+        t.mul_(2)  # the other rank reported the same values
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", nccl_like)
+    session = RaySession.__new__(RaySession)  # a worker's session, without Ray
+    session.cfg, session.rank, session.world_size = load_config(), 0, 2
+    session.device = lambda: device
+    values = {"train/loss": 0.5, "train/ccc": 0.25}
+    if device.type == "meta":
+        with pytest.raises(_Delivered):
+            session.all_mean(values)
+    else:
+        assert session.all_mean(values) == values  # the mean of two equal ranks
+    assert seen == [device]

@@ -146,6 +146,25 @@ def test_recola_arff_header_and_rows(tmp_path):
         parse_arff("@relation x\n@attribute a numeric\n")
 
 
+@pytest.mark.parametrize("odd", ["P16", "recola_7"])
+def test_recola_file_outside_train_dev_is_refused_or_placed_by_the_manifest(tmp_path, odd):
+    # a stem with no train/dev/test prefix used to fall silently into a hash split
+    root = tmp_path / "ratings_gold_standard"
+    for dim in ("arousal", "valence"):
+        (root / dim).mkdir(parents=True)
+        for name in ("train_1", odd):
+            (root / dim / f"{name}.arff").write_text(arff(name, [(0.0, 0.1), (0.04, 0.2)]))
+    for name in ("train_1", odd):
+        touch_video(tmp_path / "video" / f"{name}.mp4")
+    cfg = DataConfig(dataset="recola", videos=str(tmp_path / "video"), labels=str(root))
+    with pytest.raises(ValueError) as e:
+        read_dataset(cfg)
+    assert f"{odd}.arff" in str(e.value) and "data.manifest" in str(e.value)
+    (tmp_path / "m.csv").write_text(f"video,split\n{odd},dev\n")
+    items = read_dataset(cfg.model_copy(update={"manifest": str(tmp_path / "m.csv")}))
+    assert [(i.key, i.split) for i in items] == sorted([(odd, "validation"), ("train_1", "train")])
+
+
 # ---------------------------------------------------------------------------------------------
 # Aff-Wild2
 

@@ -5,11 +5,13 @@ streamed through Ray Data), same-name reruns resuming, fine-tune modes and augme
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -17,16 +19,20 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import torch
+import torch.distributed as dist
 
 from jobs.cli import main
+from pipeline.model import build_model
 from pipeline.model.checkpoint import load_model
 from schemas.config import load_config
 from schemas.train import AugmentConfig
 from tests.conftest import face_overrides
+from training import loop
 from training.augment import augment_clips, make_view
 from training.datasets.shards import read_sequences
 from training.loop import prepare_run, read_metrics, run_dir, run_training
 from training.preprocess import run_preprocess
+from training.sessions import LocalSession, RaySession
 from training.synth import make_corpus
 from training.tasks import TASKS, resolve_task
 
@@ -311,6 +317,59 @@ def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, 
         run_training(load_config(None, base + ["train.train_splits=[test]"]), runner="local")
 
 
+class _DataParallelSession(LocalSession):
+    """The local runner's session with a data-parallel worker's collectives (RaySession's
+    all_mean, and all_sum for the global-batch CCC) over a real gloo group of this one
+    process; it claims 2 ranks so that they run."""
+
+    world_size = 2
+    all_mean = RaySession.all_mean
+    all_sum = RaySession.all_sum
+
+
+# The paper configs' public-code settings: encoder frozen with batch norm in train mode, the
+# SEWA headline's crop to 80 px without resize and time-out, a clip length in frames
+PAPER_FROZEN = [
+    "model.finetune=frozen_encoder", "train.frozen_batchnorm=train", "train.clip_frames=12",
+    "augment.crop_p=1", "augment.crop_size=80", "augment.crop_resize=false",
+    "augment.time_out_p=0.5", "augment.fill=107",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("runner", "extra"),
+    [("local", []), ("data-parallel", []), ("data-parallel", PAPER_FROZEN)],
+    ids=["local", "data-parallel", "data-parallel-paper-frozen"],
+)
+def test_one_epoch_finetune_raises_no_warning_of_ours(
+    corpus_shards, tmp_path, monkeypatch, runner, extra
+):
+    # a warning raised from vaerr's own modules is an error here: the deprecated functional
+    # all_reduce (FutureWarning) and float() of a tensor that requires grad (UserWarning)
+    # came from training/losses.py on every data-parallel step
+    cfg = load_config(None, TRAIN + [
+        f"data.shards={corpus_shards}", f"train.storage_path={tmp_path}", "train.name=quiet",
+        "train.epochs=1", "train.max_steps_per_epoch=2", "train.val_splits=[]", *extra,
+    ])  # fmt: skip
+    if runner == "data-parallel":
+        monkeypatch.setattr(loop, "LocalSession", _DataParallelSession)
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", module="(pipeline|training|jobs|schemas)")
+            out = run_training(cfg, "finetune", runner="local")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert out["last"]["steps"] == 2 and math.isfinite(out["last"]["train/loss"])
+    if extra:  # frozen weights unchanged, but batch norm there ran on batch statistics
+        torch.manual_seed(cfg.train.seed)
+        start = build_model(cfg.model).encoder.state_dict()
+        after = load_model(out["product"])[0].encoder.state_dict()
+        moved = {k for k in start if not torch.equal(start[k], after[k])}
+        assert moved and all("running_" in k or "num_batches" in k for k in moved)
+
+
 def test_augmentations_keep_shapes_and_are_seeded():
     x = torch.randint(0, 256, (3, 10, 96, 96), dtype=torch.uint8)
     all_on = AugmentConfig(hflip_p=1, crop_p=1, cutout_p=1, time_mask_p=1, noise_p=1,
@@ -328,3 +387,18 @@ def test_augmentations_keep_shapes_and_are_seeded():
     assert torch.equal(augment_clips(x, AugmentConfig(hflip_p=0)), x)  # the others are off
     v = make_view(x, load_config().pretrain.dino.local_view, torch.Generator().manual_seed(1))
     assert v.shape == (3, 10, 48, 48) and v.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("fill", [107, 128])
+def test_the_public_codes_crop_without_resize_and_time_out(fill):
+    x = torch.randint(0, 256, (2, 6, 96, 96), dtype=torch.uint8)
+    cfg = AugmentConfig(hflip_p=0, crop_p=1, crop_size=80, crop_resize=False, time_out_p=1,
+                        fill=fill)  # fmt: skip
+    out = augment_clips(x, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 6, 80, 80) and bool((out == fill).all())  # the whole clip masked
+    crop = augment_clips(x, AugmentConfig(hflip_p=0, crop_p=1, crop_size=80, crop_resize=False))
+    assert crop.shape == (2, 6, 80, 80)  # a window of the clip itself, not resized
+    assert any(torch.equal(crop[0], x[0, :, t : t + 80, u : u + 80])
+               for t in range(17) for u in range(17))  # fmt: skip
+    with pytest.raises(ValueError, match="crop_p 0 or 1"):  # one size per batch
+        AugmentConfig(crop_p=0.5, crop_resize=False)

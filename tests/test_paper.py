@@ -57,46 +57,74 @@ def _sets(items: list[str], flag: str = "--set") -> list[str]:
     return [x for s in items for x in (flag, s)]
 
 
-def test_paper_table_from_real_runs_and_resumable(shards, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the configs' relative runs/ paths land here
-    small = [
+def _small(shards: str) -> list[str]:
+    """Every run's settings shrunk (the base's splits are SEWA's: train / validation / test)."""
+    return [
         "model.arch=ssvaerr_tiny", f"data.shards={shards}", "train.use_gpu=false",
-        "train.threads=1", "train.epochs=1", "train.clip_seconds=1", "train.clips_per_file=1",
+        "train.threads=1", "train.epochs=1", "train.clip_frames=25", "train.clips_per_file=1",
         "train.batch_size=2", "evaluate.protocols=[sequence]",
-        # the base's splits are SEWA's: train / validation / test
     ]  # fmt: skip
-    pretext = [
+
+
+def _pretext(shards: str) -> list[str]:
+    """The pretext run's settings shrunk."""
+    return [
         "model.arch=ssvaerr_tiny", f"data.shards={shards}", "train.use_gpu=false",
         "train.num_workers=1", "train.threads=1", "train.epochs=1", "train.clip_seconds=1",
         "train.batch_size=2", "train.train_splits=[train]", "train.val_splits=[]",
         "pretrain.lira.conformer_dim=32", "pretrain.lira.conformer_layers=1",
         "pretrain.lira.mlp_hidden=32",
     ]  # fmt: skip
+
+
+SEWA_CITED = {"ho-cpconv": (0.52, 0.75, "cited", None),
+              "ap-det-att": (0.662, 0.672, "cited", None),
+              "ap-best": (0.64, 0.75, "cited", None)}  # fmt: skip
+
+
+def _cited(rows: list[dict]) -> dict[str, tuple]:
+    """The table's cited rows: row -> (paper A, paper V, status, ours A)."""
+    return {r["row"]: (r["paper_arousal"], r["paper_valence"], r["status"], r["ours_arousal"])
+            for r in rows if r["kind"] == "cited"}  # fmt: skip
+
+
+def test_paper_table_from_real_runs_and_resumable(shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # -o out is relative: the configs' runs/ paths land in it
+    small, pretext = _small(shards), _pretext(shards)
     args = ["paper", "I", "--datasets", "sewa", "--rows", "backbone,scratch", "--local",
             "-o", "out", *_sets(small)]  # fmt: skip
 
     # 1. the backbone row needs the LiRA encoder: refused, naming the pretrain config
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "paper-pretrain-lira-lrs3/encoder.pt" in err and "lrs3/pretrain_lira.yaml" in err
+    encoder = tmp_path / "out" / "runs" / "paper-pretrain-lira-lrs3" / "encoder.pt"
+    assert f"needs {encoder}" in err and "lrs3/pretrain_lira.yaml" in err  # under -o
+    assert f"pretrain.output={encoder}" in err  # the command that writes it there
     assert not (tmp_path / "out" / "results").exists()  # nothing ran, not even scratch
 
     # 2. the dry run prints the plan, runs nothing
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "needs-encoder" in out and "i_scratch.yaml" in out and "iii_01_ccc_finetuned" in out
+    assert f"reads shards {shards}" in out
+    cited = [line for line in out.splitlines() if line.startswith("cited")]
+    assert len(cited) == 3 and all("/sewa: " in line for line in cited)  # --datasets sewa
+    assert json.loads(out.strip().splitlines()[-1])["cited"] == 3
 
     # 3. --with-pretext: LiRA pretraining first, then both rows, then the table
     assert main([*args, "--with-pretext", *_sets(pretext, "--pretext-set")]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["done_before"] == 0 and len(summary["ran"]) == 2
-    assert (tmp_path / "runs" / "paper-pretrain-lira-lrs3" / "encoder.pt").exists()
-    table = pq.read_table(tmp_path / "out" / "table_I.parquet").to_pylist()
+    assert encoder.exists() and not (tmp_path / "runs").exists()  # all under -o
+    rows = pq.read_table(tmp_path / "out" / "table_I.parquet").to_pylist()
+    table = [r for r in rows if r["kind"] == "run"]
     assert [(r["row"], r["column"]) for r in table] == [("backbone", "sewa"), ("scratch", "sewa")]
+    assert _cited(rows) == SEWA_CITED  # Table I's other papers, beside ours, never run
     for r in table:  # built from the real runs: the run's evaluation, its checkpoint, coverage
         res = json.loads((tmp_path / "out" / "results" / f"{r['config_hash']}.json").read_text())
         ev = json.loads((tmp_path / "out" / "eval" / r["config_hash"] / "summary.json").read_text())
         assert r["run_id"] == res["run_id"] and os.path.exists(res["checkpoint"])
+        assert res["checkpoint"].startswith(str(tmp_path / "out" / "runs"))
         assert r["run_id"] in res["checkpoint"]
         assert r["ours_arousal"] == pytest.approx(ev["protocols"]["sequence"]["arousal"]["ccc"])
         assert r["ours_valence"] == pytest.approx(ev["protocols"]["sequence"]["valence"]["ccc"])
@@ -112,6 +140,7 @@ def test_paper_table_from_real_runs_and_resumable(shards, tmp_path, monkeypatch,
     assert paper == {"backbone": (0.678, 0.737), "scratch": (0.588, 0.609)}
     md = (tmp_path / "out" / "table_I.md").read_text()
     assert "| backbone | sewa | 0.678 | 0.737 |" in md and table[0]["run_id"] in md
+    assert "| ho-cpconv | sewa | 0.520 | 0.750 | - | - |" in md and "cited" in md
 
     # 4. a rerun skips the done rows (no training), and cited rows are printed, not run
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "results").iterdir()}

@@ -4,9 +4,11 @@ Every transform acts on a whole clip (the same flip / crop / square for all its 
 motion stays intact; labels never change (a mirrored face shows the same affect). Randomness
 comes from an explicit `torch.Generator`, so a seeded run repeats exactly.
 
-Fine-tuning (METHOD.md): horizontal flip p = 0.5; random crop (88 px, resized back to the
-input side, so the network sees the framing it sees at inference), cutout, time masking,
-salt-and-pepper noise and solarisation exist and are off by default (`augment.*_p = 0`).
+Fine-tuning (METHOD.md): horizontal flip p = 0.5 (vaerr's default; the public code has no
+augmentation unless --augment); random crop (88 px, resized back to the input side, so the
+network sees the framing it sees at inference; or, as the public code's RandomCrop, not
+resized), cutout, time masking, time-out (the whole clip masked), salt-and-pepper noise and
+solarisation exist and are off by default (`augment.*_p = 0`).
 BYOL / DINO views (`make_view`): random resized crop to the view size, flip, brightness and
 contrast jitter, blur, solarisation, time masking.
 """
@@ -44,20 +46,23 @@ def crop_resize(clip: Tensor, top: int, left: int, h: int, w: int, size: int) ->
     return _to_uint8(out.squeeze(1))
 
 
-def time_mask(clip: Tensor, max_frames: int, gen: torch.Generator | None) -> Tensor:
-    """A random run of 1..max_frames frames set to mid-gray: [T, H, W]."""
+def time_mask(
+    clip: Tensor, max_frames: int, gen: torch.Generator | None, fill: int = MID_GRAY
+) -> Tensor:
+    """A random run of 1..max_frames frames set to gray `fill`: [T, H, W]."""
     t = clip.shape[0]
     run = _randint(gen, 1, max(1, min(max_frames, t)))
     start = _randint(gen, 0, t - run)
     clip = clip.clone()
-    clip[start : start + run] = MID_GRAY
+    clip[start : start + run] = fill
     return clip
 
 
 def augment_clips(
     x: Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None, lengths: Tensor | None = None
 ) -> Tensor:
-    """Fine-tuning augmentations of a batch: uint8 [B, T, H, W] -> uint8 [B, T, H, W].
+    """Fine-tuning augmentations of a batch: uint8 [B, T, H, W] -> uint8 [B, T, H', W']
+    (H' = W' = crop_size when crop_resize is off and the crop is on, else H, W).
 
     lengths [B] (valid frames) keeps time masks inside the valid part of padded clips.
     """
@@ -72,16 +77,23 @@ def augment_clips(
             clip = clip.flip(-1)
         if cfg.crop_p and float(_u(gen)) < cfg.crop_p:
             c = min(cfg.crop_size, h, w)
-            clip = crop_resize(clip, _randint(gen, 0, h - c), _randint(gen, 0, w - c), c, c, h)
-            if w != h:
+            top, left = _randint(gen, 0, h - c), _randint(gen, 0, w - c)
+            if not cfg.crop_resize:
+                clip = clip[:, top : top + c, left : left + c]
+            else:
+                clip = crop_resize(clip, top, left, c, c, h)
+            if cfg.crop_resize and w != h:
                 clip = F.interpolate(clip.float().unsqueeze(1), size=(h, w)).squeeze(1).to(x.dtype)
         if cfg.cutout_p and float(_u(gen)) < cfg.cutout_p:
-            side = max(1, int(round(cfg.cutout_frac * min(h, w))))
-            top, left = _randint(gen, 0, h - side), _randint(gen, 0, w - side)
+            ch, cw = clip.shape[-2:]  # the crop's size when it was not resized
+            side = max(1, int(round(cfg.cutout_frac * min(ch, cw))))
+            top, left = _randint(gen, 0, ch - side), _randint(gen, 0, cw - side)
             clip = clip.clone()
-            clip[:, top : top + side, left : left + side] = MID_GRAY
+            clip[:, top : top + side, left : left + side] = cfg.fill
         if cfg.time_mask_p and float(_u(gen)) < cfg.time_mask_p and n > 1:
-            clip = torch.cat([time_mask(clip[:n], cfg.time_mask_frames, gen), clip[n:]])
+            clip = torch.cat([time_mask(clip[:n], cfg.time_mask_frames, gen, cfg.fill), clip[n:]])
+        if cfg.time_out_p and float(_u(gen)) < cfg.time_out_p:
+            clip = torch.full_like(clip, cfg.fill)
         if cfg.noise_p and float(_u(gen)) < cfg.noise_p:
             r = torch.rand(clip.shape, generator=gen)
             clip = clip.clone()

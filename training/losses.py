@@ -20,6 +20,7 @@ from schemas.model import LossConfig, TargetLoss
 
 __all__ = [
     "TARGETS",
+    "all_sum_autograd",
     "bin_index",
     "ccc",
     "ccc_loss",
@@ -70,7 +71,7 @@ AllSum = Callable[[Tensor], Tensor]
 def ccc_global(pred: Tensor, target: Tensor, mask: Tensor | None, all_sum: AllSum) -> Tensor:
     """rho_c of the GLOBAL batch under data parallelism: each worker's moment sums
     (n, sum p, sum y, sum p^2, sum y^2, sum p*y; float64) are summed over workers by
-    `all_sum` (autograd-aware, e.g. torch.distributed.nn.functional.all_reduce), then
+    `all_sum` (autograd-aware: `all_sum_autograd`), then
     rho_c is formed from the pooled moments: the value every worker gets is the CCC of all
     workers' frames together, as if the global batch ran on one device. With DDP's gradient
     averaging, the gradient is exactly that of the global-batch CCC (all_reduce's backward
@@ -84,12 +85,25 @@ def ccc_global(pred: Tensor, target: Tensor, mask: Tensor | None, all_sum: AllSu
     n = p.new_tensor(float(p.numel()))
     sums = all_sum(torch.stack([n, p.sum(), y.sum(), (p * p).sum(), (y * y).sum(), (p * y).sum()]))
     n, sp, sy, spp, syy, spy = sums.unbind()
-    if float(n) == 0:  # no valid frame on any worker: a zero CCC without gradient
+    if float(n.detach()) == 0:  # no valid frame on any worker: a zero CCC without gradient
         return (sums * 0).sum().float()
     mp, my = sp / n, sy / n
     cov = spy / n - mp * my
     denom = (spp / n - mp * mp) + (syy / n - my * my) + (mp - my) ** 2
     return (2 * cov / denom.clamp_min(torch.finfo(torch.float64).tiny)).float()
+
+
+def all_sum_autograd(t: Tensor) -> Tensor:
+    """`t` summed over every rank of the default process group, on t's own device (NCCL
+    takes only CUDA tensors), autograd-aware: backward sums the upstream gradients the same
+    way. The functional collective (torch.distributed._functional_collectives), which
+    replaces the deprecated torch.distributed.nn.functional.all_reduce; its op is called
+    directly (importing the module registers the op's backward): funcol.all_reduce would
+    first import torch._dynamo to check for tracing, seconds per worker for nothing."""
+    from torch.distributed import _functional_collectives as funcol
+
+    group = torch.distributed.group.WORLD.group_name
+    return funcol.wait_tensor(torch.ops._c10d_functional.all_reduce(t, "sum", group))
 
 
 def ccc_loss(

@@ -10,6 +10,12 @@ or notes). A run is done when OUT/results/<hash>.json exists (reruns skip it; a 
 config is a new hash, a new run). A run whose pretext encoder file is missing is refused,
 naming the `vaerr pretrain` config that writes it, unless `with_pretext` runs that first.
 
+Paths: a run's relative local paths that it writes or that pretraining writes for it
+(train.storage_path, model.encoder_checkpoint, the pretext configs' pretrain.output) are
+placed under OUT (`under_out`), so `-o` holds runs, encoders, results and tables; the
+shards it reads stay where data.shards says (relative: from the current directory), and the
+plan prints them absolute.
+
 Run: `run_training` (Ray Train, or in-process with local=True) then `run_evaluate` on the
 config's evaluate.splits (RECOLA: the dev set, which also selects the model: the paper does
 the same since RECOLA's test labels are not public). Then OUT/table_<T>.md and
@@ -32,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.storage import absolute, atomic_write, filesystem, join, write_text
+from pipeline.storage import absolute, atomic_write, filesystem, is_plain_path, join, write_text
 from schemas.config import VaerrConfig, config_dump, load_config
 from schemas.train import DATASET_COLUMNS, TABLE_III_COLUMNS, PaperCell
 
@@ -104,6 +110,38 @@ class PaperRun:
         """train.name + hash: a changed config never resumes an old run's checkpoints."""
         return f"{self.cfg.train.name}-{self.hash[:8]}"
 
+    def at(self, out: str) -> VaerrConfig:
+        """The config with its outputs and encoder placed under `out` (see under_out); the
+        hash stays that of the config as written, so a moved OUT keeps its results."""
+        return under_out(self.cfg, out)
+
+
+def _place(uri: str | None, out: str) -> str | None:
+    """A relative plain local path joined onto OUT (absolute when OUT is local); absolute
+    paths and URIs unchanged."""
+    if not uri or not is_plain_path(uri) or Path(uri).expanduser().is_absolute():
+        return uri
+    return join(absolute(out), uri)
+
+
+def under_out(cfg: VaerrConfig, out: str) -> VaerrConfig:
+    """`cfg` with train.storage_path, model.encoder_checkpoint and pretrain.output, when
+    relative local paths, under OUT: `vaerr paper -o OUT` writes and reads them there, not
+    in the current directory."""
+    return cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(
+                update={"storage_path": _place(cfg.train.storage_path, out)}
+            ),
+            "model": cfg.model.model_copy(
+                update={"encoder_checkpoint": _place(cfg.model.encoder_checkpoint, out)}
+            ),
+            "pretrain": cfg.pretrain.model_copy(
+                update={"output": _place(cfg.pretrain.output, out)}
+            ),
+        }
+    )
+
 
 def run_hash(cfg: VaerrConfig) -> str:
     """sha256 (16 hex) of everything that changes a run's result: model, loss, augment,
@@ -171,15 +209,24 @@ def _abs(uri: str) -> str:
     return absolute(uri)
 
 
-def pretext_sources(root: Path = PAPER_ROOT) -> dict[str, Path]:
-    """Absolute encoder path -> the `vaerr pretrain` config (root/lrs3/pretrain_*.yaml)
-    whose pretrain.output writes it."""
-    out = {}
+def pretext_sources(root: Path = PAPER_ROOT, out: str = ".") -> dict[str, Path]:
+    """Encoder path (placed under OUT, absolute) -> the `vaerr pretrain` config
+    (root/lrs3/pretrain_*.yaml) whose pretrain.output writes it."""
+    found = {}
     for p in sorted((root / "lrs3").glob("pretrain_*.yaml")):
-        cfg = load_config(p)
+        cfg = under_out(load_config(p), out)
         if cfg.pretrain.output:
-            out[_abs(cfg.pretrain.output)] = p
-    return out
+            found[_abs(cfg.pretrain.output)] = p
+    return found
+
+
+def pretrain_command(config: str | Path, encoder: str, out: str) -> str:
+    """The `vaerr pretrain` line that writes `encoder` where `vaerr paper -o OUT` reads it."""
+    runs = _place(load_config(config).train.storage_path, out)
+    return (
+        f"vaerr pretrain --config {_rel(config)} --set pretrain.output={encoder} "
+        f"--set train.storage_path={runs}"
+    )
 
 
 def _exists(uri: str, cfg: VaerrConfig) -> bool:
@@ -196,6 +243,7 @@ class PlanItem:
     status: str  # done | todo | needs-encoder
     encoder: str | None = None
     pretrain_config: str | None = None
+    out: str = "."
 
     def line(self) -> str:
         """One human line of the plan."""
@@ -204,7 +252,7 @@ class PlanItem:
         s = f"{self.status:13s} {self.run.run_id:52s} cells {cells}  <- {src}"
         if self.status == "needs-encoder":
             how = (
-                f"vaerr pretrain --config {_rel(self.pretrain_config)}"
+                pretrain_command(self.pretrain_config, self.encoder or "", self.out)
                 if self.pretrain_config
                 else "no pretrain config writes it"
             )
@@ -232,17 +280,18 @@ def make_plan(
     bad = [r for r in rows if r not in TABLE_ROWS[table]]
     if bad:
         raise ValueError(f"table {table} has no rows {bad}; rows: {list(TABLE_ROWS[table])}")
-    sources = pretext_sources(root)
+    sources = pretext_sources(root, out)
     plan = []
     for run in discover(root, overrides, datasets):
         cells = tuple(c for c in run.cells if c.table == table and (not rows or c.row in rows))
         if not cells:
             continue
-        item = PlanItem(run, cells, "todo")
+        item = PlanItem(run, cells, "todo", out=out)
+        placed = run.at(out)
         if _exists(join(results_dir(out), f"{run.hash}.json"), run.cfg):
             item.status = "done"
-        elif run.cfg.model.encoder_checkpoint:
-            enc = _abs(run.cfg.model.encoder_checkpoint)
+        elif placed.model.encoder_checkpoint:
+            enc = _abs(placed.model.encoder_checkpoint)
             if not _exists(enc, run.cfg):
                 item.status, item.encoder = "needs-encoder", enc
                 src = sources.get(enc)
@@ -262,9 +311,8 @@ def run_item(item: PlanItem, out: str, *, local: bool, ray_address: str | None) 
     from training.loop import resolve_paths, run_dir, run_training
 
     run = item.run
-    cfg = run.cfg.model_copy(
-        update={"train": run.cfg.train.model_copy(update={"name": run.run_id})}
-    )
+    cfg = run.at(out)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"name": run.run_id})})
     runner = "local" if local else "ray"
     train = run_training(cfg, "finetune", runner=runner, ray_address=ray_address)
     cfg = resolve_paths(cfg)
@@ -295,22 +343,40 @@ def run_item(item: PlanItem, out: str, *, local: bool, ray_address: str | None) 
     return record
 
 
-def run_pretext(config: str, overrides: list[str] | None, *, local: bool, ray: str | None) -> str:
-    """`vaerr pretrain --config CONFIG` (with the pretext overrides); returns the encoder."""
+def run_pretext(
+    config: str, overrides: list[str] | None, out: str, *, local: bool, ray: str | None
+) -> str:
+    """`vaerr pretrain --config CONFIG` (with the pretext overrides), its run and encoder
+    under OUT; returns the encoder."""
     from training.loop import run_training
 
-    cfg = load_config(config, overrides)
+    cfg = under_out(load_config(config, overrides), out)
     return run_training(cfg, "pretrain", runner="local" if local else "ray", ray_address=ray)[
         "product"
     ]
 
 
-def read_cited(path: Path | None, table: str) -> list[dict[str, Any]]:
-    """Rows from other papers (cited figures, never run) for `table`."""
+def read_cited(
+    path: Path | None, table: str, datasets: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Rows from other papers (cited figures, never run) for `table` (and `datasets`)."""
     if path is None or not Path(path).exists():
         return []
     data = yaml.safe_load(Path(path).read_text()) or {}
-    return [r for r in data.get("rows") or [] if str(r.get("table")) == table]
+    return [
+        r
+        for r in data.get("rows") or []
+        if str(r.get("table")) == table and (not datasets or r.get("column") in datasets)
+    ]
+
+
+def cited_line(r: dict[str, Any]) -> str:
+    """One plan line of a cited row: its figures and where they come from."""
+    fig = f"{_f(_num(r.get('arousal')))} / {_f(_num(r.get('valence')))}"
+    what = r.get("method") or r.get("row")
+    return (
+        f"{'cited':13s} {r.get('row')}/{r.get('column')}: {fig}  {what}; {r.get('cite')} (not run)"
+    )
 
 
 def _num(x: Any) -> float | None:
@@ -381,7 +447,7 @@ def build_table(
                 "paper_arousal": _num(r.get("arousal")),
                 "paper_valence": _num(r.get("valence")),
                 "source": r.get("cite"),
-                "note": r.get("note"),
+                "note": r.get("note") or r.get("method"),
             }
         )
     full = [{k: r.get(k) for k in RESULT_TABLE.names} for r in rows]
@@ -406,7 +472,8 @@ def table_markdown(table: str, rows: list[dict[str, Any]]) -> str:
         "CCC over all evaluation sequences concatenated (AVEC convention), arousal / valence. "
         "SEWA: test set. RECOLA: development set, which also selects the model (no public "
         "test labels; the paper does the same). Coverage = labelled frames scored / labelled "
-        "frames present in the evaluation split. '-' = not run yet or not transcribed.\n\n"
+        "frames present in the evaluation split. '-' = not run yet, or not printed in the paper. "
+        "Rows marked cited are other papers' figures as Table I cites them (never run).\n\n"
         "| row | column | paper A | paper V | ours A | ours V | diff A | diff V | split "
         "| frames scored / labelled | coverage | run id | config | status |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -456,14 +523,17 @@ def run_paper(
     echo(f"Table {table}: {len(plan)} runs -> {out}")
     for item in plan:
         echo(item.line())
-    cited_rows = read_cited(cited, table)
+    cited_rows = read_cited(cited, table, datasets)
     for r in cited_rows:
-        echo(f"{'cited':13s} {r.get('row')}/{r.get('column')}: {r.get('cite')} (not run)")
+        echo(cited_line(r))
+    for shards in sorted({absolute(i.run.cfg.data.shards) for i in plan}):
+        echo(f"reads shards {shards}")
     missing = [i for i in plan if i.status == "needs-encoder"]
     summary = {
         "table": table,
         "out": out,
         "planned": len(plan),
+        "cited": len(cited_rows),
         "done_before": sum(i.status == "done" for i in plan),
         "ran": [],
         "needs_encoder": sorted({i.pretrain_config or i.encoder or "" for i in missing}),
@@ -473,13 +543,17 @@ def run_paper(
     if missing and not with_pretext:
         need = "; ".join(
             f"{i.run.run_id} needs {i.encoder}: "
-            + (f"vaerr pretrain --config {_rel(i.pretrain_config)}" if i.pretrain_config else "?")
+            + (
+                pretrain_command(i.pretrain_config, i.encoder or "", out)
+                if i.pretrain_config
+                else "?"
+            )
             for i in missing
         )
         raise ValueError(f"missing pretext encoders (or pass --with-pretext): {need}")
     for conf in sorted({i.pretrain_config for i in missing if i.pretrain_config}):
-        echo(f"pretext: vaerr pretrain --config {_rel(conf)}")
-        run_pretext(conf, pretext_overrides, local=local, ray=ray_address)
+        echo(f"pretext: vaerr pretrain --config {_rel(conf)} (under {out})")
+        run_pretext(conf, pretext_overrides, out, local=local, ray=ray_address)
     if missing:
         plan = make_plan(table, out, datasets=datasets, rows=rows, overrides=overrides, root=root)
         still = [i.run.run_id for i in plan if i.status == "needs-encoder"]

@@ -19,6 +19,7 @@ from torch import nn
 from pipeline.storage import filesystem, join, protocol
 from schemas.config import VaerrConfig
 from training.datasets.shards import ClipLoader
+from training.losses import all_sum_autograd
 from training.tasks import STATE_FILE, run_dir
 
 log = logging.getLogger(__name__)
@@ -214,13 +215,12 @@ class RaySession(Session):
         if self.world_size < 2 or not torch.distributed.is_initialized():
             return values
         keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        # on the worker's device: NCCL (use_gpu) serves only CUDA tensors
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device())
         torch.distributed.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.cpu().tolist())}
 
     def all_sum(self) -> Any:
         if self.world_size < 2 or not torch.distributed.is_initialized():
             return None
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce
+        return all_sum_autograd

@@ -181,6 +181,7 @@ class FinetuneTask(Task):
     def build(self) -> nn.Module:
         cfg = self.cfg
         model = build_model(cfg.model)
+        model.set_frozen_batchnorm(cfg.train.frozen_batchnorm)
         if self.extras.bin_centres is not None:
             model.set_bin_centres(np.asarray(self.extras.bin_centres, np.float32))
         if cfg.model.encoder_checkpoint:

@@ -256,6 +256,7 @@ class SSVAERR(nn.Module):
         self.register_buffer("bin_centres", uniform_bin_centres(self.bins).repeat(2, 1))
         self.finetune_mode = "full"
         self._frozen_modules: tuple[nn.Module, ...] = ()
+        self.frozen_batchnorm = "eval"  # or "train": see set_frozen_batchnorm
 
     def set_bin_centres(self, centres: Tensor | np.ndarray) -> None:
         """Replace the bin centres: [bins] (both targets) or [2, bins] (arousal, valence)."""
@@ -279,11 +280,23 @@ class SSVAERR(nn.Module):
         self.finetune_mode = finetune_mode
         self.train(self.training)
 
+    def set_frozen_batchnorm(self, mode: str) -> None:
+        """'eval' (default): frozen parts stay in eval mode, batch-norm running statistics
+        fixed; 'train': they follow train()/eval() like the rest, so batch norm there uses
+        batch statistics and updates its running ones while training (the public code's
+        frozen modes, which only set requires_grad=False)."""
+        if mode not in ("eval", "train"):
+            raise ValueError(f"frozen batch-norm mode must be eval or train, got {mode!r}")
+        self.frozen_batchnorm = mode
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> SSVAERR:
-        """As nn.Module.train, but frozen parts (see freeze) stay in eval mode."""
+        """As nn.Module.train, but frozen parts (see freeze) stay in eval mode unless
+        set_frozen_batchnorm('train')."""
         super().train(mode)
-        for m in self._frozen_modules:
-            m.eval()
+        if self.frozen_batchnorm == "eval":
+            for m in self._frozen_modules:
+                m.eval()
         return self
 
     def forward(self, x: Tensor, lengths: Tensor | Sequence[int] | None = None) -> SSVAERROutput:

@@ -4,7 +4,9 @@ ARFF: a header (`@relation`, `@attribute name string`, `@attribute frameTime num
 `@attribute GoldStandard numeric`, `@data`) then rows `name,frameTime,GoldStandard`
 (7,501 rows, 0-300 s, 40 ms). The target comes from the folder (`arousal` / `valence`), the
 recording from the file stem (also the video stem and the subject); split from the stem's
-prefix (train, dev -> validation). There are no public test labels: report on dev.
+prefix (train, dev -> validation; test). A file whose stem has none of these prefixes is
+refused, naming it, unless data.manifest gives its split (never a silent hash split). There
+are no public test labels: report on dev.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from training.datasets.items import (
     VideoItem,
     index_videos,
     list_files,
+    normalise_split,
+    read_manifest,
     read_text,
-    split_by_subject,
     split_from_name,
     stem,
 )
@@ -84,6 +87,7 @@ def read(cfg: DataConfig, storage: StorageConfig | None = None) -> list[VideoIte
             continue
         found.setdefault(stem(uri), {})[dim] = uri
     videos = index_videos(cfg.videos, storage)
+    manifest = read_manifest(cfg.manifest, storage)
     items = []
     for name in sorted(found):
         pair = found[name]
@@ -98,12 +102,19 @@ def read(cfg: DataConfig, storage: StorageConfig | None = None) -> list[VideoIte
         tv, v = parse_gold_standard(read_text(pair["valence"], storage))
         if len(tv) != len(ta) or not np.allclose(tv, ta):
             v = np.interp(ta, tv, v)
+        split = split_from_name(name) or (manifest.get(name) or {}).get("split")
+        if not split:
+            raise ValueError(
+                f"recola {pair['arousal']}: the name {name!r} starts with neither train nor "
+                "dev (nor test), so its split is unknown: give it in data.manifest "
+                "(CSV video,split) or remove the file"
+            )
         items.append(
             VideoItem(
                 dataset="recola",
                 key=name,
                 uri=uri,
-                split=split_from_name(name) or split_by_subject(name, cfg.split_fractions),
+                split=normalise_split(split),
                 subject=name,
                 labels=[LabelTrack(a, v, time_s=ta * cfg.time_scale)],
             )
