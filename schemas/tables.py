@@ -5,11 +5,27 @@ Writers validate against these (`conform`); readers and tests compare against th
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+
+from schemas.windows import TIMELINE_FRAME_COLUMNS, StageColumn
 
 BOX = pa.list_(pa.float32(), 4)
 
-# One row per (video, track, output time step).
+
+def frame_type(column: StageColumn) -> pa.DataType:
+    """The arrow type of one frame of a per-frame window column (shape ("W", ...)): its dtype,
+    a fixed-size list per trailing dimension (("W", 4) float32 -> fixed_size_list<float>[4])."""
+    out = pa.from_numpy_dtype(np.dtype(column.dtype))
+    for size in reversed(column.shape[1:]):
+        assert isinstance(size, int), f"{column.name}: a timeline column needs fixed sizes"
+        out = pa.list_(out, size)
+    return out
+
+
+# One row per (video, track, output time step): the row's keys and blended values, the
+# per-frame columns declared `written` in schemas/windows.py (at the nearest analysis frame),
+# the model.
 TIMELINES = pa.schema(
     [
         ("video_id", pa.string()),
@@ -20,13 +36,14 @@ TIMELINES = pa.schema(
         ("arousal", pa.float32()),
         ("valence", pa.float32()),
         ("emotion", pa.string()),
-        ("box_xyxy", BOX),
-        ("det_score", pa.float32()),
-        ("interpolated", pa.bool_()),
+        *((c.name, frame_type(c)) for c in TIMELINE_FRAME_COLUMNS),
         ("model_id", pa.string()),
         ("untrained", pa.bool_()),
     ]
 )
+# Columns TIMELINES gained after its first release (declared `added`): older timeline files
+# lack them, and read back with nulls there.
+TIMELINES_ADDED = tuple(c.name for c in TIMELINE_FRAME_COLUMNS if c.added)
 
 # Exactly one row per input video.
 VIDEOS = pa.schema(
@@ -114,6 +131,13 @@ MANIFEST = pa.schema(
 )
 
 STATUS_FIELDS = ("video_id", "uri", "status", "reason", "tracks", "frames")
+
+
+def schema_matches(actual: pa.Schema, schema: pa.Schema, added: tuple[str, ...] = ()) -> bool:
+    """`actual` is `schema`, except that columns named in `added` (added after the table's
+    first release) may be absent, as in files written before them."""
+    absent = [n for n in added if n not in actual.names]
+    return actual.equals(pa.schema([f for f in schema if f.name not in absent]))
 
 
 def conform(table: pa.Table, schema: pa.Schema, fill_missing: tuple[str, ...] = ()) -> pa.Table:
