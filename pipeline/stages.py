@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 # Column contracts, derived from the one declaration in schemas/windows.py (shapes per row;
 # W = infer.window_frames, S = faces.align.crop_size).
 FACE_STAGE_OUTPUT = {c.name: c.describe() for c in FACE_COLUMNS}
-MODEL_STAGE_INPUT = tuple(FACE_STAGE_OUTPUT)
 MODEL_STAGE_OUTPUT = {c.name: c.describe() for c in MODEL_COLUMNS}
 
 _WINDOW_COLUMNS = tuple(str(c.frames) for c in FRAME_COLUMNS)

@@ -128,10 +128,3 @@ class SpikeConfig(Section):
         description="Keep events where at least this many faces react together. Bounded: at most "
         "1000.",
     )
-
-
-class QueryConfig(Section):
-    """Both detectors' settings, as `vaerr plot` uses them to shade episodes."""
-
-    happy: HappyConfig = Field(default_factory=HappyConfig, description="`vaerr query happy`.")
-    spikes: SpikeConfig = Field(default_factory=SpikeConfig, description="`vaerr query spikes`.")

@@ -130,8 +130,6 @@ MANIFEST = pa.schema(
     ]
 )
 
-STATUS_FIELDS = ("video_id", "uri", "status", "reason", "tracks", "frames")
-
 
 def schema_matches(actual: pa.Schema, schema: pa.Schema, added: tuple[str, ...] = ()) -> bool:
     """`actual` is `schema`, except that columns named in `added` (added after the table's

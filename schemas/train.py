@@ -23,7 +23,6 @@ from pydantic import Field, model_validator
 from schemas.base import Section
 
 DatasetKind = Literal["generic", "sewa", "avec2019", "recola", "affwild2", "afewva", "lrs3"]
-SPLITS = ("train", "validation", "test", "pretext")
 
 
 class AudioFeatureConfig(Section):
