@@ -54,7 +54,7 @@ FACE_CLIPS = (
 def run_rows(cfg: Any, uri: str, pipe: Any = None) -> tuple[dict[str, np.ndarray], float, Any]:
     """All face rows of one video (columns of pipeline.faces.stream.FACE_COLUMNS), the wall
     time of the face stage (models loaded before the clock) and the pipeline."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
 
     pipe = pipe or FacePipeline(cfg)
     t0 = time.perf_counter()

@@ -47,8 +47,8 @@ from pipeline.status import (
 from pipeline.storage import filesystem, join, remove, sweep_temp, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
+from schemas.stage_columns import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
 from schemas.tables import CLIPS, SYNTHETIC, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
-from schemas.windows import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class TimelineWriter:
 
 
 def status_fields(end: dict[str, Any]) -> dict[str, Any]:
-    """The end row's columns declared `written` (schemas/windows.py), as the status row's
+    """The end row's columns declared `written` (schemas/stage_columns.py), as the status row's
     Python values: numpy scalars unwrapped, '' (the end row's "none") as null."""
     out = {}
     for c in STATUS_END_COLUMNS:

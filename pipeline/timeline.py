@@ -4,7 +4,7 @@
 window in any order and keeps weighted sums per frame; `timeline_rows` resamples to `output_hz`
 (linear interpolation of the blended values at t = k / output_hz within the track's span;
 the metadata - box, score, the interpolated flag: the per-frame columns declared `written` in
-schemas/windows.py - from the nearest analysis frame); `timeline_table` makes them the
+schemas/stage_columns.py - from the nearest analysis frame); `timeline_table` makes them the
 TIMELINES rows of one track.
 """
 
@@ -19,8 +19,8 @@ import pyarrow as pa
 from pipeline.emotion import emotion_words
 from pipeline.windows import blend_weights
 from schemas.config import EmotionConfig
+from schemas.stage_columns import TIMELINE_FRAME_COLUMNS
 from schemas.tables import TIMELINES, conform
-from schemas.windows import TIMELINE_FRAME_COLUMNS
 
 # The blended columns; every other per-frame column is metadata, carried from one frame.
 BLENDED = ("frame_index", "arousal", "valence")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from schemas.windows import TIMELINE_FRAME_COLUMNS, StageColumn
+from schemas.stage_columns import TIMELINE_FRAME_COLUMNS, StageColumn
 
 BOX = pa.list_(pa.float32(), 4)
 
@@ -24,7 +24,7 @@ def frame_type(column: StageColumn) -> pa.DataType:
 
 
 # One row per (video, track, output time step): the row's keys and blended values, the
-# per-frame columns declared `written` in schemas/windows.py (at the nearest analysis frame),
+# per-frame columns declared `written` in schemas/stage_columns.py (at the nearest analysis frame),
 # the model.
 TIMELINES = pa.schema(
     [

@@ -1,4 +1,4 @@
-"""Columns declared once (issue 26): schemas/windows.py says which per-frame columns reach the
+"""Columns declared once (issue 26): schemas/stage_columns.py says which per-frame columns reach the
 timeline and which end-row fields reach the status row; the TIMELINES schema, the writer's
 blending and tables, and `vaerr verify` derive from it."""
 
@@ -14,6 +14,12 @@ import pipeline.verify as verify
 from pipeline.runner import status_fields
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig
+from schemas.stage_columns import (
+    FACE_COLUMNS,
+    STATUS_END_COLUMNS,
+    TIMELINE_FRAME_COLUMNS,
+    StageColumn,
+)
 from schemas.tables import (
     TIMELINES,
     TIMELINES_ADDED,
@@ -21,12 +27,6 @@ from schemas.tables import (
     VIDEOS_ADDED,
     frame_type,
     schema_matches,
-)
-from schemas.windows import (
-    FACE_COLUMNS,
-    STATUS_END_COLUMNS,
-    TIMELINE_FRAME_COLUMNS,
-    StageColumn,
 )
 from tests.test_report import planted_job
 

@@ -27,8 +27,8 @@ from pipeline.faces.detect import (
     decode_landmarks,
     prior_boxes,
 )
+from pipeline.faces.extract import decode_ahead
 from pipeline.faces.landmarks import fan_crops, fan_windows, heatmap_points, heatmap_points_torch
-from pipeline.faces.pipeline import decode_ahead
 from pipeline.faces.warp import compose, similarity_batch, warp_batch
 from pipeline.video import VideoReader
 from schemas.config import load_config

@@ -13,7 +13,7 @@ import torch
 from jobs.cli import main
 from pipeline.faces.align import crop_square
 from pipeline.faces.export import export_faces
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from schemas.config import load_config
 from schemas.tables import CLIPS, TRACKS
 from tests.conftest import MEAN_FACE, RETINA, asset, face_overrides

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from pipeline.manifest import list_inputs
 from pipeline.outlock import output_lock
 from pipeline.progress import Progress

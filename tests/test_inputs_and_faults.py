@@ -336,7 +336,7 @@ def test_bad_config_fails_before_any_work(tmp_path, capsys):
 @pytest.mark.slow
 def test_thirty_minute_video_streams_in_bounded_memory(tmp_path, face_cfg):
     """45,000 frames at 64x64: the face stage's buffers stay bounded and RSS stays flat."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
 
     path = tmp_path / "long.mp4"
     frame = np.full((64, 64, 3), 120, np.uint8)
