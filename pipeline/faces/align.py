@@ -9,31 +9,25 @@ from __future__ import annotations
 
 import numpy as np
 
-# iBUG-68 groups used to build the 5-point template (RetinaFace's points, image left first).
-LEFT_EYE = slice(36, 42)
-RIGHT_EYE = slice(42, 48)
-NOSE_TIP = 30
-MOUTH_LEFT, MOUTH_RIGHT = 48, 54
+from pipeline.faces.detection import FIVE_POINTS, PointLayout
 
 
-def template_points(mean_face: np.ndarray, kind: str, stable: tuple[int, ...]) -> np.ndarray:
+def template_points(
+    mean_face: np.ndarray,
+    kind: str,
+    stable: tuple[int, ...],
+    points: PointLayout = FIVE_POINTS,
+) -> np.ndarray:
     """Template points [P, 2] the stable landmarks are fitted to.
 
-    fan68: mean_face[stable]. retina5: eye centres (means of 36-41 and 42-47), nose tip 30 and
-    mouth corners 48, 54, in RetinaFace's order.
+    fan68: mean_face[stable]. retina5 (the detector's own points): the detector's declared
+    point layout on the mean face, in its order (RetinaFace: eye centres, the means of 36-41
+    and 42-47, nose tip 30 and mouth corners 48, 54).
     """
     if kind == "fan68":
         return mean_face[list(stable)].astype(np.float64)
     if kind == "retina5":
-        return np.stack(
-            [
-                mean_face[LEFT_EYE].mean(0),
-                mean_face[RIGHT_EYE].mean(0),
-                mean_face[NOSE_TIP],
-                mean_face[MOUTH_LEFT],
-                mean_face[MOUTH_RIGHT],
-            ]
-        ).astype(np.float64)
+        return points.template(mean_face)
     raise ValueError(f"unknown landmark kind {kind!r}")
 
 
