@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import pipeline.verify as verify
+import pipeline.outputs.verify as verify
 from pipeline.runner import status_fields
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig

@@ -1,4 +1,4 @@
-"""pipeline/events.py on synthetic timelines with planted episodes and planted near-misses."""
+"""pipeline/outputs/events.py on synthetic timelines with planted episodes and near-misses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.emotion import emotion_words
-from pipeline.events import (
+from pipeline.outputs.events import (
     find_happy,
     find_spikes,
     moving_average,

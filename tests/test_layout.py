@@ -33,6 +33,22 @@ def test_imports_run_one_way(package):
     assert not bad, "\n".join(bad)
 
 
+# The readers of finished outputs (pipeline/outputs/: verify, query, events, plot, render,
+# report) use the runtime; the rest of pipeline/ (the runtime) never imports them.
+READERS = "pipeline.outputs"
+
+
+def test_the_runtime_never_imports_the_output_readers():
+    graph = module_graph(REPO, ORDER)
+    bad = [
+        f"{name} imports {sorted(e for e in edges if e.startswith(READERS))}"
+        for name, edges in sorted(graph.items())
+        if name.startswith("pipeline") and not name.startswith(READERS)
+        if any(e.startswith(READERS) for e in edges)
+    ]
+    assert not bad, "\n".join(bad)
+
+
 # -- Size: no module over 600 lines, no function over 80 (issue 14) --------------------------
 
 SIZED = [*ORDER, "bench"]
