@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.faces.detect import RetinaFaceDetector
 from pipeline.faces.detection import (
@@ -22,7 +23,7 @@ from pipeline.faces.detection import (
 from pipeline.faces.detectors import DETECTORS, build_detector, register_detector
 from pipeline.faces.extract import FacePipeline
 from pipeline.model.checkpoint import init_checkpoint, model_id, preprocessing_from_config
-from schemas.config import config_hash, load_config
+from schemas.config import DetectorConfig, config_hash, load_config
 from schemas.model import ModelConfig
 from tests.conftest import asset, face_overrides
 
@@ -43,11 +44,14 @@ class ReorderedRetina(FaceDetector):
     boxes = RETINAFACE_BOXES
     order = REVERSED
 
-    def __init__(self, cfg, device="cpu", cache=None, dtype="float32"):
+    def __init__(
+        self, cfg: DetectorConfig, device: str = "cpu", cache: str | None = None,
+        dtype: str = "float32",
+    ) -> None:  # fmt: skip
         self.inner = RetinaFaceDetector(cfg, device, cache, dtype=dtype)
         self.device = self.inner.device
 
-    def __call__(self, frames):
+    def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
         return [
             Detections(d.boxes, d.scores, d.landmarks[:, list(self.order)])
             for d in self.inner(frames)
