@@ -96,7 +96,7 @@ def test_a_registered_kind_runs_the_face_pipeline(baseline, retina_pipeline, kin
     np.testing.assert_allclose(rows["landmarks"], baseline["landmarks"][:, list(REVERSED)])
     # ... and the crops are RetinaFace's exactly when the detector declares that order
     diff = np.abs(rows["crop"].astype(np.int16) - baseline["crop"]).mean()
-    assert (diff < 0.5) is same, diff
+    assert bool(diff < 0.5) == same, diff
 
 
 @pytest.mark.parametrize("kind", ["retinaface", "test_reordered"])
