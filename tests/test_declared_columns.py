@@ -124,7 +124,7 @@ def test_timeline_table_fills_every_declared_column(n):
     assert t["box_xyxy"][0].as_py() == [1.0] * 4 and t["track_id"][0].as_py() == 3
 
 
-TRIAL = pa.field("face_px", pa.float32())
+TRIAL = pa.field("trial_px", pa.float32())
 
 
 @pytest.mark.parametrize(
@@ -132,14 +132,14 @@ TRIAL = pa.field("face_px", pa.float32())
     [
         (VIDEOS, VIDEOS_ADDED, [f.name for f in VIDEOS if f.name not in VIDEOS_ADDED], True),
         (VIDEOS, VIDEOS_ADDED, [f.name for f in VIDEOS if f.name != "reason"], False),
-        (TIMELINES.append(TRIAL), ("face_px",), TIMELINES.names, True),
-        (TIMELINES.append(TRIAL), (), TIMELINES.names, False),
-        (TIMELINES, (), [*TIMELINES.names, "face_px"], False),
+        (TIMELINES_V1.append(TRIAL), ("trial_px",), TIMELINES_V1.names, True),
+        (TIMELINES_V1.append(TRIAL), (), TIMELINES_V1.names, False),
+        (TIMELINES_V1, (), [*TIMELINES_V1.names, "trial_px"], False),
     ],
     ids=["status-added", "status-missing", "timeline-added", "timeline-missing", "extra"],
 )
 def test_schema_matches_accepts_only_added_columns_absent(schema, added, columns, ok):
-    fields = {**{f.name: f for f in schema}, "face_px": TRIAL}
+    fields = {**{f.name: f for f in schema}, "trial_px": TRIAL}
     actual = pa.schema([fields[c] for c in columns])
     assert schema_matches(actual, schema, added) is ok
 
@@ -154,7 +154,7 @@ def test_verify_accepts_timelines_without_an_added_column(tmp_path: Path, monkey
         pq.write_table(pq.read_table(f).select(TIMELINES_V1.names), f)
     if case != "as declared now":
         monkeypatch.setattr(verify, "TIMELINES", TIMELINES.append(TRIAL))
-        added = ("face_px",) if case == "declared added" else ()
+        added = ("trial_px",) if case == "declared added" else ()
         monkeypatch.setattr(verify, "TIMELINES_ADDED", TIMELINES_ADDED + added)
     problems = verify.verify_output(str(out), VaerrConfig(), allow_mixed=True)
     schema = [p for p in problems if "schema" in p]
