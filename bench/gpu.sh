@@ -115,7 +115,7 @@ fi
 "$PY" - <<EOF || die "the pipeline does not import with $PY (a module above is missing)"
 import sys
 import torch
-import pipeline.faces.pipeline, pipeline.runner  # noqa: F401
+import pipeline.faces.extract, pipeline.runner  # noqa: F401
 ok = torch.cuda.is_available()
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}),",
       torch.cuda.get_device_name(0) if ok else "no CUDA device")

@@ -54,7 +54,7 @@ FACE_CLIPS = (
 def run_rows(cfg: Any, uri: str, pipe: Any = None) -> tuple[dict[str, np.ndarray], float, Any]:
     """All face rows of one video (columns of pipeline.faces.stream.FACE_COLUMNS), the wall
     time of the face stage (models loaded before the clock) and the pipeline."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
 
     pipe = pipe or FacePipeline(cfg)
     t0 = time.perf_counter()
@@ -118,7 +118,9 @@ def carry_fan(ref68: dict[str, np.ndarray], ref5: dict[str, np.ndarray], period:
     68 points of the latest keyframe k of the same face mapped by the similarity that takes the
     5 detector points of k onto those of f, against FAN's own points at f. Faces are matched
     to the retina5 reference rows by frame and box."""
-    from pipeline.faces.align import apply_affine, similarity_transform
+    import torch
+
+    from pipeline.faces.warp import similarity_batch
 
     ri, gi, _, _ = match_rows(ref5, ref68)
     if len(ri) == 0:
@@ -131,8 +133,10 @@ def carry_fan(ref68: dict[str, np.ndarray], ref5: dict[str, np.ndarray], period:
         if k == f or (k, t) not in p5:
             continue
         rk = p5[(k, t)]
-        m = similarity_transform(ref5["landmarks"][rk], ref5["landmarks"][r])
-        moved = apply_affine(m, ref68["landmarks"][fan_of[rk]].astype(np.float64))
+        src = torch.from_numpy(ref5["landmarks"][rk][None].astype(np.float64))
+        m = similarity_batch(src, torch.from_numpy(ref5["landmarks"][r])).numpy()[0]
+        pts = ref68["landmarks"][fan_of[rk]].astype(np.float64)
+        moved = pts @ m[:, :2].T + m[:, 2]
         errs.append(np.linalg.norm(moved - ref68["landmarks"][fan_of[r]], axis=-1).mean())
     return float(np.mean(errs)) if errs else float("nan")
 

@@ -113,7 +113,7 @@ def work_decode(task: dict[str, Any]) -> dict[str, Any]:
 
 def work_face(task: dict[str, Any]) -> dict[str, Any]:
     """The face stage alone: decode + detect + landmarks + track + align (models preloaded)."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
 
     pipe = FacePipeline(config_of(task))
 
@@ -133,7 +133,7 @@ def work_split(task: dict[str, Any]) -> dict[str, Any]:
     """The face stage with a StageTimer attached: time per frame in decode, pixel conversion,
     detection network, detection post-processing, FAN, tracking and alignment (device work
     synchronised at each step, decode in line: the sum is a little over the `face` row)."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
     from pipeline.faces.timing import StageTimer
 
     pipe = FacePipeline(config_of(task))
@@ -218,7 +218,7 @@ def work_imports(task: dict[str, Any]) -> dict[str, Any]:
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
-    import pipeline.faces.pipeline  # noqa: F401
+    import pipeline.faces.extract  # noqa: F401
     import pipeline.runner  # noqa: F401
 
     return {}

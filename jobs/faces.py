@@ -6,7 +6,7 @@ import argparse
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
 from pipeline.faces.export import export_faces
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from pipeline.status import FAILED
 from pipeline.storage import check_output
 

@@ -15,9 +15,9 @@ from jobs.cli_io import (
     print_json_line,
     warn_untrained,
 )
-from pipeline.events import find_happy, find_spikes
-from pipeline.plot import plot_timelines
-from pipeline.query import read_timelines
+from pipeline.outputs.events import find_happy, find_spikes
+from pipeline.outputs.plot import plot_timelines
+from pipeline.outputs.query import read_timelines
 from pipeline.storage import check_output, open_uri
 from schemas.tables import EVENTS
 

@@ -17,8 +17,8 @@ from jobs.cli_io import (
     warn_untrained,
 )
 from jobs.section_args import add_section_args, section_from_args
-from pipeline.events import COLUMNS, find_happy, find_spikes
-from pipeline.query import (
+from pipeline.outputs.events import COLUMNS, find_happy, find_spikes
+from pipeline.outputs.query import (
     SqlLimits,
     format_table,
     open_timelines,

@@ -7,12 +7,12 @@ import logging
 from typing import Any
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
-from pipeline.caveats import SYNTHETIC_NOTE, synthetic_only
 from pipeline.errors import is_storage_outage, status_reason
-from pipeline.identity import VideoMatch, find_video
 from pipeline.ids import video_id
-from pipeline.query import open_timelines
-from pipeline.render import read_annotations, render_video
+from pipeline.outputs.caveats import SYNTHETIC_NOTE, synthetic_only
+from pipeline.outputs.identity import VideoMatch, find_video
+from pipeline.outputs.query import open_timelines
+from pipeline.outputs.render import read_annotations, render_video
 from pipeline.status import FAILED, OK, status_record
 from pipeline.storage import check_output
 from pipeline.video import VideoError
@@ -102,7 +102,7 @@ def _bounded(kind: type, low: float, high: float, flag: str, low_open: bool = Fa
 
 
 def _match(args: argparse.Namespace, storage: object) -> VideoMatch:
-    """The video's rows (pipeline.identity.find_video); with --blur-faces, its status row is
+    """The video's rows (pipeline.outputs.identity.find_video); with --blur-faces, its status row is
     required: it gives the span the job analysed, past which frames are blurred whole."""
     dataset = open_timelines(args.timelines, storage)
     match = find_video(args.video, args.timelines, dataset, storage, named=args.video_id)

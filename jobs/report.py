@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
-from pipeline.report import ReportOptions, write_report
+from pipeline.outputs.report import ReportOptions, write_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:

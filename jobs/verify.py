@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
-from pipeline.verify import verify_output
+from pipeline.outputs.verify import verify_output
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -45,9 +45,10 @@ from pipeline.status import (
     prior_attempts,
 )
 from pipeline.storage import filesystem, join, remove, sweep_temp, write_parquet, write_text
-from pipeline.timeline import TrackAccumulator, timeline_rows
+from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
-from schemas.tables import BOX, CLIPS, SYNTHETIC, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
+from schemas.stage_columns import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
+from schemas.tables import CLIPS, SYNTHETIC, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,7 @@ class TimelineWriter:
                     batch["frame_index"][i][:n],
                     batch["arousal"][i][:n],
                     batch["valence"][i][:n],
-                    batch["box_xyxy"][i][:n],
-                    batch["det_score"][i][:n],
-                    batch["interpolated"][i][:n],
+                    {c.name: batch[c.name][i][:n] for c in TIMELINE_FRAME_COLUMNS},
                 )
                 if "crops" in batch:
                     state.crops.append(self._crops(tid, batch, i, n))
@@ -168,28 +167,7 @@ class TimelineWriter:
                 self.cfg.infer.output_hz,
                 self.cfg.emotion,
             )
-            n = len(rows["time_s"])
-            parts.append(
-                pa.table(
-                    {
-                        "video_id": [vid] * n,
-                        "uri": [uri] * n,
-                        "track_id": np.full(n, tid, np.int32),
-                        "time_s": rows["time_s"],
-                        "frame_index": rows["frame_index"],
-                        "arousal": rows["arousal"],
-                        "valence": rows["valence"],
-                        "emotion": rows["emotion"].astype(str),
-                        "box_xyxy": pa.FixedSizeListArray.from_arrays(
-                            rows["box_xyxy"].reshape(-1), 4
-                        ).cast(BOX),
-                        "det_score": rows["det_score"],
-                        "interpolated": rows["interpolated"],
-                        "model_id": [self.model_id] * n,
-                        "untrained": np.full(n, self.untrained),
-                    }
-                )
-            )
+            parts.append(timeline_table(rows, vid, uri, tid, self.model_id, self.untrained))
         if not parts:
             return TIMELINES.empty_table()
         return conform(pa.concat_tables(parts), TIMELINES)
@@ -220,19 +198,11 @@ class TimelineWriter:
             self.cfg.infer.max_attempts,
         )
         row = {
-            "video_id": vid,
-            "uri": uri,
+            **status_fields(end),  # the end row's fields the status row carries
             "status": status,
             "reason": reason,
-            "duration_s": float(end["duration_s"]),
-            "fps": float(end["fps"]),
-            "frames": int(end["frames"]),
-            "tracks": int(end["tracks"]),
-            "processing_s": float(end["processing_s"]),
             "model_id": self.model_id,
             "config_hash": self.config_hash,
-            "source_etag": str(end["source_etag"]) or None,
-            "warnings": str(end["warnings"]) or None,
             "failure_kind": kind,
             "attempts": attempts,
             "training_data": self.training_data,
@@ -246,6 +216,17 @@ class TimelineWriter:
         self.frames += int(end["frames"])
         if self.on_done:
             self.on_done(row)
+
+
+def status_fields(end: dict[str, Any]) -> dict[str, Any]:
+    """The end row's columns declared `written` (schemas/stage_columns.py), as the status row's
+    Python values: numpy scalars unwrapped, '' (the end row's "none") as null."""
+    out = {}
+    for c in STATUS_END_COLUMNS:
+        v = end[c.name]
+        v = v.item() if isinstance(v, np.generic) else v
+        out[c.name] = None if isinstance(v, str) and not v else v
+    return out
 
 
 def non_finite_reason(bad: int, total: int, dtype: str) -> str | None:

@@ -18,21 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.faces.pipeline import FacePipeline, FaceRun
+from pipeline.faces.extract import FacePipeline, FaceRun
 from pipeline.retry import iter_with_retries
 from pipeline.scheduling import text
 from pipeline.status import FAILED, face_status, failure_kind, failure_reason
 from pipeline.video import decode_warnings
 from pipeline.windows import WindowCutter
 from schemas.config import VaerrConfig
-from schemas.windows import END, FACE_COLUMNS, FRAME_COLUMNS, MODEL_COLUMNS, WINDOW
+from schemas.stage_columns import END, FACE_COLUMNS, FRAME_COLUMNS, MODEL_COLUMNS, WINDOW
 
 log = logging.getLogger(__name__)
 
-# Column contracts, derived from the one declaration in schemas/windows.py (shapes per row;
+# Column contracts, derived from the one declaration in schemas/stage_columns.py (shapes per row;
 # W = infer.window_frames, S = faces.align.crop_size).
 FACE_STAGE_OUTPUT = {c.name: c.describe() for c in FACE_COLUMNS}
-MODEL_STAGE_INPUT = tuple(FACE_STAGE_OUTPUT)
 MODEL_STAGE_OUTPUT = {c.name: c.describe() for c in MODEL_COLUMNS}
 
 _WINDOW_COLUMNS = tuple(str(c.frames) for c in FRAME_COLUMNS)

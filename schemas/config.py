@@ -143,9 +143,21 @@ class RoiConfig(Section):
     )
 
 
-class DetectorConfig(Section):
-    """RetinaFace MobileNet-0.25 (the network face-alignment ships)."""
+DEFAULT_DETECTOR = "retinaface"
 
+
+class DetectorConfig(Section):
+    """The face detector: RetinaFace MobileNet-0.25 (the network face-alignment ships) by
+    default; other kinds are registered in pipeline/faces/detectors.py."""
+
+    kind: str = Field(
+        DEFAULT_DETECTOR,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Detector kind (pipeline/faces/detectors.py): retinaface, or one registered "
+        "with register_detector. retinaface is not in config_hash (as before kinds existed).",
+    )
     weights: str = Field(RETINAFACE_URL, description="Weights path, fsspec URI or http(s) URL.")
     max_side: int = Field(
         640, ge=64, le=4096, description="Detection input's longest side, px; boxes map back."
@@ -486,5 +498,7 @@ def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = RESULT_SECTIONS) -
     detector = picked.get("faces", {}).get("detector", {})
     if detector.get("roi", {}).get("keyframe_every") == 1:  # ROI search off: as before it existed
         detector.pop("roi")
+    if detector.get("kind") == DEFAULT_DETECTOR:  # the only detector before kinds existed
+        detector.pop("kind")
     payload = json.dumps(picked, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

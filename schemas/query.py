@@ -1,7 +1,7 @@
 """Settings of `vaerr query` / `vaerr plot` / `vaerr render`: the episode detectors' thresholds.
 
-One place for every default and its reason; `pipeline/events.py` takes these sections and the
-CLI builds its flags from the fields (the descriptions are the `--help` text). Values are in the
+One place for every default and its reason; `pipeline/outputs/events.py` takes these sections and
+the CLI builds its flags from the fields (the descriptions are the `--help` text). Values are in the
 timeline's units: arousal and valence in [-1, 1], times in seconds.
 
 Not part of `VaerrConfig`: the batch job does not need them, and a query is re-run with other
@@ -128,10 +128,3 @@ class SpikeConfig(Section):
         description="Keep events where at least this many faces react together. Bounded: at most "
         "1000.",
     )
-
-
-class QueryConfig(Section):
-    """Both detectors' settings, as `vaerr plot` uses them to shade episodes."""
-
-    happy: HappyConfig = Field(default_factory=HappyConfig, description="`vaerr query happy`.")
-    spikes: SpikeConfig = Field(default_factory=SpikeConfig, description="`vaerr query spikes`.")

@@ -5,11 +5,27 @@ Writers validate against these (`conform`); readers and tests compare against th
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+
+from schemas.stage_columns import TIMELINE_FRAME_COLUMNS, StageColumn
 
 BOX = pa.list_(pa.float32(), 4)
 
-# One row per (video, track, output time step).
+
+def frame_type(column: StageColumn) -> pa.DataType:
+    """The arrow type of one frame of a per-frame window column (shape ("W", ...)): its dtype,
+    a fixed-size list per trailing dimension (("W", 4) float32 -> fixed_size_list<float>[4])."""
+    out = pa.from_numpy_dtype(np.dtype(column.dtype))
+    for size in reversed(column.shape[1:]):
+        assert isinstance(size, int), f"{column.name}: a timeline column needs fixed sizes"
+        out = pa.list_(out, size)
+    return out
+
+
+# One row per (video, track, output time step): the row's keys and blended values, the
+# per-frame columns declared `written` in schemas/stage_columns.py (at the nearest analysis frame),
+# the model.
 TIMELINES = pa.schema(
     [
         ("video_id", pa.string()),
@@ -20,13 +36,14 @@ TIMELINES = pa.schema(
         ("arousal", pa.float32()),
         ("valence", pa.float32()),
         ("emotion", pa.string()),
-        ("box_xyxy", BOX),
-        ("det_score", pa.float32()),
-        ("interpolated", pa.bool_()),
+        *((c.name, frame_type(c)) for c in TIMELINE_FRAME_COLUMNS),
         ("model_id", pa.string()),
         ("untrained", pa.bool_()),
     ]
 )
+# Columns TIMELINES gained after its first release (declared `added`): older timeline files
+# lack them, and read back with nulls there.
+TIMELINES_ADDED = tuple(c.name for c in TIMELINE_FRAME_COLUMNS if c.added)
 
 # Exactly one row per input video.
 VIDEOS = pa.schema(
@@ -113,7 +130,12 @@ MANIFEST = pa.schema(
     ]
 )
 
-STATUS_FIELDS = ("video_id", "uri", "status", "reason", "tracks", "frames")
+
+def schema_matches(actual: pa.Schema, schema: pa.Schema, added: tuple[str, ...] = ()) -> bool:
+    """`actual` is `schema`, except that columns named in `added` (added after the table's
+    first release) may be absent, as in files written before them."""
+    absent = [n for n in added if n not in actual.names]
+    return actual.equals(pa.schema([f for f in schema if f.name not in absent]))
 
 
 def conform(table: pa.Table, schema: pa.Schema, fill_missing: tuple[str, ...] = ()) -> pa.Table:
@@ -146,5 +168,54 @@ CLIP_SHARD = pa.schema(
         ("arousal", pa.float32()),
         ("valence", pa.float32()),
         ("audio_feat", pa.list_(pa.float32())),
+    ]
+)
+
+# The index of `vaerr preprocess`'s shards: one row per kept sequence (labelled person or
+# unlabelled track) of a video.
+SEQUENCES = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("track_id", pa.int32()),
+        ("split", pa.string()),
+        ("subject", pa.string()),
+        ("shard", pa.string()),  # path of the CLIP_SHARD file, relative to the shards root
+        ("first_frame", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("labelled_frames", pa.int32()),
+        ("has_audio", pa.bool_()),
+        ("fps", pa.float64()),
+        ("face", pa.string()),  # how the track was chosen: largest | longest | all | left...
+        # rendered faces (the synthetic corpus) rather than people; null in older indexes
+        ("synthetic", pa.bool_()),
+    ]
+)
+
+# One status row per video (written last: it commits the video's shard and sequences).
+PREPROCESS_STATUS = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("subject", pa.string()),
+        ("status", pa.string()),  # ok | no_face | failed
+        ("reason", pa.string()),
+        ("frames", pa.int64()),
+        ("tracks", pa.int32()),
+        ("sequences", pa.int32()),
+        ("labelled_frames", pa.int64()),  # labelled frames kept in the sequences (scored)
+        # labelled frames the annotation has at the analysis rate (all persons), face or not:
+        # labelled_frames / annotated_frames is the coverage (null: shards written before it)
+        ("annotated_frames", pa.int64()),
+        ("processing_s", pa.float64()),
+        ("config_hash", pa.string()),
+        ("source_etag", pa.string()),
+        # failed rows: "video" (final) or "environment" (storage, memory, a dead worker: a
+        # rerun retries it while attempts < infer.max_attempts), as in schemas.tables.VIDEOS
+        ("failure_kind", pa.string()),
+        ("attempts", pa.int32()),  # runs that tried this video for this source/config
     ]
 )

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import pyarrow as pa
 from pydantic import Field, model_validator
 
 from schemas.base import Section
 
 DatasetKind = Literal["generic", "sewa", "avec2019", "recola", "affwild2", "afewva", "lrs3"]
-SPLITS = ("train", "validation", "test", "pretext")
 
 
 class AudioFeatureConfig(Section):
@@ -536,54 +534,3 @@ class PaperConfig(Section):
         "(e.g. loss: 'Table II LiRA fine-tuned equals Table III row 1').",
     )
     note: str | None = Field(None, description="Free text shown in the plan.")
-
-
-# Tables of `vaerr preprocess` (CLIP_SHARD, in schemas/tables.py, is the frame table).
-
-# One row per kept sequence (labelled person or unlabelled track) of a video.
-SEQUENCES = pa.schema(
-    [
-        ("dataset", pa.string()),
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("track_id", pa.int32()),
-        ("split", pa.string()),
-        ("subject", pa.string()),
-        ("shard", pa.string()),  # path of the CLIP_SHARD file, relative to the shards root
-        ("first_frame", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("labelled_frames", pa.int32()),
-        ("has_audio", pa.bool_()),
-        ("fps", pa.float64()),
-        ("face", pa.string()),  # how the track was chosen: largest | longest | all | left...
-        # rendered faces (the synthetic corpus) rather than people; null in older indexes
-        ("synthetic", pa.bool_()),
-    ]
-)
-
-# One status row per video (written last: it commits the video's shard and sequences).
-PREPROCESS_STATUS = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("dataset", pa.string()),
-        ("split", pa.string()),
-        ("subject", pa.string()),
-        ("status", pa.string()),  # ok | no_face | failed
-        ("reason", pa.string()),
-        ("frames", pa.int64()),
-        ("tracks", pa.int32()),
-        ("sequences", pa.int32()),
-        ("labelled_frames", pa.int64()),  # labelled frames kept in the sequences (scored)
-        # labelled frames the annotation has at the analysis rate (all persons), face or not:
-        # labelled_frames / annotated_frames is the coverage (null: shards written before it)
-        ("annotated_frames", pa.int64()),
-        ("processing_s", pa.float64()),
-        ("config_hash", pa.string()),
-        ("source_etag", pa.string()),
-        # failed rows: "video" (final) or "environment" (storage, memory, a dead worker: a
-        # rerun retries it while attempts < infer.max_attempts), as in schemas.tables.VIDEOS
-        ("failure_kind", pa.string()),
-        ("attempts", pa.int32()),  # runs that tried this video for this source/config
-    ]
-)

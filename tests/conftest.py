@@ -60,7 +60,7 @@ def face_cfg(tmp_path: Path) -> VaerrConfig:
 @pytest.fixture(scope="session")
 def retina_pipeline():
     """One FacePipeline (retina5, real weights) shared by the session: models load once."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
 
     return FacePipeline(load_config(None, face_overrides()))
 

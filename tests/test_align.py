@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 
 from pipeline.faces.align import (
-    apply_affine,
     box_iou,
     centred_average,
-    crop_matrix,
     crop_square,
     interpolate_at,
-    similarity_transform,
     template_points,
 )
+from tests.geometry_reference import apply_affine, crop_matrix, similarity_transform
 
 
 def rot(theta: float, s: float, t: tuple[float, float]) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 from jobs.cli_io import OneLineFormatter
 from pipeline.device import check_device
 from pipeline.manifest import list_inputs
-from pipeline.query import (
+from pipeline.outputs.query import (
     QueryLimit,
     QueryRefused,
     SqlLimits,

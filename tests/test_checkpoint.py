@@ -100,6 +100,7 @@ def test_checkpoint_contents(ckpt):
         "grayscale": True,
         "mean": 0.421,
         "std": 0.165,
+        "detector": "retinaface",  # the detector the crops were found with (issue 26)
         "landmarks": "fan68",
         "crop_scale": 1.3,
     }

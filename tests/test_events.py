@@ -1,4 +1,4 @@
-"""pipeline/events.py on synthetic timelines with planted episodes and planted near-misses."""
+"""pipeline/outputs/events.py on synthetic timelines with planted episodes and near-misses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.emotion import emotion_words
-from pipeline.events import (
+from pipeline.outputs.events import (
     find_happy,
     find_spikes,
     moving_average,
@@ -16,7 +16,7 @@ from pipeline.events import (
     timeline_columns,
 )
 from schemas.query import HappyConfig, SpikeConfig
-from schemas.tables import EVENTS, TIMELINES, conform
+from schemas.tables import EVENTS, TIMELINES, TIMELINES_ADDED, conform
 
 STEP = 0.1  # the job's 10 Hz output step
 DURATION = 60.0
@@ -57,7 +57,7 @@ def make_timelines(tracks: list[dict]) -> pa.Table:
                 }
             )
         )
-    return conform(pa.concat_tables(parts), TIMELINES)
+    return conform(pa.concat_tables(parts), TIMELINES, fill_missing=TIMELINES_ADDED)
 
 
 def quiet(seed: int, duration: float = DURATION) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

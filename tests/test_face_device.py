@@ -16,13 +16,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from torchvision.ops import nms
 
 from pipeline.encode import write_video
-from pipeline.faces.align import (
-    crop_matrix,
-    crop_square,
-    similarity_transform,
-    template_points,
-    warp_crop,
-)
+from pipeline.faces.align import crop_square, template_points
 from pipeline.faces.colour import planes_to_device, rgb_to_gray
 from pipeline.faces.detect import (
     BGR_MEAN,
@@ -33,12 +27,13 @@ from pipeline.faces.detect import (
     decode_landmarks,
     prior_boxes,
 )
+from pipeline.faces.extract import decode_ahead
 from pipeline.faces.landmarks import fan_crops, fan_windows, heatmap_points, heatmap_points_torch
-from pipeline.faces.pipeline import decode_ahead
 from pipeline.faces.warp import compose, similarity_batch, warp_batch
 from pipeline.video import VideoReader
 from schemas.config import load_config
 from tests.conftest import DEVICES, MEAN_FACE, asset, face_overrides
+from tests.geometry_reference import crop_matrix, similarity_transform, warp_crop
 
 REAL_CLIPS = [
     "grid_bbaf2n.mpg",

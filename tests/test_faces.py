@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from jobs.cli import main
-from pipeline.faces.align import apply_affine, crop_matrix, crop_square
+from pipeline.faces.align import crop_square
 from pipeline.faces.export import export_faces
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from schemas.config import load_config
 from schemas.tables import CLIPS, TRACKS
 from tests.conftest import MEAN_FACE, RETINA, asset, face_overrides
+from tests.geometry_reference import apply_affine, crop_matrix
 
 GRID = ["grid_bbaf2n.mpg", "grid_lbbc2a.mpg", "grid_swiz3n.mpg"]
 

@@ -18,8 +18,8 @@ import s3fs
 from pipeline.runner import run_inference
 from pipeline.stages import FACE_STAGE_OUTPUT, MODEL_STAGE_OUTPUT, FaceStage, ModelStage
 from schemas.config import load_config
+from schemas.stage_columns import FACE_COLUMNS, MODEL_COLUMNS
 from schemas.tables import TIMELINES, VIDEOS
-from schemas.windows import FACE_COLUMNS, MODEL_COLUMNS
 from tests.conftest import REPO, asset, face_overrides
 
 # The 1080p HEVC no-face clip is left out: decoding it to no_face is
@@ -180,7 +180,7 @@ def test_stage_columns_match_their_declarations(tiny_checkpoint):
     dims = {"W": cfg.infer.window_frames, "S": cfg.faces.align.crop_size}
     for o in outs:
         assert list(o) == [c.name for c in FACE_COLUMNS] == list(FACE_STAGE_OUTPUT)
-        for c in FACE_COLUMNS:  # dtype and per-row shape as declared in schemas/windows.py
+        for c in FACE_COLUMNS:  # dtype and per-row shape as declared in schemas/stage_columns.py
             assert o[c.name].dtype == np.dtype(c.dtype), c.name
             assert o[c.name].shape[1:] == c.resolved_shape(dims), c.name
     assert outs[-1]["kind"][-1] == "end" and outs[-1]["status"][-1] == "ok"

@@ -11,7 +11,7 @@ import torch
 from pipeline.encode import write_video
 from pipeline.faces.align import box_iou
 from pipeline.faces.detect import ROI_GRID, RetinaFaceDetector, roi_windows
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from pipeline.video import VideoReader
 from schemas.config import config_hash, load_config
 from tests.conftest import DEVICES, asset, face_overrides

@@ -33,6 +33,22 @@ def test_imports_run_one_way(package):
     assert not bad, "\n".join(bad)
 
 
+# The readers of finished outputs (pipeline/outputs/: verify, query, events, plot, render,
+# report) use the runtime; the rest of pipeline/ (the runtime) never imports them.
+READERS = "pipeline.outputs"
+
+
+def test_the_runtime_never_imports_the_output_readers():
+    graph = module_graph(REPO, ORDER)
+    bad = [
+        f"{name} imports {sorted(e for e in edges if e.startswith(READERS))}"
+        for name, edges in sorted(graph.items())
+        if name.startswith("pipeline") and not name.startswith(READERS)
+        if any(e.startswith(READERS) for e in edges)
+    ]
+    assert not bad, "\n".join(bad)
+
+
 # -- Size: no module over 600 lines, no function over 80 (issue 14) --------------------------
 
 SIZED = [*ORDER, "bench"]
@@ -177,3 +193,129 @@ def test_no_private_names_across_packages():
             if private and owner != here:
                 bad.append(f"{rel}:{node.lineno} imports {private} from {node.module}")
     assert not bad, "\n".join(bad)
+
+
+# -- No import cycles among the project's modules (issue 26) ---------------------------------
+# Every import counts: at module level, inside functions and under TYPE_CHECKING, since each
+# ties the two modules' design together even when Python happens to run it.
+
+
+def _module_names(root, packages) -> dict[str, object]:
+    """Dotted module name -> file, for every module of `packages` under `root`."""
+    out = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imported_names(path, name: str):
+    """Every dotted name an import in `path` (module `name`) may bind, relative ones resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, base] if base else up)
+            yield base
+            yield from (f"{base}.{a.name}" for a in node.names)
+
+
+def module_graph(root, packages) -> dict[str, set[str]]:
+    """module -> the project's modules it imports (the longest known prefix of each name; a
+    package's __init__ counts only when the package itself is imported)."""
+    modules = _module_names(root, packages)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for target in _imported_names(path, name):
+            parts = target.split(".")
+            known = (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+            hit = next((m for m in known if m in modules), None)
+            if hit and hit != name:
+                edges.add(hit)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            v, edges = work[-1]
+            w = next(edges, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    component.append(w)
+                    if w == v:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles():
+    """No two of the project's modules import each other, directly or through others."""
+    cycles = import_cycles(module_graph(REPO, ORDER))
+    assert not cycles, "import cycles (move what both need below both):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles
+    )
+
+
+CYCLE_CASES = {
+    "in a function": ("from pkg.b import g\n", "def g():\n    from pkg.a import f\n"),
+    "under TYPE_CHECKING": (
+        "from pkg.b import g\n",
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import F\n",
+    ),
+    "relative, through a third": ("from .b import g\n", "from . import c\n"),
+    "by package attribute": ("from pkg import b\n", "import pkg.c\n"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CYCLE_CASES))
+def test_the_cycle_check_sees_cycles(tmp_path, case):
+    """The checker itself: a cycle closed in a function, under TYPE_CHECKING, by a relative
+    import through a third module or through a package attribute is found; the same modules
+    with the closing import removed are not a cycle."""
+    a, b = CYCLE_CASES[case]
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(a)
+    (pkg / "b.py").write_text(b)
+    (pkg / "c.py").write_text("from pkg.a import f\n")
+    cycles = import_cycles(module_graph(tmp_path, ["pkg"]))
+    assert cycles and "pkg.a" in cycles[0] and "pkg.b" in cycles[0], cycles
+    (pkg / "a.py").write_text("")
+    assert import_cycles(module_graph(tmp_path, ["pkg"])) == []

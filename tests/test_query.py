@@ -1,4 +1,5 @@
-"""pipeline/query.py and `vaerr query`: reading timelines (local, S3), read-only SQL, outputs."""
+"""pipeline/outputs/query.py and `vaerr query`: reading timelines (local, S3), read-only SQL,
+outputs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from pipeline.events import find_happy
-from pipeline.query import (
+from pipeline.outputs.events import find_happy
+from pipeline.outputs.query import (
     QueryRefused,
     check_read_only,
     connect,

@@ -1,5 +1,5 @@
-"""pipeline/plot.py, pipeline/render.py, `vaerr plot` and `vaerr render`: the images and videos
-are decoded back and checked (size, frame count, where the dots are)."""
+"""pipeline/outputs/plot.py, pipeline/outputs/render.py, `vaerr plot` and `vaerr render`: the
+images and videos are decoded back and checked (size, frame count, where the dots are)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from pipeline.events import find_happy, find_spikes
-from pipeline.identity import source_version
 from pipeline.ids import video_id
-from pipeline.plot import EVENT_COLORS, figure_size_px, plot_timelines
-from pipeline.render import (
+from pipeline.outputs.events import find_happy, find_spikes
+from pipeline.outputs.identity import source_version
+from pipeline.outputs.plot import EVENT_COLORS, figure_size_px, plot_timelines
+from pipeline.outputs.render import (
     annotations_for,
     inset_center,
     inset_rect,

@@ -1,4 +1,4 @@
-"""pipeline/report.py and `vaerr report`: the self-contained HTML page of a job.
+"""pipeline/outputs/report.py and `vaerr report`: the self-contained HTML page of a job.
 
 Without a browser: the page of a job with planted episodes (counts, episodes, images, no
 network reference), the cap on a 10,000-video job, a report on S3. With Debian's Chromium
@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import main
-from pipeline.events import find_happy, find_spikes
-from pipeline.identity import source_version
 from pipeline.ids import video_id
-from pipeline.report import JobData, ReportOptions, build_report, face_still, video_src
+from pipeline.outputs.events import find_happy, find_spikes
+from pipeline.outputs.identity import source_version
+from pipeline.outputs.report import JobData, ReportOptions, build_report, face_still, video_src
 from schemas.tables import VIDEOS
 from tests.conftest import asset, face_overrides
 from tests.test_events import (

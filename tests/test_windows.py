@@ -44,7 +44,8 @@ def test_blending_constant_windows_and_resampling():
     box = np.zeros((100, 4), np.float32)
     for start, val in [(0, 0.2), (50, 0.4)]:
         fi = np.arange(start, start + 100)
-        acc.add(fi, np.full(100, val), np.full(100, -val), box, np.ones(100), np.zeros(100, bool))
+        meta = {"box_xyxy": box, "det_score": np.ones(100), "interpolated": np.zeros(100, bool)}
+        acc.add(fi, np.full(100, val), np.full(100, -val), meta)
     pf = acc.per_frame()
     assert len(pf["frame_index"]) == 150
     assert pf["arousal"][10] == pytest.approx(0.2) and pf["arousal"][140] == pytest.approx(0.4)

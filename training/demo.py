@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.outputs.report import write_report
 from pipeline.raysetup import ray_session
-from pipeline.report import write_report
 from pipeline.runner import run_inference
 from pipeline.weights import seed_cache
 from schemas.config import VaerrConfig

@@ -101,15 +101,7 @@ def predict_windows(
         res = predict(model, x, n, dtype)
         for j, s in enumerate(group):
             fi = frames[s : s + n[j]]
-            z = np.zeros(n[j], np.float32)
-            acc.add(
-                fi,
-                res["arousal"][j, : n[j]],
-                res["valence"][j, : n[j]],
-                np.zeros((n[j], 4), np.float32),
-                z,
-                np.zeros(n[j], bool),
-            )
+            acc.add(fi, res["arousal"][j, : n[j]], res["valence"][j, : n[j]])
     pf = acc.per_frame()
     return {k: pf[k].astype(np.float32) for k in TARGETS}
 

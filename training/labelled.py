@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.faces.pipeline import FaceRun
+from pipeline.faces.extract import FaceRun
 from training.datasets.items import LabelTrack, resample_labels
 
 

@@ -300,11 +300,6 @@ def make_plan(
     return plan
 
 
-def coverage_of(summary: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation's overall coverage record (labelled frames scored / present)."""
-    return (summary.get("coverage") or {}).get("overall") or {}
-
-
 def run_item(item: PlanItem, out: str, *, local: bool, ray_address: str | None) -> dict:
     """Train then evaluate one run; write OUT/results/<hash>.json (what makes it done)."""
     from training.evaluate import run_evaluate

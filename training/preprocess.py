@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from pipeline.manifest import list_inputs
 from pipeline.outlock import output_lock
 from pipeline.progress import Progress
@@ -61,8 +61,7 @@ from pipeline.status import (
 from pipeline.storage import join, remove, sweep_temp, write_parquet, write_text
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
-from schemas.tables import CLIP_SHARD, conform
-from schemas.train import PREPROCESS_STATUS, SEQUENCES
+from schemas.tables import CLIP_SHARD, PREPROCESS_STATUS, SEQUENCES, conform
 from training.audio import Extractor, build_extractor, frame_features
 from training.datasets import read_dataset
 from training.datasets.items import LabelTrack, VideoItem, resample_labels

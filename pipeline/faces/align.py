@@ -1,4 +1,5 @@
-"""Pure geometry: gap interpolation, landmark smoothing, similarity alignment, the face crop.
+"""Pure geometry: gap interpolation, landmark smoothing, the alignment template and crop square,
+box IoU. The similarity fits and crops themselves run batched on the device (warp.py).
 
 No models here; every function maps numpy arrays to numpy arrays. Coordinates are (x, y) in
 pixels. The template frame is the mean face's 256x256 frame (auto_avsr's 20words_mean_face).
@@ -6,34 +7,27 @@ pixels. The template frame is the mean face's 256x256 frame (auto_avsr's 20words
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-# iBUG-68 groups used to build the 5-point template (RetinaFace's points, image left first).
-LEFT_EYE = slice(36, 42)
-RIGHT_EYE = slice(42, 48)
-NOSE_TIP = 30
-MOUTH_LEFT, MOUTH_RIGHT = 48, 54
+from pipeline.faces.detection import FIVE_POINTS, PointLayout
 
 
-def template_points(mean_face: np.ndarray, kind: str, stable: tuple[int, ...]) -> np.ndarray:
+def template_points(
+    mean_face: np.ndarray,
+    kind: str,
+    stable: tuple[int, ...],
+    points: PointLayout = FIVE_POINTS,
+) -> np.ndarray:
     """Template points [P, 2] the stable landmarks are fitted to.
 
-    fan68: mean_face[stable]. retina5: eye centres (means of 36-41 and 42-47), nose tip 30 and
-    mouth corners 48, 54, in RetinaFace's order.
+    fan68: mean_face[stable]. retina5 (the detector's own points): the detector's declared
+    point layout on the mean face, in its order (RetinaFace: eye centres, the means of 36-41
+    and 42-47, nose tip 30 and mouth corners 48, 54).
     """
     if kind == "fan68":
         return mean_face[list(stable)].astype(np.float64)
     if kind == "retina5":
-        return np.stack(
-            [
-                mean_face[LEFT_EYE].mean(0),
-                mean_face[RIGHT_EYE].mean(0),
-                mean_face[NOSE_TIP],
-                mean_face[MOUTH_LEFT],
-                mean_face[MOUTH_RIGHT],
-            ]
-        ).astype(np.float64)
+        return points.template(mean_face)
     raise ValueError(f"unknown landmark kind {kind!r}")
 
 
@@ -49,48 +43,6 @@ def crop_square(mean_face: np.ndarray, scale: float) -> tuple[float, float, floa
     centre = (lo + hi) / 2.0
     side = float((hi - lo).max() * scale)
     return float(centre[0] - side / 2), float(centre[1] - side / 2), side
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping
-    src [P, 2] onto dst [P, 2] (Umeyama 1991). Returns the [2, 3] affine matrix."""
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    cov = d.T @ s / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1.0
-    rot = u @ np.diag(sign) @ vt
-    var_s = (s**2).sum() / len(src)
-    scale = (sig * sign).sum() / var_s if var_s > 0 else 1.0
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - m[:, :2] @ mu_s
-    return m
-
-
-def crop_matrix(align: np.ndarray, square: tuple[float, float, float], size: int) -> np.ndarray:
-    """Compose image->template `align` [2, 3] with template square -> [0, size) crop."""
-    x0, y0, side = square
-    k = size / side
-    c = np.array([[k, 0.0, -x0 * k], [0.0, k, -y0 * k], [0.0, 0.0, 1.0]])
-    a = np.vstack([align, [0.0, 0.0, 1.0]])
-    return (c @ a)[:2]
-
-
-def apply_affine(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Map points [..., 2] through a [2, 3] affine."""
-    return pts @ m[:, :2].T + m[:, 2]
-
-
-def warp_crop(gray: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
-    """Crop [size, size] uint8 from a gray image [H, W] through the [2, 3] image->crop map."""
-    return cv2.warpAffine(
-        gray, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
 
 
 def interpolate_at(known: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:

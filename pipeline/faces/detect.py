@@ -13,7 +13,7 @@ import pickle
 from functools import lru_cache
 from itertools import product
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,6 +23,12 @@ from torchvision.ops import nms as nms_boxes
 
 from pipeline.device import batch_for
 from pipeline.faces.align import box_iou
+from pipeline.faces.detection import (
+    FIVE_POINTS,
+    RETINAFACE_BOXES,
+    Detections,
+    FaceDetector,
+)
 from pipeline.weights import resolve_file
 from schemas.config import DetectorConfig
 
@@ -39,23 +45,6 @@ def autocast(device: str, dtype: str) -> torch.autocast:
     """Mixed precision for a face network: a no-op for float32."""
     kind = torch.device(device).type
     return torch.autocast(kind, dtype=getattr(torch, dtype), enabled=dtype != "float32")
-
-
-class Detections(NamedTuple):
-    """Faces of one frame, strongest first. boxes: float32 [M, 4] xyxy source px; scores:
-    float32 [M]; landmarks: float32 [M, 5, 2] (eye on image left, eye on image right, nose
-    tip, mouth corner left, mouth corner right), source px."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    landmarks: np.ndarray
-
-    @staticmethod
-    def empty() -> Detections:
-        """No face."""
-        return Detections(
-            np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32)
-        )
 
 
 @lru_cache(maxsize=8)
@@ -391,10 +380,15 @@ def decode_batch(
     return out
 
 
-class RetinaFaceDetector:
+class RetinaFaceDetector(FaceDetector):
     """Batched face detection. `__call__(frames uint8 RGB [N, H, W, 3], numpy or a tensor on
     any device) -> list of N Detections`. Frames in one call must share a size (frames of one
     video do). Everything up to the kept detections runs on `device`."""
+
+    kind = "retinaface"
+    points = FIVE_POINTS  # landmarks [M, 5, 2]: eyes, nose tip, mouth corners
+    boxes = RETINAFACE_BOXES
+    roi_search = True
 
     def __init__(
         self,

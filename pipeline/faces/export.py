@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import escape, status_reason
-from pipeline.faces.pipeline import FacePipeline
+from pipeline.faces.extract import FacePipeline
 from pipeline.ids import video_id
 from pipeline.progress import Progress
 from pipeline.status import FAILED, face_status, status_record

@@ -1,8 +1,9 @@
 """Landmark models behind one call: `batch(frames: list of RGB [H, W, 3], boxes: list of
 [M, 4], points5: list of [M, 5, 2]) -> list of landmarks [M, K, 2]`, source pixels.
 
-`retina5` returns the detector's own 5 points (no second network: the fast CPU choice);
-`fan68` runs FAN 2D (face-alignment's network) on 256x256 crops around each box, batched.
+`retina5` returns the detector's own points (no second network: the fast CPU choice; 5 for
+RetinaFace, in the detector's declared layout); `fan68` runs FAN 2D (face-alignment's network)
+on 256x256 crops around each box, placed by the detector's declared box convention, batched.
 """
 
 from __future__ import annotations
@@ -12,39 +13,49 @@ import torch
 
 from pipeline.device import batch_for
 from pipeline.faces.detect import autocast, frames_tensor, import_fa, load_weights
+from pipeline.faces.detection import (
+    FIVE_POINTS,
+    RETINAFACE_BOXES,
+    BoxConvention,
+    FaceDetector,
+    PointLayout,
+)
 from pipeline.faces.warp import warp_batch
 from schemas.config import LandmarkConfig
 
-# face-alignment's crop convention for RetinaFace boxes: window side = 200 * scale px with
-# scale = (w + h) / 165, centre moved up by 0.12 * h (face_alignment.api / utils).
+# FAN's input and heatmap sides, and face-alignment's crop rule: window side = 200 * scale px
+# with scale = (w + h) / the detector's reference scale (its BoxConvention).
 FAN_INPUT = 256
 FAN_HEATMAP = 64
 FAN_SCALE_FACTOR = 200.0
-RETINA_REFERENCE_SCALE = 165.0
-CENTER_Y_OFFSET = 0.12
 
 
 class Retina5:
-    """The detector's 5 points, as they are."""
+    """The detector's own points, as they are (`layout`: the detector's PointLayout)."""
 
     kind = "retina5"
-    points = 5
+
+    def __init__(self, layout: PointLayout = FIVE_POINTS) -> None:
+        self.layout = layout
+        self.points = len(layout.names)
 
     def batch(
         self, frames: list[np.ndarray], boxes: list[np.ndarray], points5: list[np.ndarray]
     ) -> list[np.ndarray]:
-        """Per-frame lists in, per-frame [M, 5, 2] out."""
+        """Per-frame lists in, per-frame [M, P, 2] out."""
         return [p.astype(np.float32) for p in points5]
 
 
-def fan_windows(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """FAN crop windows for boxes [M, 4]: centres [M, 2] and sides [M] in source px."""
+def fan_windows(
+    boxes: np.ndarray, convention: BoxConvention = RETINAFACE_BOXES
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAN crop windows for boxes [M, 4] of a detector with box `convention`: centres [M, 2]
+    and sides [M] in source px."""
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
-    centre = np.stack(
-        [(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - h * CENTER_Y_OFFSET], 1
-    )
-    side = FAN_SCALE_FACTOR * (w + h) / RETINA_REFERENCE_SCALE
+    up = h * convention.centre_y_offset
+    centre = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - up], 1)
+    side = FAN_SCALE_FACTOR * (w + h) / convention.reference_scale
     return centre, side
 
 
@@ -112,7 +123,8 @@ def load_fan(weights: str, device: str, cache: str | None = None) -> torch.nn.Mo
 
 
 class Fan68:
-    """FAN 2D: 68 iBUG points per box, all faces of a chunk in batches of `batch_size`."""
+    """FAN 2D: 68 iBUG points per box, all faces of a chunk in batches of `batch_size`;
+    `boxes`: the detector's box convention (where each crop goes)."""
 
     kind = "fan68"
     points = 68
@@ -124,8 +136,10 @@ class Fan68:
         cache: str | None = None,
         net: torch.nn.Module | None = None,
         dtype: str = "float32",
+        boxes: BoxConvention = RETINAFACE_BOXES,
     ) -> None:
         self.cfg = cfg
+        self.boxes = boxes
         self.device = device
         self.dtype = dtype
         self.net = net if net is not None else load_fan(cfg.fan_weights, device, cache)
@@ -150,7 +164,7 @@ class Fan68:
         timer = getattr(self, "timer", None)
         x_dev = frames_tensor(frames, self.device)
         allb = np.concatenate([b for b in boxes if len(b)]).astype(np.float64)
-        centre, side = fan_windows(allb)
+        centre, side = fan_windows(allb, self.boxes)
         owner = torch.from_numpy(np.repeat(np.arange(len(boxes)), counts))
         dev = x_dev.device
         crops = fan_crops(
@@ -177,7 +191,16 @@ class Fan68:
 
 
 def build_landmarker(
-    cfg: LandmarkConfig, device: str = "cpu", cache: str | None = None, dtype: str = "float32"
+    cfg: LandmarkConfig,
+    device: str = "cpu",
+    cache: str | None = None,
+    dtype: str = "float32",
+    detector: type[FaceDetector] | FaceDetector | None = None,
 ) -> Retina5 | Fan68:
-    """The landmark model the config names."""
-    return Fan68(cfg, device, cache, dtype=dtype) if cfg.kind == "fan68" else Retina5()
+    """The landmark model the config names, for the boxes and points of `detector` (its
+    declared box convention and point layout; RetinaFace's when None)."""
+    boxes = detector.boxes if detector is not None else RETINAFACE_BOXES
+    points = detector.points if detector is not None else FIVE_POINTS
+    if cfg.kind == "fan68":
+        return Fan68(cfg, device, cache, dtype=dtype, boxes=boxes)
+    return Retina5(points)

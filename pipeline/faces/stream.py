@@ -90,11 +90,11 @@ class FaceStream:
         self.fps = fps
         self.detector = detector
         self.landmarker = landmarker
-        self.device = torch.device(device or getattr(detector, "device", None) or "cpu")
+        self.device = torch.device(device or detector.device)
         self.timer = timer
         a = cfg.align
         self.kind = landmarker.kind
-        self.template = template_points(mean_face, self.kind, a.stable_points)
+        self.template = template_points(mean_face, self.kind, a.stable_points, detector.points)
         self.square = crop_square(mean_face, a.crop_scale)
         x0, y0, side = self.square
         k = a.crop_size / side
@@ -168,7 +168,7 @@ class FaceStream:
             return []
         det = self.cfg.detector
         period = det.every_k * det.roi.keyframe_every
-        if det.roi.keyframe_every == 1 or not hasattr(self.detector, "detect_rois"):
+        if det.roi.keyframe_every == 1 or not self.detector.roi_search:
             return self.detector(rgb)
         key = np.flatnonzero(frames % period == 0)
         rest = np.flatnonzero(frames % period != 0)

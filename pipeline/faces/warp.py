@@ -1,7 +1,7 @@
 """Batched geometry on any torch device: similarity fits and affine crops for many faces at once.
 
-The same maths as pipeline.faces.align (which stays the numpy reference): `similarity_batch`
-is the closed-form 2-D least-squares similarity (equal to Umeyama's SVD solution in 2-D, no
+The tests compare it with a numpy reference (tests/geometry_reference.py): `similarity_batch` is
+the closed-form 2-D least-squares similarity (equal to Umeyama's SVD solution in 2-D, no
 reflection), `warp_batch` is cv2.warpAffine's bilinear sampling (pixel centres on integer
 coordinates, BORDER_REPLICATE or BORDER_CONSTANT 0) done as four gathers from the frames
 already on the device, so a crop never needs its whole frame copied or sent to the host.

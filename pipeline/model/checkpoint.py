@@ -5,7 +5,8 @@ loaded with `torch.load(weights_only=True)`.
 Layout of the saved dict (format version 1):
   format "vaerr.ssvaerr", version 1, arch str, model_config dict (resolved sizes, JSON types),
   state_dict {name: tensor}, bin_centres tensor [2, bins] (arousal, valence),
-  preprocessing {fps, crop_size, mean, std, grayscale, landmarks, crop_scale},
+  preprocessing {fps, crop_size, mean, std, grayscale, detector, landmarks, crop_scale}
+  (detector: faces.detector.kind; absent in files written before detector kinds: retinaface),
   provenance {created, by, data, epochs, seed, git_sha, vaerr_version, torch_version, ...},
   untrained bool.
 
@@ -37,6 +38,7 @@ from pipeline.model.catalog import resolve_checkpoint
 from pipeline.model.network import SSVAERR
 from pipeline.model.registry import ARCHS, arch_spec, build_model
 from pipeline.storage import is_local, local_path, read_bytes, write_bytes
+from schemas.config import DEFAULT_DETECTOR
 from schemas.model import ModelConfig
 
 if TYPE_CHECKING:
@@ -211,7 +213,10 @@ def model_id(ckpt: Checkpoint) -> str:
     centres, stored model config and preprocessing. Provenance is left out, so re-saving the
     same weights keeps the id."""
     h = hashlib.sha256()
-    meta = {"arch": ckpt.arch, "config": ckpt.model_config, "pre": ckpt.preprocessing}
+    pre = dict(ckpt.preprocessing)
+    if pre.get("detector") == DEFAULT_DETECTOR:  # the only detector before kinds: same ids
+        pre.pop("detector")
+    meta = {"arch": ckpt.arch, "config": ckpt.model_config, "pre": pre}
     h.update(json.dumps(meta, sort_keys=True, default=str).encode())
     for name in sorted(ckpt.state_dict):
         t = ckpt.state_dict[name]
@@ -230,16 +235,19 @@ def default_preprocessing(model_cfg: ModelConfig | None = None) -> dict[str, Any
         "grayscale": True,
         "mean": cfg.mean,
         "std": cfg.std,
+        "detector": DEFAULT_DETECTOR,
         "landmarks": "fan68",
         "crop_scale": 1.3,
     }
 
 
 def preprocessing_from_config(cfg: VaerrConfig) -> dict[str, Any]:
-    """The preprocessing record of a run config: analysis fps, crop, normalisation, landmarks."""
+    """The preprocessing record of a run config: analysis fps, crop, normalisation, the
+    detector and landmarks that found and aligned the faces."""
     pre = default_preprocessing(cfg.model)
     pre.update(
         fps=float(cfg.video.fps),
+        detector=cfg.faces.detector.kind,
         landmarks=cfg.faces.landmarks.kind,
         crop_scale=float(cfg.faces.align.crop_scale),
     )

@@ -5,8 +5,8 @@ Layout under the shards root R (one file per video id, so reruns replace, never 
     R/clips/<video_id>.parquet      schemas.tables.CLIP_SHARD: one row per (kept track, frame),
                                     sorted by (track_id, frame_index), row groups of
                                     data.row_group_frames frames (clip reads skip the rest)
-    R/sequences/<video_id>.parquet  schemas.train.SEQUENCES: one row per kept track
-    R/videos/<video_id>.parquet     schemas.train.PREPROCESS_STATUS (written last: commits)
+    R/sequences/<video_id>.parquet  schemas.tables.SEQUENCES: one row per kept track
+    R/videos/<video_id>.parquet     schemas.tables.PREPROCESS_STATUS (written last: commits)
     R/config.yaml, R/preprocess.json
 
 A sequence's frames are consecutive analysis frames first_frame .. first_frame + n_frames - 1
@@ -25,8 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import filesystem, join
 from schemas.config import StorageConfig
-from schemas.tables import SYNTHETIC, conform
-from schemas.train import PREPROCESS_STATUS, SEQUENCES
+from schemas.tables import PREPROCESS_STATUS, SEQUENCES, SYNTHETIC, conform
 
 log = logging.getLogger(__name__)
 

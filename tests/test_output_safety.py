@@ -22,7 +22,7 @@ from matplotlib.text import Text
 
 from jobs.cli import main
 from pipeline.ids import video_id
-from pipeline.plot import plot_timelines, timeline_figure
+from pipeline.outputs.plot import plot_timelines, timeline_figure
 from tests.test_events import happy_video, make_timelines
 
 DOLLAR_NAMES = ["$\\foo$.mp4", "$$.mp4", "$_$.mp4", "price $^$.mp4", "a$b $\\frac{1}{0}$.mov"]
@@ -228,7 +228,7 @@ def in_browser(report: Path, bad: str, uris: dict[str, str]) -> None:
 
 
 def test_episode_tables_count_faces_apart_from_track_ids(tmp_path: Path):
-    from pipeline.report import build_report, load_job
+    from pipeline.outputs.report import build_report, load_job
     from tests.test_report import planted_job
 
     out = planted_job(tmp_path / "out")
@@ -275,7 +275,7 @@ SYNTHETIC_CASES = {
 
 @pytest.mark.parametrize("case", sorted(SYNTHETIC_CASES))
 def test_report_says_synthetic_training_plainly(case: str, tmp_path: Path, capsys):
-    from pipeline.caveats import SYNTHETIC_NOTE
+    from pipeline.outputs.caveats import SYNTHETIC_NOTE
     from tests.test_report import planted_job
 
     values, expect = SYNTHETIC_CASES[case]
@@ -301,7 +301,7 @@ def render_job(
     `training_data` key is written as that column). Returns (uri, OUT)."""
     import shutil
 
-    from pipeline.identity import source_version
+    from pipeline.outputs.identity import source_version
     from schemas.tables import VIDEOS
     from tests.conftest import asset
     from tests.test_render import grid_timelines
@@ -406,7 +406,7 @@ def test_blur_faces_fails_closed_on_a_named_copy(named: str, tmp_path: Path, cap
 
 @pytest.mark.parametrize("training, shown", [("synthetic", True), (None, False), ("real", False)])
 def test_render_caption_says_synthetic_training(training, shown: bool, tmp_path: Path, capsys):
-    from pipeline.caveats import SYNTHETIC_NOTE
+    from pipeline.outputs.caveats import SYNTHETIC_NOTE
 
     uri, out = render_job(tmp_path, {"training_data": training})
     dest = tmp_path / "r.mp4"

@@ -23,9 +23,9 @@ import pytest
 
 from jobs.cli import main
 from pipeline.encode import write_video
+from pipeline.outputs.verify import verify_output
 from pipeline.retry import StorageUnavailable
 from pipeline.runner import run_inference
-from pipeline.verify import verify_output
 from schemas.config import load_config
 from tests.conftest import asset, face_overrides
 from tests.faultproxy import FaultProxy
@@ -338,7 +338,7 @@ def test_thirty_minute_video_streams_in_bounded_memory(tmp_path, face_cfg):
     """45,000 analysis frames (25 fps) at 64x64: the face stage's buffers stay bounded and RSS
     stays flat. The file holds 30 minutes at 5 fps (9,000 frames: a fifth of the encoding),
     which the reader resamples to 25 fps as it does any slower source."""
-    from pipeline.faces.pipeline import FacePipeline
+    from pipeline.faces.extract import FacePipeline
 
     path = tmp_path / "long.mp4"
     frame = np.full((64, 64, 3), 120, np.uint8)

@@ -16,7 +16,7 @@ video by video_id, URI or file name (a suffix of the URI); `face` is the track i
 it the rows apply to every face. `blur_faces` blurs each box before drawing (faces are personal
 data) and fails closed: a frame past the span the job analysed (`blur_after_s`: a copy or a
 longer file has frames no row speaks for) is blurred whole. Which rows belong to a video is
-pipeline/identity.py's answer (its id and source version, never its file name). Small videos
+pipeline/outputs/identity.py's answer (its id and source version, never its file name). Small videos
 are scaled up so that the shorter side is at least `MIN_SHORT_SIDE` pixels: the words are
 unreadable at 288 lines.
 
@@ -35,10 +35,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipeline.caveats import UNTRAINED_NOTE
 from pipeline.emotion import emotion_words
 from pipeline.encode import write_video
 from pipeline.ids import video_id as video_id_of
+from pipeline.outputs.caveats import UNTRAINED_NOTE
 from pipeline.progress import Progress
 from pipeline.storage import local_output, open_uri
 from pipeline.video import VideoReader

@@ -7,8 +7,9 @@ Verify trusts nothing: it reads the whole OUT, not only the last run's manifest.
 * every video of the last run's manifest has exactly one status row, and every INPUT the run
   was given (run.json `inputs`) listed at least one video (a file named as itself: its own
   status row);
-* status rows and timelines match their schemas (status files written before a column was
-  added may lack it); statuses are ok | no_face | failed, with a reason unless ok;
+* status rows and timelines match their schemas (files written before a column was added may
+  lack it: `VIDEOS_ADDED`, `TIMELINES_ADDED`); statuses are ok | no_face | failed, with a
+  reason unless ok;
 * one model: every status row has the same (model_id, config_hash) as the run record
   (OUT/run.json), every timeline row the model_id of its video's status row and of the run;
   otherwise the differing videos are listed (`allow_mixed` accepts an OUT built from several
@@ -36,7 +37,7 @@ from pipeline.retry import is_transient
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK
 from pipeline.storage import filesystem, join
 from schemas.config import VaerrConfig
-from schemas.tables import TIMELINES, VIDEOS, VIDEOS_ADDED
+from schemas.tables import TIMELINES, TIMELINES_ADDED, VIDEOS, VIDEOS_ADDED, schema_matches
 
 
 def _parquet_files(fs: Any, path: str) -> list[str]:
@@ -60,12 +61,6 @@ def _read(fs: Any, p: str, problems: list[str]) -> pa.Table | None:
             raise
         problems.append(f"{p}: unreadable ({type(exc).__name__}); rerun to rewrite it")
         return None
-
-
-def _videos_schema_ok(t: pa.Table) -> bool:
-    """VIDEOS, where columns added after the first release may be absent (older files)."""
-    absent = [n for n in VIDEOS_ADDED if n not in t.column_names]
-    return t.schema.equals(pa.schema([f for f in VIDEOS if f.name not in absent]))
 
 
 def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, Any] | None:
@@ -121,7 +116,7 @@ def _status_rows(fs: Any, vpath: str, problems: list[str]) -> list[dict]:
         t = _read(fs, p, problems)
         if t is None:
             continue
-        if not _videos_schema_ok(t):
+        if not schema_matches(t.schema, VIDEOS, VIDEOS_ADDED):
             problems.append(f"{p}: schema differs from schemas.tables.VIDEOS")
             continue
         for r in t.to_pylist():
@@ -211,7 +206,7 @@ def _check_timelines(
         t = _read(tfs, p, problems)
         if t is None:
             continue
-        if not t.schema.equals(TIMELINES):
+        if not schema_matches(t.schema, TIMELINES, TIMELINES_ADDED):
             problems.append(f"{p}: schema differs from schemas.tables.TIMELINES")
             continue
         df = t.select(["video_id", "track_id", "time_s", "arousal", "valence", "model_id"])

@@ -325,7 +325,7 @@ def test_every_size_count_and_duration_field_has_an_upper_bound():
 
     from schemas.base import Section
     from schemas.config import VaerrConfig
-    from schemas.query import QueryConfig
+    from schemas.query import HappyConfig, SpikeConfig
 
     not_sizes = {"w_ccc", "w_mse", "w_ce", "w_ncce", "l2", "mean", "std", "lr", "min_lr",
                  "weight_decay", "teacher_temp", "student_temp", "brightness", "contrast",
@@ -344,7 +344,8 @@ def test_every_size_count_and_duration_field_has_an_upper_bound():
                     open_ended.append(f"{cls.__name__}.{name}")
 
     walk(VaerrConfig)
-    walk(QueryConfig)
+    walk(HappyConfig)
+    walk(SpikeConfig)
     assert open_ended == []
 
 

@@ -1,4 +1,4 @@
-"""The HTML of `vaerr report` (pipeline/report.py gathers the data): inline CSS and script,
+"""The HTML of `vaerr report` (pipeline/outputs/report.py gathers the data): inline CSS and script,
 the run summary, the episode tables and the per-video sections.
 
 Built with Jinja2 templates (below, as strings) with autoescape on: every value from OUT (a
@@ -21,8 +21,8 @@ import jinja2
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.caveats import SYNTHETIC_NOTE
-from pipeline.plot import plot_timelines
+from pipeline.outputs.caveats import SYNTHETIC_NOTE
+from pipeline.outputs.plot import plot_timelines
 from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import protocol
 from schemas.config import EmotionConfig

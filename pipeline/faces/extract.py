@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.device import resolve_device
-from pipeline.faces.detect import RetinaFaceDetector
+from pipeline.faces.detection import FaceDetector
+from pipeline.faces.detectors import build_detector
 from pipeline.faces.landmarks import build_landmarker
 from pipeline.faces.stream import FaceStream
 from pipeline.video import FrameChunk, VideoInfo, VideoReader
@@ -134,37 +135,35 @@ class FacePipeline:
     """Decode + detect + landmarks + track + align for any number of videos.
 
     Components can be injected (tests pass a random-weight FAN); otherwise they are built
-    from the config, with weights resolved through the cache.
+    from the config (the detector by `faces.detector.kind`: pipeline/faces/detectors.py), with
+    weights resolved through the cache.
     """
 
     def __init__(
         self,
         cfg: VaerrConfig,
-        detector: Any = None,
+        detector: FaceDetector | None = None,
         landmarker: Any = None,
         mean_face: np.ndarray | None = None,
     ) -> None:
         self.cfg = cfg
         f = cfg.faces
         device = resolve_device(f.device, f.dtype)
-        self.detector = detector or RetinaFaceDetector(
-            f.detector, device, cfg.cache_dir, dtype=f.dtype
-        )
+        self.detector = detector or build_detector(f.detector, device, cfg.cache_dir, f.dtype)
         self.landmarker = landmarker or build_landmarker(
-            f.landmarks, device, cfg.cache_dir, f.dtype
+            f.landmarks, device, cfg.cache_dir, f.dtype, self.detector
         )
         self.mean_face = (
             mean_face if mean_face is not None else load_mean_face(f.align.mean_face, cfg.cache_dir)
         )
-        self.device = getattr(self.detector, "device", None) or device
+        self.device = self.detector.device
         self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
 
     def set_timer(self, timer: Any) -> None:
         """Attach a StageTimer (bench): decode then runs in line and each step is timed."""
         self.timer = timer
-        for part in (self.detector, self.landmarker):
-            if hasattr(part, "timer") or hasattr(part, "net"):
-                part.timer = timer
+        self.detector.timer = timer
+        self.landmarker.timer = timer
 
     def stream(self, fps: float) -> FaceStream:
         """A fresh per-video engine sharing this pipeline's models."""

@@ -10,10 +10,10 @@ What it shows, for an analyst reviewing a night's batch:
   1. the run summary: videos by status (and every failure reason, capped), faces, hours of
      video, frames/s of the last run, model id and whether it is untrained, config hash(es);
   2. the top happy episodes and distress spikes across the collection, found with the same
-     detectors and defaults as `vaerr query` (pipeline.events), each with video, time and faces,
-     and with `stills=True` a small still of each face at the peak (faces blurred with
+     detectors and defaults as `vaerr query` (pipeline.outputs.events), each with video, time
+     and faces, and with `stills=True` a small still of each face at the peak (faces blurred with
      `blur_faces=True`);
-  3. per video: `vaerr plot`'s figure (pipeline.plot: every track, episodes shaded, the
+  3. per video: `vaerr plot`'s figure (pipeline.outputs.plot: every track, episodes shaded, the
      emotion-word strip) and the video with one link per episode that seeks it.
 
 The cap (ReportOptions): per-video sections for the `max_videos` (40) videos with the highest
@@ -38,11 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.caveats import synthetic_only, training_data
-from pipeline.events import COLUMNS, find_happy, find_spikes
-from pipeline.identity import same_version
-from pipeline.query import open_timelines
-from pipeline.report_html import (
+from pipeline.outputs.caveats import synthetic_only, training_data
+from pipeline.outputs.events import COLUMNS, find_happy, find_spikes
+from pipeline.outputs.identity import same_version
+from pipeline.outputs.query import open_timelines
+from pipeline.outputs.report_html import (
     SCRIPT,
     ReportOptions,
     dom_ids,
@@ -72,8 +72,8 @@ MPEG-1 (.mpg, the GRID corpus), AVI, MKV... are listed as text."""
 STILL_PX = 80  # height of a face still, px
 TIMELINE_COLUMNS = [*COLUMNS, "emotion", "untrained"]
 STATUS_READ = VIDEOS
-"""The status columns the report reads (VIDEOS, `training_data` included: pipeline/caveats.py).
-Files written before a column existed read back with nulls in it."""
+"""The status columns the report reads (VIDEOS, `training_data` included:
+pipeline/outputs/caveats.py). Files written before a column existed read back with nulls in it."""
 
 
 @dataclass
@@ -236,7 +236,7 @@ def face_still(
     blurred beyond recognition with `blur`; None when the frame cannot be decoded."""
     import cv2
 
-    from pipeline.render import blur_region
+    from pipeline.outputs.render import blur_region
     from pipeline.video import VideoError, VideoReader
 
     if box is None:
@@ -323,7 +323,7 @@ def _stills(
     job: JobData, events: pa.Table, options: ReportOptions, storage: StorageConfig | None
 ) -> dict[tuple[Any, int], bytes]:
     """Face stills at the peak of each shown event: {(event key, track id): PNG}. Only from a
-    source that is the version the job analysed (pipeline.identity.same_version): a replaced
+    source that is the version the job analysed (pipeline.outputs.identity.same_version): a replaced
     file would give another frame, whose face the blur would miss."""
     assert job.dataset is not None
     out: dict[tuple[Any, int], bytes] = {}

@@ -32,11 +32,11 @@ from pipeline.encode import write_video
 from pipeline.errors import escape
 from pipeline.ids import video_id
 from pipeline.manifest import expand_inputs, list_inputs
+from pipeline.outputs.verify import verify_output
 from pipeline.progress import Progress, set_verbosity
 from pipeline.runner import run_inference
 from pipeline.source import SourceTimeout, _Watchdog
 from pipeline.storage import TEMP_PATTERN, ParquetStream, write_bytes, write_parquet
-from pipeline.verify import verify_output
 from pipeline.video import VideoError, VideoReader
 from schemas.config import load_config
 from tests.conftest import face_overrides
