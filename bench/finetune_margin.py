@@ -6,8 +6,9 @@ imported from it, so this measures what the test asserts).
     python -m bench.finetune_margin --runs 5 [--no-append]
 
 Prints, per run, the last epoch's training-batch CCC (arousal, valence) of both runs and the
-loss's fall, then the minimum trained-minus-shuffled arousal gap: the test's MARGIN must stay
-below it. Appends the table to bench/RESULTS.md unless --no-append.
+loss's fall, then the minimum trained-minus-shuffled gap of both dimensions' mean (and of
+arousal alone): the test's MARGIN must stay below the first. Appends the table to
+bench/RESULTS.md unless --no-append.
 """
 
 from __future__ import annotations
@@ -86,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
          for r in rows],
     )  # fmt: skip
     gap = min(r["trained"]["arousal"] - r["shuffled"]["arousal"] for r in rows)
-    body = f"{table}\n\nSmallest trained-minus-shuffled arousal gap: {gap:.3f}."
+    both = min(
+        (r["trained"]["arousal"] + r["trained"]["valence"]) / 2
+        - (r["shuffled"]["arousal"] + r["shuffled"]["valence"]) / 2
+        for r in rows
+    )
+    body = (
+        f"{table}\n\nSmallest trained-minus-shuffled gap of the mean of both dimensions (what "
+        f"the test asserts against MARGIN): {both:.3f}; of arousal alone: {gap:.3f}."
+    )
     print(body)
     if not args.no_append:
         cmd = command_line("bench.finetune_margin", argv or sys.argv[1:])
