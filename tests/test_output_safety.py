@@ -180,15 +180,9 @@ def test_report_escapes_every_value_from_out(kind: str, hostile_fps: bool, tmp_p
 def in_browser(report: Path, bad: str, uris: dict[str, str]) -> None:
     """Open the page in Chromium: nothing the payload wrote runs (no dialog, no global, no
     page error) and the page renders (counts, both figures decoded, the payload shown as text)."""
-    from tests.test_report import find_chromium
+    from tests.test_report import chromium_and_playwright
 
-    exe = find_chromium()
-    if exe is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set VAERR_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; no browser download)")
+    exe, sync_playwright = chromium_and_playwright()
     dialogs: list[str] = []
     errors: list[str] = []
     with sync_playwright() as p:

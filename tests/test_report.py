@@ -237,6 +237,19 @@ def find_chromium() -> str | None:
     return None
 
 
+def chromium_and_playwright() -> tuple[str, object]:
+    """(Chromium executable, playwright's sync_playwright), or the test is skipped saying
+    which is missing (no browser is ever downloaded)."""
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set VAERR_CHROMIUM)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright; no browser download)")
+    return exe, sync_playwright
+
+
 def h264_clip(src: Path, dest: Path, loops: int = 4) -> float:
     """Transcode a (MPEG-1) clip to H.264 MP4, played `loops` times over; returns seconds."""
     from pipeline.encode import write_video
@@ -252,13 +265,7 @@ def h264_clip(src: Path, dest: Path, loops: int = 4) -> float:
 
 @pytest.mark.slow
 def test_report_in_chromium(tmp_path: Path, tiny_checkpoint: str, capsys):
-    exe = find_chromium()
-    if exe is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set VAERR_CHROMIUM)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; no browser download)")
+    exe, sync_playwright = chromium_and_playwright()
     grid = asset("videos/grid_bbaf2n.mpg")
     clips = tmp_path / "clips"
     clips.mkdir()

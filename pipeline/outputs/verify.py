@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,21 @@ def _read(fs: Any, p: str, problems: list[str]) -> pa.Table | None:
             raise
         problems.append(f"{p}: unreadable ({type(exc).__name__}); rerun to rewrite it")
         return None
+
+
+def _tables(
+    fs: Any, path: str, schema: pa.Schema, added: tuple[str, ...], name: str, problems: list[str]
+) -> Iterator[tuple[str, pa.Table]]:
+    """(file, table) of each Parquet file under `path` that reads and matches `schema` (with
+    `added` columns optional); the others become violations naming the file."""
+    for p in _parquet_files(fs, path):
+        t = _read(fs, p, problems)
+        if t is None:
+            continue
+        if not schema_matches(t.schema, schema, added):
+            problems.append(f"{p}: schema differs from schemas.tables.{name}")
+            continue
+        yield p, t
 
 
 def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, Any] | None:
@@ -112,13 +128,7 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
 def _status_rows(fs: Any, vpath: str, problems: list[str]) -> list[dict]:
     """Every status row of OUT/videos (columns added later read as None), with its `_file`."""
     rows = []
-    for p in _parquet_files(fs, vpath):
-        t = _read(fs, p, problems)
-        if t is None:
-            continue
-        if not schema_matches(t.schema, VIDEOS, VIDEOS_ADDED):
-            problems.append(f"{p}: schema differs from schemas.tables.VIDEOS")
-            continue
+    for p, t in _tables(fs, vpath, VIDEOS, VIDEOS_ADDED, "VIDEOS", problems):
         for r in t.to_pylist():
             rows.append({"failure_kind": None, "attempts": None, **r, "_file": p})
     return rows
@@ -202,13 +212,7 @@ def _check_timelines(
     duplicate rows, values finite in [-1, 1]. Returns the video ids with timelines."""
     tfs, tpath = filesystem(join(out, "timelines"), cfg.storage)
     seen_tl: set[str] = set()
-    for p in _parquet_files(tfs, tpath):
-        t = _read(tfs, p, problems)
-        if t is None:
-            continue
-        if not schema_matches(t.schema, TIMELINES, TIMELINES_ADDED):
-            problems.append(f"{p}: schema differs from schemas.tables.TIMELINES")
-            continue
+    for p, t in _tables(tfs, tpath, TIMELINES, TIMELINES_ADDED, "TIMELINES", problems):
         df = t.select(["video_id", "track_id", "time_s", "arousal", "valence", "model_id"])
         df = df.to_pandas()
         for vid in df.video_id.unique():
