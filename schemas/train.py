@@ -326,6 +326,17 @@ class TrainConfig(Section):
         le=100,
         description="Worker-group restarts from the last checkpoint (-1: no limit).",
     )
+    chaos_kill_after_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="Fault drill (Ray runner only): on the first attempt, rank 0 SIGKILLs "
+        "itself right after reporting this many epochs, so a cluster's recovery "
+        "(max_failures, checkpoints on storage_path) is seen working before a long run. The "
+        "group resumes from the last checkpoint Ray Train registered: that epoch's, or the one "
+        "before when the kill outran the controller (Ray holds one report per worker, so the "
+        "earlier one was taken). None: off.",
+    )
     keep_checkpoints: int = Field(
         2, ge=1, le=1000, description="Ray checkpoints kept (the best model is saved separately)."
     )

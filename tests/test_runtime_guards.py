@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from jobs.cli import main
+from pipeline import outlock
 from pipeline.model.checkpoint import (
     Checkpoint,
     checkpoint_from_model,
@@ -93,21 +94,32 @@ def test_a_second_job_on_a_held_output_is_refused(out_root, tiny_checkpoint, cap
     release(out_root, storage, acquire(out_root, storage, "next"))
 
 
-def test_two_jobs_at_once_one_wins(out_root, tiny_checkpoint):
+def test_two_jobs_at_once_one_wins(out_root, tiny_checkpoint, monkeypatch):
     """Two jobs with different configs started together on one OUT: exactly one runs, the
     other is refused; run.json and every status row carry the winner's config (before: both
-    completed and the OUT mixed two configs)."""
+    completed and the OUT mixed two configs). Both jobs meet at their first lock write, so
+    they race for the lock itself (started only together, one could load its checkpoint
+    while the other finished its whole job: in CI the later one met a completed OUT)."""
     configs = [_cfg("infer.output_hz=10"), _cfg("infer.output_hz=5")]
     clip = str(asset(CLIP))
-    start = threading.Barrier(2)
+    meet = threading.Barrier(2, timeout=60)
+    met = threading.local()
+    real_create = outlock.create_exclusive
+
+    def create_together(*args, **kwargs):
+        if not getattr(met, "done", False):
+            met.done = True
+            meet.wait()
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(outlock, "create_exclusive", create_together)
     results: list[object] = [None, None]
 
     def job(i: int) -> None:
-        start.wait()
         try:
             results[i] = run_inference(configs[i], [clip], out_root, tiny_checkpoint,
                                        runner="local")  # fmt: skip
-        except OutputLocked as exc:
+        except BaseException as exc:  # shown by the assertion below, never lost in a thread
             results[i] = exc
 
     threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]

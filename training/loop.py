@@ -16,7 +16,8 @@ workers, whose clips Ray Data tasks read from the shards every epoch (`ClipLoade
 demo's corpus, Ray Data's per-epoch execution was most of an epoch's time (30 s of epochs
 whose steps take 2.5 s: bench/RESULTS.md). Checkpoints go to `train.storage_path`
 (local or S3) under `train.name`; `FailureConfig(max_failures)` restarts a failed worker
-group from the last checkpoint, and a new run with the same name resumes from it too.
+group from the last checkpoint, and a new run with the same name resumes from it too
+(`train.chaos_kill_after_epochs` SIGKILLs rank 0 once, to see that recovery work).
 `runner="local"` loops the same `fit_worker` in this process, with the same checkpoints
 (tests, one machine without Ray).
 
@@ -32,6 +33,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -140,6 +142,10 @@ def fit_worker(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Se
         if session.rank == 0:
             state = _finish_epoch(cfg, fit, epoch, metrics, time.perf_counter() - t0, session)
             session.report(_json_metrics(metrics), state, epoch)
+            if t.chaos_kill_after_epochs == epoch + 1 and fit.restarts == 0:
+                log.warning("train.chaos_kill_after_epochs: rank 0 SIGKILLs itself (pid %d) "
+                            "after epoch %d", os.getpid(), epoch + 1)  # fmt: skip
+                os.kill(os.getpid(), signal.SIGKILL)
         else:
             session.report(_json_metrics(metrics), None, epoch)
         last = metrics
@@ -336,6 +342,9 @@ def run_training(
     rdir = run_dir(cfg)
     started = utc_now()
     t0 = time.perf_counter()
+    if runner == "local" and t.chaos_kill_after_epochs is not None:
+        raise ValueError("train.chaos_kill_after_epochs needs the Ray runner (in-process, the "
+                         "drill would kill this process)")  # fmt: skip
     workers = t.num_workers if runner == "ray" else 1
     per_worker = t.per_worker_batch(workers)  # ValueError naming the fix if it does not divide
     specs, extras = prepare_run(cfg, task)
