@@ -46,12 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_init(args: argparse.Namespace) -> int:
     """Build NAME with random weights and save it flagged untrained."""
     from pipeline.model import init_checkpoint, preprocessing_from_config, save_checkpoint
-    from pipeline.storage import storage_options
 
     cfg = config_from_args(args)
     model_cfg = type(cfg.model).model_validate({**cfg.model.model_dump(), "arch": args.name})
     ckpt = init_checkpoint(model_cfg, preprocessing_from_config(cfg), seed=args.seed)
-    save_checkpoint(ckpt, args.output, storage_options(cfg.storage, args.output))
+    save_checkpoint(ckpt, args.output, cfg.storage)
     print_json_line(
         {"uri": args.output, "arch": ckpt.arch, "model_id": ckpt.model_id, "untrained": True}
     )
@@ -62,12 +61,11 @@ def run_import_authors(args: argparse.Namespace) -> int:
     """Rename their tensors to ours, load strictly, save as a vaerr checkpoint."""
     from pipeline.model import read_weights_file, save_checkpoint
     from pipeline.model.authors import checkpoint_from_authors
-    from pipeline.storage import storage_options
 
     cfg = config_from_args(args)
-    state = read_weights_file(args.source, storage_options(cfg.storage, args.source))
+    state = read_weights_file(args.source, cfg.storage)
     ckpt = checkpoint_from_authors(state, cfg.model, args.source)
-    save_checkpoint(ckpt, args.output, storage_options(cfg.storage, args.output))
+    save_checkpoint(ckpt, args.output, cfg.storage)
     print_json_line({"uri": args.output, "arch": ckpt.arch, "model_id": ckpt.model_id})
     return 0
 
@@ -80,14 +78,10 @@ def run_info(args: argparse.Namespace) -> int:
     """Print architecture, parameter count, preprocessing, provenance, the untrained flag and
     what trained it (training_data)."""
     from pipeline.model import load_checkpoint, parameter_count, resolve_checkpoint
-    from pipeline.storage import storage_options
 
     cfg = config_from_args(args)
-    registry = cfg.model.registry_file
-    # a name's registry file (and its remote entries) share the options of the registry's URI
-    opts = storage_options(cfg.storage, registry or args.uri)
-    uri = resolve_checkpoint(args.uri, registry, cfg.cache_dir, opts)
-    ckpt = load_checkpoint(uri, storage_options(cfg.storage, uri))
+    uri = resolve_checkpoint(args.uri, cfg.model.registry_file, cfg.cache_dir, cfg.storage)
+    ckpt = load_checkpoint(uri, cfg.storage)
     lines = [
         f"checkpoint: {uri}",
         f"arch: {ckpt.arch}",

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.ids import video_id
 from pipeline.source import special_kind
-from pipeline.storage import as_uri, filesystem
+from pipeline.storage import file_info, find_detail, glob_detail, is_file, open_uri
 from schemas.config import InferConfig, StorageConfig
 from schemas.tables import MANIFEST
 
@@ -49,12 +49,12 @@ def _entry(uri: str, info: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def manifest_uris(fs: Any, path: str, name: str) -> list[str]:
+def manifest_uris(name: str, storage: StorageConfig | None = None) -> list[str]:
     """The `uri` column of a Parquet manifest: ValueError naming the manifest when it is not
     Parquet, has no `uri` column, or holds anything but non-empty strings (nulls, numbers)."""
     how = "a manifest is a Parquet file with a string column `uri`, one row per video"
     try:
-        with fs.open(path, "rb") as f:
+        with open_uri(name, "rb", storage) as f:
             schema = pq.read_schema(f)
             if "uri" not in schema.names:
                 raise ValueError(f"manifest {name} has no `uri` column: {how}")
@@ -120,39 +120,32 @@ def _expand_one(
     item: str, storage: StorageConfig | None, exts: tuple[str, ...], glob: bool
 ) -> tuple[str, list[tuple[str, dict[str, Any] | None]]]:
     """(kind, [(uri, info or None)]) of one INPUT (see `expand_inputs`)."""
-    fs, path = filesystem(item, storage)
-    if item.endswith(".parquet") and fs.isfile(path):
+    if item.endswith(".parquet") and is_file(item, storage):
         found = []
-        for uri in manifest_uris(fs, path, item):
-            ufs, upath = filesystem(uri, storage)
+        for uri in manifest_uris(item, storage):
             try:
-                info = ufs.info(upath)
+                found.append((uri, file_info(uri, storage)))
             except (FileNotFoundError, PermissionError, OSError):
-                info = None
-            found.append((uri, info))
+                found.append((uri, None))
         if not found:
             raise ValueError(f"manifest {item} has no rows: it names no video")
         return "manifest", found
     try:
-        info = fs.info(path)
+        meta = file_info(item, storage)
     except (FileNotFoundError, PermissionError) as exc:
-        if glob and any(ch in path for ch in GLOB_CHARS):
-            return "glob", _glob(fs, path, item)
+        if glob and any(ch in item for ch in GLOB_CHARS):
+            return "glob", _glob(item, storage)
         # Kept: the face stage gives it a `failed` status row with the reason.
         log.warning("input %s: %s", item, type(exc).__name__)
         return "missing", [(item, None)]
-    if info.get("type") != "directory":
+    if meta.get("type") != "directory":
         kind = special_kind(item)
         if kind:
             log.warning(
                 "input %s: not a regular file (%s): it gets a failed status row", item, kind
             )
-        return "file", [(item, info)]
-    found = [
-        (as_uri(p, item), finfo)
-        for p, finfo in sorted(fs.find(path, detail=True).items())
-        if p.lower().endswith(exts)
-    ]
+        return "file", [(item, meta)]
+    found = [(u, m) for u, m in find_detail(item, storage) if u.lower().endswith(exts)]
     if not found:
         raise ValueError(
             f"input {item} is a folder without video files ({', '.join(exts)}): check the path, "
@@ -161,15 +154,12 @@ def _expand_one(
     return "folder", found
 
 
-def _glob(fs: Any, path: str, item: str) -> list[tuple[str, dict[str, Any] | None]]:
+def _glob(item: str, storage: StorageConfig | None) -> list[tuple[str, dict[str, Any] | None]]:
     """The files a pattern matches; none: the pattern itself, kept as a missing input."""
-    matches = fs.glob(path, detail=True)
     # Like folder listings, dangling and looping symlinks (type "other") are kept: each gets a
     # `failed` status row instead of vanishing silently.
-    found = [
-        (as_uri(p, item), info)
-        for p, info in sorted(matches.items())
-        if info.get("type") != "directory"
+    found: list[tuple[str, dict[str, Any] | None]] = [
+        (u, m) for u, m in glob_detail(item, storage) if m.get("type") != "directory"
     ]
     if not found:
         log.warning("input %s: no file by that name, and as a pattern it matches no file", item)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.manifest import expand_inputs
 from pipeline.outlock import output_lock
@@ -44,7 +43,7 @@ from pipeline.status import (
     pending_rows,
     prior_attempts,
 )
-from pipeline.storage import filesystem, join, remove, sweep_temp, write_parquet, write_text
+from pipeline.storage import join, read_tables, remove, sweep_temp, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.stage_columns import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
@@ -251,22 +250,12 @@ def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
     was added read back with nulls there. An unreadable or corrupt file is skipped with a
     warning naming it (its video is then pending, and the rerun rewrites it); a storage outage
     still raises, for the caller's retry, so it never makes every video look pending."""
-    fs, path = filesystem(join(out, "videos"), cfg.storage)
-    if not fs.exists(path):
-        return VIDEOS.empty_table()
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-    tables = []
-    for p in files:
-        try:
-            with fs.open(p, "rb") as f:
-                tables.append(conform(pq.read_table(f), VIDEOS, fill_missing=VIDEOS_ADDED))
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.warning(
-                "status file %s unreadable (%s): its video counts as pending", p, type(exc).__name__
-            )
-    return pa.concat_tables(tables) if tables else VIDEOS.empty_table()
+    return read_tables(join(out, "videos"), VIDEOS, cfg.storage, VIDEOS_ADDED, _pending)
+
+
+def _pending(uri: str, exc: Exception) -> None:
+    log.warning("status file %s unreadable (%s): its video counts as pending", uri,
+                type(exc).__name__)  # fmt: skip
 
 
 def stage_specs(cfg: VaerrConfig, checkpoint: str) -> list[StageSpec]:
@@ -310,13 +299,13 @@ def run_inference(
     given and how many videos each listed). `glob=False`: no INPUT is a pattern
     (pipeline/manifest.py)."""
     from pipeline.model import load_checkpoint, resolve_checkpoint
-    from pipeline.storage import storage_options
 
     t0 = time.perf_counter()
     started = utc_now()
-    opts = storage_options(cfg.storage, checkpoint)
-    ckpt_uri = resolve_checkpoint(checkpoint, cfg.model.registry_file, cfg.cache_dir, opts)
-    ckpt = load_checkpoint(ckpt_uri, opts)
+    # the storage settings, not options made from the checkpoint's name: a name's registry
+    # and the file it lists each get their own (a name alone gave none: issue 25)
+    ckpt_uri = resolve_checkpoint(checkpoint, cfg.model.registry_file, cfg.cache_dir, cfg.storage)
+    ckpt = load_checkpoint(ckpt_uri, cfg.storage)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
     if ckpt.training_data == SYNTHETIC:

@@ -172,7 +172,6 @@ class ModelStage:
 
     def __init__(self, cfg: VaerrConfig, checkpoint: str, model: Any = None) -> None:
         from pipeline.model.checkpoint import load_model
-        from pipeline.storage import storage_options
 
         self.cfg = cfg
         if model is None:
@@ -180,7 +179,7 @@ class ModelStage:
                 checkpoint,
                 cfg.model,
                 cache_dir=cfg.cache_dir,
-                storage_options=storage_options(cfg.storage, checkpoint),
+                storage_options=cfg.storage,
             )
         self.model = model
 

@@ -15,9 +15,8 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-from pipeline.storage import basename, is_local, local_path, open_uri, protocol
+from pipeline.storage import Options, basename, is_local, local_path, open_uri, protocol
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def _check(path: Path, sha256: str | None, uri: str) -> str:
     return str(path)
 
 
-def _download(uri: str, dest: Path, storage_options: dict[str, Any] | None) -> None:
+def _download(uri: str, dest: Path, storage_options: Options) -> None:
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=dest.name, delete=False)
     tmp.close()
     try:
@@ -64,7 +63,7 @@ def resolve_file(
     uri: str,
     cache: str | None = None,
     sha256: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: Options = None,
 ) -> str:
     """Return a local path for `uri`, downloading into the cache only when it is not there.
 

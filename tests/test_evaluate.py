@@ -4,6 +4,7 @@ protocol is the batch job's windows and blend; reports agree with their own pred
 from __future__ import annotations
 
 import json
+from hashlib import sha256
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -130,3 +131,44 @@ def test_evaluate_cli_reports_both_protocols(labelled_shards, tiny_checkpoint, t
 
         cfg = load_config(None, [f"data.shards={labelled_shards}", "evaluate.splits=[train]"])
         run_evaluate(cfg, tiny_checkpoint, str(tmp_path / "none"))
+
+
+def test_a_named_checkpoint_behind_config_credentials_loads(
+    labelled_shards, tiny_checkpoint, s3_server, s3_bucket, tmp_path, monkeypatch, capsys
+):
+    """A registry and the checkpoint it lists on an S3 endpoint that only the config reaches
+    (storage.endpoint_url, key, secret; no AWS env vars): `vaerr infer`, `vaerr evaluate` and
+    `vaerr model info` load it by name. Before (issue 25), the storage settings were built
+    from the checkpoint's name, which is no URI: none at all, so the registry was read
+    without endpoint or credentials."""
+    import boto3
+
+    data = open(tiny_checkpoint, "rb").read()
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.put_object(Bucket=s3_bucket, Key="models/tiny.pt", Body=data)
+    sha = sha256(data).hexdigest()
+    entry = f"team-tiny:\n  uri: s3://{s3_bucket}/models/tiny.pt\n  sha256: {sha}\n"
+    s3.put_object(Bucket=s3_bucket, Key="models/registry.yaml", Body=entry.encode())
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    sets = [
+        f"storage.endpoint_url={s3_server}", "storage.key=testing",
+        "storage.secret=testing-secret", f"cache_dir={tmp_path / 'cache'}",
+        f"model.registry_file=s3://{s3_bucket}/models/registry.yaml",
+        f"data.shards={labelled_shards}", "infer.window_frames=25", "infer.hop_frames=10",
+        "video.end_s=0.8", *face_overrides(),
+    ]  # fmt: skip
+    flags = sum((["--set", s] for s in sets), [])
+    assert main(["model", "info", "team-tiny", *flags]) == 0
+    info = capsys.readouterr().out
+    model_id = next(ln.split(": ")[1] for ln in info.splitlines() if ln.startswith("model_id:"))
+    out = tmp_path / "out"
+    clip = str(asset("videos/grid_swiz3n.mpg"))
+    args = ["infer", clip, "-o", str(out), "--checkpoint", "team-tiny", "--local", *flags]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"] == 1
+    assert json.loads((out / "run.json").read_text())["model_id"] == model_id
+    assert main(["evaluate", "--checkpoint", "team-tiny", "-o", str(tmp_path / "ev"), *flags]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model_id"] == model_id and summary["sequences"] == 2

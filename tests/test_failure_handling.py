@@ -173,7 +173,7 @@ def _outage_case(tmp_path: Path, proxy, s3_server, s3_bucket) -> tuple[list[str]
 @pytest.mark.slow
 def test_outage_during_reads_is_pending_then_retried(tmp_path, proxy, s3_server, s3_bucket, capsys):
     """The endpoint drops every connection while the video is read (the client gives up
-    within seconds: pipeline/storage.py S3FS_RETRIES): the video stays pending, exit 3; the
+    within seconds: pipeline/storage/uris.py S3FS_RETRIES): the video stays pending, exit 3; the
     rerun after the outage completes it; the undecodable video is final at once and never
     retried."""
     args, out, bad = _outage_case(tmp_path, proxy, s3_server, s3_bucket)

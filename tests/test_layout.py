@@ -112,7 +112,7 @@ def test_the_size_checks_see_long_code():
 
 
 SOURCE_PACKAGES = ["schemas", "pipeline", "training", "jobs", "bench"]
-STORAGE_MODULE = "pipeline/storage.py"
+STORAGE_PACKAGE = "pipeline/storage/"
 # Modules that only the storage module may import: fsspec and its backends build filesystems,
 # urlparse is how a URI's scheme is read.
 FS_MODULES = {"fsspec", "s3fs", "gcsfs", "adlfs"}
@@ -128,7 +128,7 @@ def source_files():
 
 
 def storage_violations(path, rel: str) -> list[str]:
-    """What in `path` (shown as `rel`) belongs to pipeline/storage.py: building fsspec
+    """What in `path` (shown as `rel`) belongs to pipeline/storage/: building fsspec
     filesystems, parsing URIs, or testing a string for a scheme."""
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -148,12 +148,62 @@ def storage_violations(path, rel: str) -> list[str]:
 
 
 def test_only_storage_owns_uris():
-    """pipeline/storage.py is the one module that builds filesystems and reads URI schemes."""
+    """pipeline/storage/ is the one package that builds filesystems and reads URI schemes."""
     rels = {path: path.relative_to(REPO).as_posix() for path in source_files()}
     bad = [
-        v for p, rel in rels.items() if rel != STORAGE_MODULE for v in storage_violations(p, rel)
+        v
+        for p, rel in rels.items()
+        if not rel.startswith(STORAGE_PACKAGE)
+        for v in storage_violations(p, rel)
     ]
     assert not bad, "use pipeline.storage instead:\n" + "\n".join(bad)
+
+
+# The raw filesystem accessors of pipeline/storage/, and the modules allowed them: Ray Train
+# takes a pyarrow filesystem for its checkpoints (issue 25: no other module gets a filesystem;
+# each reads, lists and writes through storage's verbs).
+RAW_ACCESSORS = {"filesystem": set(), "arrow_filesystem": {"training/loop.py"}}
+
+
+def raw_filesystem_uses(path, rel: str) -> list[str]:
+    """Where `path` imports or calls a raw filesystem accessor it is not allowed."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.storage"):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+        out += [
+            f"{rel}:{node.lineno} uses {n}"
+            for n in names
+            if n in RAW_ACCESSORS and rel not in RAW_ACCESSORS[n]
+        ]
+    return out
+
+
+def test_no_filesystem_outside_storage():
+    """No module outside pipeline/storage/ is handed a raw filesystem (issue 25)."""
+    bad = [
+        v
+        for path in source_files()
+        if not (rel := path.relative_to(REPO).as_posix()).startswith(STORAGE_PACKAGE)
+        for v in raw_filesystem_uses(path, rel)
+    ]
+    assert not bad, "read, list and write through pipeline.storage's verbs:\n" + "\n".join(bad)
+
+
+def test_the_filesystem_check_sees_uses(tmp_path):
+    """The check above sees an import and an attribute use of each accessor."""
+    src = tmp_path / "mod.py"
+    src.write_text(
+        "from pipeline.storage import filesystem, join\n"
+        "from pipeline import storage\n"
+        "def f(u):\n"
+        "    return storage.arrow_filesystem(u), join(u, 'x')\n"
+    )
+    assert len(raw_filesystem_uses(src, "mod.py")) == 2
+    assert raw_filesystem_uses(src, "training/loop.py") == ["training/loop.py:1 uses filesystem"]
 
 
 def test_storage_check_sees_violations(tmp_path):

@@ -16,7 +16,7 @@ from schemas.tables import CLIP_SHARD
 from schemas.train import AudioFeatureConfig
 from tests.conftest import asset, face_overrides
 from training.audio import LogMel, feature_dim, frame_features, mel_filterbank, stack_per_frame
-from training.datasets.shards import read_sequence, read_sequences, read_status
+from training.datasets.shards import read_sequence, read_sequences, read_shard_status
 from training.preprocess import choose_tracks, preprocess_hash, run_preprocess
 
 GRID = ["grid_bbaf2n.mpg", "grid_lbbc2a.mpg", "grid_swiz3n.mpg"]
@@ -137,7 +137,9 @@ def test_preprocess_on_ray_to_s3_then_resume(ray_local, s3_server, s3_bucket, vi
     assert (summary["ok"], summary["no_face"], summary["failed"]) == (4, 1, 1)
     assert summary["sequences"] == 5 and summary["processed"] == 6
     root = f"s3://{s3_bucket}/shards"
-    status = {r["uri"].rsplit("/", 1)[-1]: r for r in read_status(root, cfg.storage).to_pylist()}
+    status = {
+        r["uri"].rsplit("/", 1)[-1]: r for r in read_shard_status(root, cfg.storage).to_pylist()
+    }
     assert status["corrupt.mp4"]["status"] == "failed" and status["corrupt.mp4"]["reason"]
     assert status["noface_sky_360p.mp4"]["reason"] == "no face track found"
 

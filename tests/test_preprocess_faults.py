@@ -19,7 +19,7 @@ from pipeline.status import ENVIRONMENT_FAILURE
 from schemas.config import load_config
 from tests.conftest import asset, face_overrides
 from tests.faultproxy import FaultProxy
-from training.datasets.shards import read_sequences, read_status
+from training.datasets.shards import read_sequences, read_shard_status
 from training.preprocess import run_preprocess
 
 
@@ -62,7 +62,9 @@ def test_preprocess_on_s3_loses_nothing_under_transient_faults(proxy, s3_server,
     proxy.fail = fail
     with caplog.at_level(logging.WARNING, logger="pipeline.retry"):
         first = run_preprocess(cfg, runner="local")
-    status = {r["uri"].rsplit("/", 1)[-1]: r for r in read_status(root, cfg.storage).to_pylist()}
+    status = {
+        r["uri"].rsplit("/", 1)[-1]: r for r in read_shard_status(root, cfg.storage).to_pylist()
+    }
     assert sorted(status) == ["a.mpg", "b.mpg"]  # one status row per video, none lost
     a, b = status["a.mpg"], status["b.mpg"]
     assert (first["ok"], first["pending"], first["failed"]) == (1, 1, 0) and "rerun" in first[
@@ -81,7 +83,9 @@ def test_preprocess_on_s3_loses_nothing_under_transient_faults(proxy, s3_server,
 
     faults["read"] = False
     again = run_preprocess(cfg, runner="local")
-    status = {r["uri"].rsplit("/", 1)[-1]: r for r in read_status(root, cfg.storage).to_pylist()}
+    status = {
+        r["uri"].rsplit("/", 1)[-1]: r for r in read_shard_status(root, cfg.storage).to_pylist()
+    }
     assert (again["processed"], again["ok"], again["pending"], again["failed"]) == (1, 2, 0, 0)
     assert status["a.mpg"]["status"] == "ok" and status["a.mpg"]["attempts"] == 2
     assert status["a.mpg"]["failure_kind"] is None and "note" not in again

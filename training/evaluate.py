@@ -26,7 +26,7 @@ import torch
 from pipeline.model.checkpoint import load_model
 from pipeline.model.network import SSVAERR, predict
 from pipeline.record import write_record
-from pipeline.storage import atomic_write, join, storage_options
+from pipeline.storage import atomic_write, join
 from pipeline.timeline import TrackAccumulator
 from pipeline.windows import window_starts
 from schemas.config import VaerrConfig, config_dump
@@ -37,7 +37,7 @@ from schemas.evaluation import (
     eval_predictions_schema,
 )
 from schemas.tables import conform
-from training.datasets.shards import read_sequence, read_sequences, read_status
+from training.datasets.shards import read_sequence, read_sequences, read_shard_status
 from training.metrics import ccc, evaluate_sequences, pearson, rmse
 
 log = logging.getLogger(__name__)
@@ -274,12 +274,11 @@ def run_evaluate(
     OUT/predictions.parquet (schemas in schemas/evaluation.py). Returns the summary."""
     ev = cfg.evaluate
     out = output or ev.output or _default_output(checkpoint)
-    opts = storage_options(cfg.storage, checkpoint)
     model, ckpt = load_model(
         checkpoint,
         cfg.model,
         cache_dir=cfg.cache_dir,
-        storage_options=opts,
+        storage_options=cfg.storage,  # per URI: the registry's and its entry's (issue 25)
         device=device or cfg.model.device,
     )
     seqs = read_sequences(cfg.data.shards, cfg.storage, tuple(ev.splits))
@@ -297,7 +296,7 @@ def run_evaluate(
         "frames": int(sum(len(r["frame_index"]) for r in scored)),
         "windows": {"window_frames": cfg.infer.window_frames, "hop_frames": cfg.infer.hop_frames},
         "coverage": coverage(
-            scored, read_status(cfg.data.shards, cfg.storage).to_pylist(), ev.splits
+            scored, read_shard_status(cfg.data.shards, cfg.storage).to_pylist(), ev.splits
         ),
         "protocols": {},
         "output": out,

@@ -53,9 +53,8 @@ from pipeline.storage import (
     absolute,
     arrow_filesystem,
     copy,
-    filesystem,
     join,
-    storage_options,
+    read_jsonl,
     write_text,
 )
 from schemas.config import VaerrConfig, config_dump, config_yaml
@@ -96,12 +95,9 @@ def lr_at(epoch: int, cfg: VaerrConfig) -> float:
 def _append_metrics(uri: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
     """Rewrite RUN/metrics.jsonl with this epoch's record replacing any earlier one of the same
     or a later epoch (a resumed run re-does the epochs after its checkpoint)."""
-    fs, path = filesystem(uri, cfg.storage)
-    lines: list[dict[str, Any]] = []
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            lines = [json.loads(s) for s in f.read().decode().splitlines() if s.strip()]
-    lines = [r for r in lines if r.get("epoch", -1) < record["epoch"]] + [record]
+    lines = [r for r in read_jsonl(uri, cfg.storage) if r.get("epoch", -1) < record["epoch"]] + [
+        record
+    ]
     text = "".join(json.dumps(r, default=float) + "\n" for r in lines)
     write_text(uri, text, cfg.storage)
 
@@ -230,9 +226,7 @@ def _finish_epoch(
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         }
         product = fit.task.product(fit.wrapped, epoch, metrics)
-        save_checkpoint(
-            product, join(rdir, fit.task.product_name), storage_options(cfg.storage, rdir)
-        )
+        save_checkpoint(product, join(rdir, fit.task.product_name), cfg.storage)
     metrics.update(
         {
             "best_epoch": fit.best["epoch"],
@@ -475,11 +469,7 @@ def _clip_dataset(cfg: VaerrConfig, specs: list[dict], loader_kwargs: dict[str, 
 
 
 def _read_best(rdir: str, cfg: VaerrConfig) -> dict[str, Any] | None:
-    fs, path = filesystem(join(rdir, METRICS_FILE), cfg.storage)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        rows = [json.loads(s) for s in f.read().decode().splitlines() if s.strip()]
+    rows = read_jsonl(join(rdir, METRICS_FILE), cfg.storage)
     if not rows:
         return None
     best_epoch = rows[-1].get("best_epoch")
@@ -488,9 +478,4 @@ def _read_best(rdir: str, cfg: VaerrConfig) -> dict[str, Any] | None:
 
 def read_metrics(cfg: VaerrConfig) -> list[dict[str, Any]]:
     """The per-epoch records of a run (RUN/metrics.jsonl), oldest first."""
-    uri = join(run_dir(resolve_paths(cfg)), METRICS_FILE)
-    fs, path = filesystem(uri, cfg.storage)
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "rb") as f:
-        return [json.loads(s) for s in f.read().decode().splitlines() if s.strip()]
+    return read_jsonl(join(run_dir(resolve_paths(cfg)), METRICS_FILE), cfg.storage)

@@ -38,7 +38,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline.storage import absolute, atomic_write, filesystem, is_plain_path, join, write_text
+from pipeline.storage import (
+    absolute,
+    atomic_write,
+    exists,
+    is_plain_path,
+    join,
+    read_json,
+    write_text,
+)
 from schemas.config import VaerrConfig, config_dump, load_config
 from schemas.train import DATASET_COLUMNS, TABLE_III_COLUMNS, PaperCell
 
@@ -229,11 +237,6 @@ def pretrain_command(config: str | Path, encoder: str, out: str) -> str:
     )
 
 
-def _exists(uri: str, cfg: VaerrConfig) -> bool:
-    fs, path = filesystem(uri, cfg.storage)
-    return bool(fs.exists(path))
-
-
 @dataclass
 class PlanItem:
     """One run of the plan and its state."""
@@ -288,11 +291,11 @@ def make_plan(
             continue
         item = PlanItem(run, cells, "todo", out=out)
         placed = run.at(out)
-        if _exists(join(results_dir(out), f"{run.hash}.json"), run.cfg):
+        if exists(join(results_dir(out), f"{run.hash}.json"), run.cfg.storage):
             item.status = "done"
         elif placed.model.encoder_checkpoint:
             enc = _abs(placed.model.encoder_checkpoint)
-            if not _exists(enc, run.cfg):
+            if not exists(enc, run.cfg.storage):
                 item.status, item.encoder = "needs-encoder", enc
                 src = sources.get(enc)
                 item.pretrain_config = str(src) if src else None
@@ -392,12 +395,7 @@ def build_table(
     order = {r: i for i, r in enumerate(TABLE_ROWS[table])}
     cols = {c: i for i, c in enumerate(TABLE_COLUMNS[table])}
     for item in plan:
-        res = None
-        uri = join(results_dir(out), f"{item.run.hash}.json")
-        if _exists(uri, cfg):
-            fs, path = filesystem(uri, cfg.storage)
-            with fs.open(path, "rb") as f:
-                res = json.loads(f.read().decode())
+        res = read_json(join(results_dir(out), f"{item.run.hash}.json"), cfg.storage)
         for c in item.cells:
             cov = (res or {}).get("coverage") or {}
             overall = cov.get("overall") or {}

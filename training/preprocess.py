@@ -65,7 +65,7 @@ from schemas.tables import CLIP_SHARD, PREPROCESS_STATUS, SEQUENCES, conform
 from training.audio import Extractor, build_extractor, frame_features
 from training.datasets import read_dataset
 from training.datasets.items import LabelTrack, VideoItem, resample_labels
-from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_status
+from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_shard_status
 from training.labelled import (
     annotated_frames,
     choose_tracks,
@@ -416,7 +416,9 @@ def run_preprocess(
     rows = item_rows(items, cfg)
     chash = preprocess_hash(cfg)
     with output_lock(root, cfg.storage, "vaerr preprocess"):  # one writer per shard root
-        done = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+        done = with_retries(
+            lambda: read_shard_status(root, cfg.storage), budget, "reading status rows"
+        )
         version = {"config_hash": chash}
         tried = {} if force else prior_attempts(rows, done, version)
         todo = [
@@ -443,7 +445,9 @@ def run_preprocess(
                     bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
 
             run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
-        status = with_retries(lambda: read_status(root, cfg.storage), budget, "reading status rows")
+        status = with_retries(
+            lambda: read_shard_status(root, cfg.storage), budget, "reading status rows"
+        )
         totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
         splits = totals.pop("splits")
         summary = {

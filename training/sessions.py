@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.storage import filesystem, join, protocol
+from pipeline.storage import is_local, join, local_path
 from schemas.config import VaerrConfig
 from training.datasets.shards import ClipLoader
 from training.losses import all_sum_autograd
@@ -121,16 +121,16 @@ class LocalSession(Session):
         yield from spec_batches(self.specs, self.loader, self.cfg.train.seed, epoch, 0, 1, bs)
 
     def restore(self) -> dict[str, Any] | None:
-        fs, path = filesystem(self.ckpt_root)
-        if protocol(self.ckpt_root) != "file" or not fs.exists(path):
+        if not is_local(self.ckpt_root) or not local_path(self.ckpt_root).is_dir():
             return None
+        path = local_path(self.ckpt_root)
         names = sorted(p for p in os.listdir(path) if p.startswith("epoch_"))
         return _load_state(os.path.join(path, names[-1])) if names else None
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None, epoch: int) -> None:
         if self.on_epoch is not None:
             self.on_epoch(metrics)
-        if state is None or protocol(self.ckpt_root) != "file":
+        if state is None or not is_local(self.ckpt_root):
             return
         _save_state(state, os.path.join(self.ckpt_root, f"epoch_{epoch:04d}"))
         names = sorted(p for p in os.listdir(self.ckpt_root) if p.startswith("epoch_"))

@@ -24,7 +24,7 @@ from pipeline.model.checkpoint import (
 )
 from pipeline.model.encoder_weights import encoder_checkpoint, load_encoder_weights
 from pipeline.model.registry import build_encoder, build_model
-from pipeline.storage import join, storage_options
+from pipeline.storage import join
 from schemas.config import VaerrConfig
 from training.augment import augment_clips, make_view
 from training.datasets.shards import read_frames
@@ -186,7 +186,7 @@ class FinetuneTask(Task):
             model.set_bin_centres(np.asarray(self.extras.bin_centres, np.float32))
         if cfg.model.encoder_checkpoint:
             uri = cfg.model.encoder_checkpoint
-            state = read_weights_file(uri, storage_options(cfg.storage, uri))
+            state = read_weights_file(uri, cfg.storage)
             report = load_encoder_weights(model, state)
             if not report.complete:
                 raise ValueError(f"{uri}: encoder weights incomplete\n{report}")

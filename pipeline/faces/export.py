@@ -15,7 +15,7 @@ from pipeline.faces.extract import FacePipeline
 from pipeline.ids import video_id
 from pipeline.progress import Progress
 from pipeline.status import FAILED, face_status, status_record
-from pipeline.storage import ParquetStream, filesystem, join, write_text
+from pipeline.storage import ParquetStream, join, remove, write_text
 from pipeline.video import VideoError
 from schemas.config import config_yaml
 from schemas.tables import BOX, CLIPS, TRACKS
@@ -95,7 +95,7 @@ def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
         for s in streams:
             _quietly(lambda s=s: s.close(ok=False))
         for name in ("tracks.parquet", "clips.parquet"):
-            _quietly(lambda name=name: _remove_stale(join(out_dir, name), cfg))
+            _quietly(lambda name=name: remove(join(out_dir, name), cfg.storage))
         reason = str(exc) if isinstance(exc, VideoError) else status_reason(exc)
         log.warning("%s: failed: %s", escape(uri), escape(reason))
         return status_record(vid, uri, FAILED, reason, 0, frames)
@@ -110,10 +110,3 @@ def _quietly(fn: Any) -> None:
         fn()
     except Exception as exc:
         log.warning("clean-up after a failure failed: %s", status_reason(exc))
-
-
-def _remove_stale(uri: str, cfg: Any) -> None:
-    """Delete an earlier run's table at `uri`, if any."""
-    fs, path = filesystem(uri, cfg.storage)
-    if fs.exists(path):
-        fs.rm(path)

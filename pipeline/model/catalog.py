@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.storage import is_local, is_remote, local_path, read_text
+from pipeline.storage import Options, is_local, is_remote, local_path, read_text
 from schemas.yamlsafe import load_yaml
 
 __all__ = ["CATALOG_ENV", "read_catalog", "resolve_checkpoint"]
@@ -49,9 +49,7 @@ def _entry(catalog_file: str, name: Any, entry: Any, base: Path | None) -> dict[
     return {**entry, "uri": uri}
 
 
-def read_catalog(
-    catalog_file: str, storage_options: dict[str, Any] | None = None
-) -> dict[str, dict[str, Any]]:
+def read_catalog(catalog_file: str, storage_options: Options = None) -> dict[str, dict[str, Any]]:
     """Parse a catalog YAML `name: {uri: ..., sha256: ..., description: ...}` (a bare string
     is the uri). Relative local URIs are resolved against the catalog file's folder."""
     base: Path | None = None
@@ -70,7 +68,7 @@ def resolve_checkpoint(
     name_or_uri: str,
     registry_file: str | None = None,
     cache_dir: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: Options = None,
 ) -> str:
     """Map a catalog name or a URI to what `load_checkpoint` reads.
 

@@ -37,7 +37,7 @@ from pipeline.device import resolve_device
 from pipeline.model.catalog import resolve_checkpoint
 from pipeline.model.network import SSVAERR
 from pipeline.model.registry import ARCHS, arch_spec, build_model
-from pipeline.storage import is_local, local_path, read_bytes, write_bytes
+from pipeline.storage import Options, is_local, local_path, read_bytes, write_bytes
 from schemas.config import DEFAULT_DETECTOR
 from schemas.model import ModelConfig
 
@@ -375,7 +375,7 @@ def plain_values(obj: Any, where: str) -> Any:
 def save_checkpoint(
     ckpt: Checkpoint | Mapping[str, Any],
     uri: str,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: Options = None,
 ) -> str:
     """Write the checkpoint to a local path, file:// or any fsspec URI (s3://...); returns uri.
 
@@ -389,9 +389,7 @@ def save_checkpoint(
     return uri
 
 
-def read_weights_file(
-    uri: str, storage_options: dict[str, Any] | None = None, map_location: str = "cpu"
-) -> Any:
+def read_weights_file(uri: str, storage_options: Options = None, map_location: str = "cpu") -> Any:
     """torch.load(weights_only=True) of any fsspec URI: tensors and plain Python values only.
 
     A file that carries pickled arbitrary objects (code that would run on load) is refused
@@ -414,7 +412,7 @@ def read_weights_file(
 
 
 def load_checkpoint(
-    uri: str, storage_options: dict[str, Any] | None = None, map_location: str = "cpu"
+    uri: str, storage_options: Options = None, map_location: str = "cpu"
 ) -> Checkpoint:
     """Read and validate an SS-VAERR checkpoint from a path or any fsspec URI: the format,
     finite weights and the declared architecture (`check_weights`), before any work."""
@@ -476,7 +474,7 @@ def load_model(
     model_cfg: ModelConfig | None = None,
     registry_file: str | None = None,
     cache_dir: str | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: Options = None,
     device: str | None = None,
 ) -> tuple[SSVAERR, Checkpoint]:
     """Resolve (a name in the catalog, pipeline.model.catalog, or a URI), load, and build the

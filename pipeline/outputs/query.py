@@ -30,7 +30,16 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.storage import atomic_write, filesystem
+from pipeline.storage import (
+    atomic_write,
+    basename,
+    exists,
+    is_dir,
+    is_file,
+    join,
+    list_files,
+    parquet_dataset,
+)
 from schemas.config import StorageConfig
 from schemas.tables import TIMELINES
 
@@ -81,35 +90,27 @@ OUT_MARKERS = ("run.json", "videos", "manifest.parquet")
 """Names that make a folder a job's OUT (whose timelines live in OUT/timelines/)."""
 
 
-def timeline_files(uri: str, storage: StorageConfig | None = None) -> tuple[Any, list[str]]:
-    """(fsspec filesystem, sorted Parquet file paths) of TIMELINES: a job's output folder OUT
-    (its `timelines/` is used), the `timelines/` folder itself, or one Parquet file. Hidden
-    names (a write in progress, `.x.parquet.tmp-*`) are skipped. An OUT without `timelines/`
-    (or an empty `timelines/`) gives no files; a path that does not exist, or another folder
-    without Parquet files, raises FileNotFoundError.
+def timeline_files(uri: str, storage: StorageConfig | None = None) -> list[str]:
+    """Sorted URIs of the Parquet files of TIMELINES: a job's output folder OUT (its
+    `timelines/` is used), the `timelines/` folder itself, or one Parquet file. Hidden names
+    (a write in progress, `.x.parquet.tmp-*`) are skipped. An OUT without `timelines/` (or an
+    empty `timelines/`) gives no files; a path that does not exist, or another folder without
+    Parquet files, raises FileNotFoundError.
     The rest of OUT (manifest, status rows) is never listed."""
-    fs, path = filesystem(uri, storage)
-    path = path.rstrip("/")
-    if fs.isfile(path):
-        return fs, [path]
-    if not fs.isdir(path):
+    uri = uri.rstrip("/")
+    if is_file(uri, storage):
+        return [uri]
+    if not is_dir(uri, storage):
         raise FileNotFoundError(f"no timelines at {uri}: no such file or folder")
-    sub = f"{path}/timelines"
-    if fs.isdir(sub):
-        path = sub
-    elif any(fs.exists(f"{path}/{m}") for m in OUT_MARKERS):
-        return fs, []  # a job's OUT where no video had a face
-    files = sorted(f for f in fs.find(path) if _is_data_file(f))
-    if not files and path.rsplit("/", 1)[-1] != "timelines":
+    root = join(uri, "timelines")
+    if not is_dir(root, storage):
+        if any(exists(join(uri, m), storage) for m in OUT_MARKERS):
+            return []  # a job's OUT where no video had a face
+        root = uri
+    files = list_files(root, storage, ".parquet")
+    if not files and root == uri and basename(uri) != "timelines":
         raise FileNotFoundError(f"no Parquet files under {uri} (expected OUT or OUT/timelines)")
-    return fs, files
-
-
-def _is_data_file(path: str) -> bool:
-    """A Parquet name that is not hidden (`.x`, `_x`: temporary writes, metadata), as pyarrow
-    datasets skip them."""
-    name = path.rsplit("/", 1)[-1]
-    return name.endswith(".parquet") and not name.startswith((".", "_"))
+    return files
 
 
 def open_timelines(uri: str, storage: StorageConfig | None = None) -> ds.Dataset:
@@ -117,11 +118,11 @@ def open_timelines(uri: str, storage: StorageConfig | None = None) -> ds.Dataset
 
     No timeline files: an empty dataset of the TIMELINES schema and a one-line warning. Files
     without the timeline columns (a manifest, status rows, events) raise ValueError."""
-    fs, files = timeline_files(uri, storage)
+    files = timeline_files(uri, storage)
     if not files:
         log.warning("%s holds no timelines (no video had a face?): the result is empty", uri)
         return ds.InMemoryDataset(TIMELINES.empty_table())
-    dataset = ds.dataset(files, filesystem=fs, format="parquet")
+    dataset = parquet_dataset(files, storage)
     missing = [c for c in REQUIRED if c not in dataset.schema.names]
     if missing:
         raise ValueError(

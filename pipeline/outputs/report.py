@@ -25,7 +25,6 @@ reached with `vaerr query happy|spikes OUT --output all.csv` and `vaerr plot OUT
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -55,14 +54,15 @@ from pipeline.status import FAILED, NO_FACE, OK
 from pipeline.storage import (
     atomic_write,
     file_uri,
-    filesystem,
     is_plain_path,
     join,
     protocol,
+    read_json,
+    read_tables,
     without_scheme,
 )
 from schemas.config import EmotionConfig, StorageConfig
-from schemas.tables import EVENTS, VIDEOS, VIDEOS_ADDED, conform
+from schemas.tables import EVENTS, VIDEOS, VIDEOS_ADDED
 
 log = logging.getLogger(__name__)
 
@@ -93,26 +93,15 @@ class JobData:
 
 def read_status_rows(out: str, storage: StorageConfig | None = None) -> pa.Table:
     """All status rows under OUT/videos/ (STATUS_READ columns; empty when there are none).
-    Every file is read with STATUS_READ's schema, so a column some files lack (added later,
-    such as `training_data`) is null there instead of dropped for all."""
-    fs, path = filesystem(join(out, "videos"), storage)
-    if not fs.exists(path):
-        return STATUS_READ.empty_table()
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p)
-    if not files:
-        return STATUS_READ.empty_table()
-    table = ds.dataset(files, schema=STATUS_READ, filesystem=fs, format="parquet").to_table()
-    return conform(table, STATUS_READ, fill_missing=VIDEOS_ADDED)
+    A column some files lack (added later, such as `training_data`) is null there instead of
+    dropped for all; an unreadable file is skipped with a warning naming it."""
+    return read_tables(join(out, "videos"), STATUS_READ, storage, VIDEOS_ADDED)
 
 
 def load_job(out: str, storage: StorageConfig | None = None) -> JobData:
     """Read a job's status rows, timelines and run.json from OUT (local or any fsspec URI)."""
     status = read_status_rows(out, storage)
-    run: dict[str, Any] = {}
-    fs, path = filesystem(join(out, "run.json"), storage)
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            run = json.loads(f.read().decode("utf-8"))
+    run: dict[str, Any] = read_json(join(out, "run.json"), storage) or {}
     dataset = None
     timelines = None
     try:

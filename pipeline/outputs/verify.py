@@ -24,71 +24,50 @@ Verify trusts nothing: it reads the whole OUT, not only the last run's manifest.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.ids import video_id
 from pipeline.retry import is_transient
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK
-from pipeline.storage import filesystem, join
+from pipeline.storage import Unreadable, exists, iter_tables, join, read_json
 from schemas.config import VaerrConfig
 from schemas.tables import TIMELINES, TIMELINES_ADDED, VIDEOS, VIDEOS_ADDED, schema_matches
 
 
-def _parquet_files(fs: Any, path: str) -> list[str]:
-    if not fs.exists(path):
-        return []
-    names = fs.find(path)
-    return sorted(
-        p
-        for p in names
-        if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_"))
+def _violation(problems: list[str]) -> Unreadable:
+    """The verifier's policy for a file it cannot read: a violation naming it."""
+    return lambda uri, exc: problems.append(
+        f"{uri}: unreadable ({type(exc).__name__}); rerun to rewrite it"
     )
 
 
-def _read(fs: Any, p: str, problems: list[str]) -> pa.Table | None:
-    """The table in file p, or None with a violation naming it (outages still raise)."""
-    try:
-        with fs.open(p, "rb") as f:
-            return pq.read_table(f)
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        problems.append(f"{p}: unreadable ({type(exc).__name__}); rerun to rewrite it")
-        return None
-
-
 def _tables(
-    fs: Any, path: str, schema: pa.Schema, added: tuple[str, ...], name: str, problems: list[str]
-) -> Iterator[tuple[str, pa.Table]]:
-    """(file, table) of each Parquet file under `path` that reads and matches `schema` (with
-    `added` columns optional); the others become violations naming the file."""
-    for p in _parquet_files(fs, path):
-        t = _read(fs, p, problems)
-        if t is None:
-            continue
+    root: str, cfg: VaerrConfig, schema: pa.Schema, added: tuple[str, ...], name: str,
+    problems: list[str],
+) -> Iterator[tuple[str, pa.Table]]:  # fmt: skip
+    """(file, table) of each Parquet file under `root` (or `root` itself) that reads and
+    matches `schema` (with `added` columns optional); the others become violations naming the
+    file."""
+    for uri, t in iter_tables(root, cfg.storage, _violation(problems)):
         if not schema_matches(t.schema, schema, added):
-            problems.append(f"{p}: schema differs from schemas.tables.{name}")
+            problems.append(f"{uri}: schema differs from schemas.tables.{name}")
             continue
-        yield p, t
+        yield uri, t
 
 
 def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, Any] | None:
-    fs, path = filesystem(join(out, "run.json"), cfg.storage)
-    if not fs.exists(path):
-        return None
+    uri = join(out, "run.json")
     try:
-        rec = json.loads(fs.cat(path))
+        rec = read_json(uri, cfg.storage)
     except Exception as exc:
         if is_transient(exc):
             raise
-        problems.append(f"{path}: unreadable run record ({type(exc).__name__})")
+        problems.append(f"{uri}: unreadable run record ({type(exc).__name__})")
         return None
     return rec if isinstance(rec, dict) else None
 
@@ -96,9 +75,9 @@ def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, An
 def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list[str]:
     """All violations found under OUT (an empty list means the outputs are sound)."""
     problems: list[str] = []
-    fs, vpath = filesystem(join(out, "videos"), cfg.storage)
-    rows = _status_rows(fs, vpath, problems)
-    if not rows and not fs.exists(vpath):
+    vpath = join(out, "videos")
+    rows = _status_rows(vpath, cfg, problems)
+    if not rows and not exists(vpath, cfg.storage):
         return [f"{out}: no videos/ folder (not a vaerr output?)"]
     run = _run_record(out, cfg, problems)
     # Pending means attempts left under the limit the run used (else this command's config).
@@ -125,10 +104,10 @@ def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list
     return problems
 
 
-def _status_rows(fs: Any, vpath: str, problems: list[str]) -> list[dict]:
+def _status_rows(vpath: str, cfg: VaerrConfig, problems: list[str]) -> list[dict]:
     """Every status row of OUT/videos (columns added later read as None), with its `_file`."""
     rows = []
-    for p, t in _tables(fs, vpath, VIDEOS, VIDEOS_ADDED, "VIDEOS", problems):
+    for p, t in _tables(vpath, cfg, VIDEOS, VIDEOS_ADDED, "VIDEOS", problems):
         for r in t.to_pylist():
             rows.append({"failure_kind": None, "attempts": None, **r, "_file": p})
     return rows
@@ -182,10 +161,8 @@ def _check_manifest(
     out: str, cfg: VaerrConfig, by_id: dict[str, list[dict]], problems: list[str]
 ) -> None:
     """Every input of OUT/manifest.parquet (when present) has a status row."""
-    mfs, mpath = filesystem(join(out, "manifest.parquet"), cfg.storage)
-    if mfs.exists(mpath):
-        mt = _read(mfs, mpath, problems)
-        for m in mt.to_pylist() if mt is not None else []:
+    for _, mt in iter_tables(join(out, "manifest.parquet"), cfg.storage, _violation(problems)):
+        for m in mt.to_pylist():
             if m["video_id"] not in by_id:
                 problems.append(f"input {m['uri']} ({m['video_id']}): no status row")
 
@@ -210,9 +187,9 @@ def _check_timelines(
 ) -> set[str]:
     """Timeline files: schema, one file per video, only ok videos, the status row's model, no
     duplicate rows, values finite in [-1, 1]. Returns the video ids with timelines."""
-    tfs, tpath = filesystem(join(out, "timelines"), cfg.storage)
     seen_tl: set[str] = set()
-    for p, t in _tables(tfs, tpath, TIMELINES, TIMELINES_ADDED, "TIMELINES", problems):
+    tpath = join(out, "timelines")
+    for p, t in _tables(tpath, cfg, TIMELINES, TIMELINES_ADDED, "TIMELINES", problems):
         df = t.select(["video_id", "track_id", "time_s", "arousal", "valence", "model_id"])
         df = df.to_pandas()
         for vid in df.video_id.unique():

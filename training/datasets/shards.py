@@ -21,39 +21,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem, join
+from pipeline.storage import join, read_parquet, read_tables
 from schemas.config import StorageConfig
-from schemas.tables import PREPROCESS_STATUS, SEQUENCES, SYNTHETIC, conform
+from schemas.tables import PREPROCESS_STATUS, SEQUENCES, SYNTHETIC
 
 log = logging.getLogger(__name__)
 
 CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR = "clips", "sequences", "videos"
 
 
-def _read_dir(
-    root: str,
-    sub: str,
-    schema: pa.Schema,
-    storage: StorageConfig | None,
-    fill_missing: tuple[str, ...] = (),
-) -> pa.Table:
-    fs, path = filesystem(join(root, sub), storage)
-    if not fs.exists(path):
-        return schema.empty_table()
-    tables = []
-    for p in sorted(fs.find(path)):
-        if p.endswith(".parquet"):
-            with fs.open(p, "rb") as f:
-                tables.append(conform(pq.read_table(f), schema, fill_missing))
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def read_status(root: str, storage: StorageConfig | None = None) -> pa.Table:
+def read_shard_status(root: str, storage: StorageConfig | None = None) -> pa.Table:
     """Every committed video's status row under R/videos/."""
     added = ("annotated_frames", "failure_kind", "attempts")  # null in older status files
-    return _read_dir(root, STATUS_DIR, PREPROCESS_STATUS, storage, added)
+    return read_tables(join(root, STATUS_DIR), PREPROCESS_STATUS, storage, added)
 
 
 def read_sequences(
@@ -61,10 +42,14 @@ def read_sequences(
 ) -> list[dict[str, Any]]:
     """Sequences of committed videos (status ok), optionally of some splits only, sorted by
     (video_id, track_id); each row gains `shard_uri` (absolute)."""
-    done = {r["video_id"] for r in read_status(root, storage).to_pylist() if r["status"] == "ok"}
+    done = {
+        r["video_id"] for r in read_shard_status(root, storage).to_pylist() if r["status"] == "ok"
+    }
     rows = [
         r
-        for r in _read_dir(root, SEQUENCES_DIR, SEQUENCES, storage, ("synthetic",)).to_pylist()
+        for r in read_tables(
+            join(root, SEQUENCES_DIR), SEQUENCES, storage, ("synthetic",)
+        ).to_pylist()
         if r["video_id"] in done and (splits is None or r["split"] in splits)
     ]
     for r in rows:
@@ -120,7 +105,6 @@ def read_frames(
     (NaN = unlabelled) and, with `audio`, audio_feat float32 [n, D] (absent when the video
     had none). Row groups outside the range are not read.
     """
-    fs, path = filesystem(shard_uri, storage)
     cols = ["track_id", "frame_index", "crop", "arousal", "valence"]
     if audio:
         cols.append("audio_feat")
@@ -129,7 +113,7 @@ def read_frames(
         ("frame_index", ">=", int(first)),
         ("frame_index", "<", int(first + count)),
     ]
-    t = pq.read_table(path, filesystem=fs, columns=cols, filters=filt)
+    t = read_parquet(shard_uri, storage, columns=cols, filters=filt)
     t = t.sort_by("frame_index")
     out = {
         "crops": crops_from_binary(t.column("crop"), crop_size),

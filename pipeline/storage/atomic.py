@@ -1,21 +1,5 @@
-"""The one module that owns URIs: local paths, file://, s3://, gs://, memory://, http(s)://.
-
-Everything else in vaerr asks this module whether a URI is local, joins and opens URIs, lists
-and removes files, and writes outputs; nothing else tests a string for "://" or builds an
-fsspec filesystem (tests/test_layout.py checks). Retries of transient faults are the policy in
-`pipeline.retry`, wrapped around these calls by whoever owns the budget.
-
-Filesystems come from `StorageConfig` (or, where a caller already holds them, a dict of fsspec
-keyword arguments). Credentials come from the config or the standard AWS environment
-variables; they are passed to the filesystem only and never logged or written to outputs.
-
-Writes are atomic per file: a hidden temporary name is written, then renamed, so a reader
-never sees a partial file and a failed or discarded write never appears. On object stores (S3,
-GCS...) closing a file commits it, so the temporary name is a real key: the block writes
-`.NAME.tmp-XXXX` beside the final key, which is copied to its name only when the block succeeds
-(a server-side copy: the final key appears whole or not at all). On failure the upload is
-discarded (S3's multipart upload aborted) and the temporary key removed.
-"""
+"""Atomic writes (a hidden temporary name renamed when whole), the sweep of temporary names
+a killed writer left, exclusive creation and compare-and-swap (the output lock)."""
 
 from __future__ import annotations
 
@@ -26,222 +10,26 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import quote, urlparse
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage.uris import (
+    Options,
+    basename,
+    filesystem,
+    is_local,
+    is_remote,
+    local_path,
+    protocol,
+)
 from schemas.config import StorageConfig
 from schemas.tables import conform
 
 log = logging.getLogger(__name__)
-
-# What filesystem calls accept: the run's StorageConfig, a dict of fsspec keyword arguments
-# (checkpoint and weight readers are handed one), or None (local files, anonymous defaults).
-Options = StorageConfig | Mapping[str, Any] | None
-
-
-# ---------------------------------------------------------------------------------------------
-# What a URI is
-
-
-def protocol(uri: str) -> str:
-    """'s3', 'gs', 'file'... of a URI; plain paths are 'file'."""
-    scheme = urlparse(str(uri)).scheme
-    return scheme if len(scheme) > 1 else "file"  # 'C:' style drive letters are local
-
-
-def is_remote(uri: str) -> bool:
-    """True for anything not on the local filesystem (s3://, gs://, memory://, http(s)://...)."""
-    return protocol(uri) != "file"
-
-
-def is_local(uri: str) -> bool:
-    """True for plain paths and file:// URIs."""
-    return not is_remote(uri)
-
-
-def is_plain_path(uri: str) -> bool:
-    """A local path written without a scheme (`out/x`, `/data/x`; not `file:///data/x`)."""
-    uri = str(uri)
-    return is_local(uri) and "://" not in uri
-
-
-def without_scheme(uri: str) -> str:
-    """The URI without `scheme://` (`bucket/key` for object stores, the path for local)."""
-    return str(uri).split("://", 1)[-1]
-
-
-def local_path(uri: str | os.PathLike) -> Path:
-    """The local Path of a plain path or file:// URI (`~` expanded); ValueError when remote."""
-    uri = os.fspath(uri)
-    if is_remote(uri):
-        raise ValueError(f"{uri} is not a local path")
-    return Path(uri.removeprefix("file://")).expanduser()
-
-
-def absolute(uri: str) -> str:
-    """Plain local paths made absolute (Ray workers run in their own working directory);
-    file:// and remote URIs unchanged."""
-    return str(Path(uri).expanduser().resolve()) if is_plain_path(uri) else uri
-
-
-def as_uri(path: str, like: str) -> str:
-    """A filesystem path (as fsspec lists it) written back as a URI of the same kind as `like`:
-    a plain path when `like` is one, else `scheme://path`."""
-    return path if is_plain_path(like) else f"{protocol(like)}://{path}"
-
-
-def file_uri(path: str | os.PathLike) -> str:
-    """`file:///abs/path` (percent-quoted) of a local path, for a browser's `src`."""
-    return "file://" + quote(os.path.abspath(os.fspath(path)))
-
-
-def basename(uri: str) -> str:
-    """The last name on a URI's path, without query or fragment (`s3://b/k/x.pt?v=2` -> x.pt)."""
-    if is_local(uri):
-        return Path(without_scheme(uri)).name
-    return PurePosixPath(urlparse(uri).path).name
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts onto a local path or URI with '/'."""
-    out = str(base).rstrip("/")
-    for p in parts:
-        out += "/" + str(p).strip("/")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Filesystems
-
-
-def storage_options(cfg: StorageConfig | None, uri: str) -> dict[str, Any]:
-    """fsspec keyword arguments for `uri` under `cfg` (empty for local files)."""
-    if protocol(uri) not in ("s3", "s3a") or cfg is None:
-        return {}
-    opts: dict[str, Any] = {"anon": cfg.anon}
-    endpoint = (
-        cfg.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-    )
-    client: dict[str, Any] = {}
-    if endpoint:
-        client["endpoint_url"] = endpoint
-    region = cfg.region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    if region:
-        client["region_name"] = region
-    if client:
-        opts["client_kwargs"] = client
-    if cfg.key is not None:
-        opts["key"] = cfg.key.get_secret_value()
-    if cfg.secret is not None:
-        opts["secret"] = cfg.secret.get_secret_value()
-    opts["default_block_size"] = cfg.block_size_mb << 20
-    # Fail fast at the client; outages are retried by pipeline.retry within storage.retry_s.
-    opts["config_kwargs"] = {
-        "connect_timeout": 10,
-        "read_timeout": 60,
-        "retries": {"max_attempts": 2, "mode": "standard"},
-    }
-    return opts
-
-
-def _options(cfg: Options, uri: str) -> dict[str, Any]:
-    if cfg is None or isinstance(cfg, StorageConfig):
-        return storage_options(cfg, uri)
-    return dict(cfg)
-
-
-# s3fs retries each call 5 times itself, and again around every ranged read inside that, with
-# botocore's attempts inside each: 50 tries (about 40 s) before a dead endpoint is reported.
-# Two tries per layer ride out one dropped connection; outages are pipeline.retry's to wait out.
-S3FS_RETRIES = 2
-
-
-def filesystem(uri: str, cfg: Options = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path inside it) for a URI."""
-    fs, path = fsspec.core.url_to_fs(str(uri), **_options(cfg, str(uri)))
-    if protocol(uri) in ("s3", "s3a"):
-        fs.retries = S3FS_RETRIES  # an instance attribute: s3fs takes no such argument
-    return fs, path
-
-
-def arrow_filesystem(uri: str, cfg: StorageConfig | None = None) -> tuple[str, Any]:
-    """(path, pyarrow filesystem) for libraries that take a pyarrow filesystem (Ray Train's
-    RunConfig): object stores go through fsspec with the config's endpoint and credentials,
-    like every other vaerr write; local paths give (uri, None), pyarrow's own local files."""
-    if protocol(uri) not in ("s3", "s3a"):
-        return uri, None
-    import pyarrow.fs as pafs
-
-    fs, _ = filesystem(uri, cfg)
-    return without_scheme(uri), pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def open_uri(uri: str, mode: str = "rb", cfg: Options = None) -> Any:
-    """Open a URI as a file object (a context manager); remote reads are block-cached."""
-    fs, path = filesystem(uri, cfg)
-    return fs.open(path, mode)
-
-
-def read_bytes(uri: str, cfg: Options = None) -> bytes:
-    """The whole content of a file."""
-    with open_uri(uri, "rb", cfg) as f:
-        return f.read()
-
-
-def read_text(uri: str, cfg: Options = None) -> str:
-    """A UTF-8 text file (a byte-order mark dropped)."""
-    return read_bytes(uri, cfg).decode("utf-8-sig")
-
-
-def exists(uri: str, cfg: Options = None) -> bool:
-    """Whether a file or folder is at `uri`."""
-    fs, path = filesystem(uri, cfg)
-    return bool(fs.exists(path))
-
-
-def remove(uri: str, cfg: Options = None, recursive: bool = False) -> None:
-    """Delete `uri` (a folder too with `recursive`); a missing one is not an error."""
-    fs, path = filesystem(uri, cfg)
-    if fs.exists(path):
-        fs.rm(path, recursive=recursive)
-
-
-def find(root: str, cfg: Options = None) -> list[str]:
-    """Every file under `root` as URIs of the same kind as `root`, sorted; [root] for a file;
-    FileNotFoundError when nothing is there."""
-    fs, path = filesystem(root, cfg)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"not found: {root}")
-    if fs.isfile(path):
-        return [root]
-    return sorted(as_uri(p, root) for p in fs.find(path))
-
-
-def copy(src: str, dst: str, cfg: Options = None) -> None:
-    """Copy one file between any two URIs (read whole, written atomically)."""
-    data = read_bytes(src, cfg)
-    with atomic_write(dst, cfg) as f:
-        f.write(data)
-
-
-def upload_tree(local_dir: str | os.PathLike, uri: str, cfg: Options = None) -> None:
-    """Copy every file under `local_dir` to the folder `uri`, keeping relative paths."""
-    fs, root = filesystem(uri, cfg)
-    root = root.rstrip("/")
-    for path in sorted(Path(local_dir).rglob("*")):
-        if path.is_file():
-            rel = path.relative_to(local_dir).as_posix()
-            fs.makedirs(f"{root}/{Path(rel).parent.as_posix()}", exist_ok=True)
-            fs.put_file(str(path), f"{root}/{rel}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Atomic writes
