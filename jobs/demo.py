@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         videos_per_identity=args.videos_per_identity,
         train_seconds=args.train_seconds,
     )
+    from pipeline.outpaths import OutPaths
+
     out = Path(args.output) / "run"
+    paths = OutPaths(str(out))
     tr = summary["training"]
     print(
         f"\ntrained checkpoint: {tr['checkpoint']} (best epoch {tr['best_epoch']} of "
@@ -98,10 +101,7 @@ def run(args: argparse.Namespace) -> int:
         f"(seed {args.seed}): CCC arousal {_f(cc.get('arousal'))}{_ci(ci.get('arousal'))}, "
         f"valence {_f(cc.get('valence'))}{_ci(ci.get('valence'))}"
     )
-    print(
-        f"timelines: {out / 'timelines'}/   status rows: {out / 'videos'}/   "
-        f"run: {out / 'run.json'}"
-    )
+    print(f"timelines: {paths.timelines}/   status rows: {paths.videos}/   run: {paths.run_record}")
     print(f"report: {summary['report']}   (one HTML file: open it in a browser)")
     vaerr = _vaerr()
     first = sorted((Path(args.output) / "videos").glob("*.mp4"))

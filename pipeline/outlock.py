@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.outpaths import LOCK_NAME
 from pipeline.storage import (
     Options,
     create_exclusive,
@@ -41,7 +42,6 @@ from pipeline.storage import (
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "_vaerr.lock"
 LOCK_STALE_S = 600.0
 """A lock whose heartbeat is older than this (s) is stale: its job died on another machine. Ten
 heartbeats, so a busy or briefly cut-off holder is not taken for dead."""

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from pipeline.manifest import expand_inputs
 from pipeline.outlock import output_lock
+from pipeline.outpaths import OutPaths
 from pipeline.progress import Progress
 from pipeline.record import record_text, utc_now, write_record
 from pipeline.retry import StorageUnavailable, is_transient, with_retries
@@ -43,7 +44,7 @@ from pipeline.status import (
     pending_rows,
     prior_attempts,
 )
-from pipeline.storage import join, read_tables, remove, sweep_temp, write_parquet, write_text
+from pipeline.storage import read_tables, remove, sweep_temp, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.stage_columns import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
@@ -175,8 +176,8 @@ class TimelineWriter:
         end = state.end or {}
         uri = str(end["uri"])
         status, why = str(end["status"]), str(end["reason"]) or None
-        tl_uri = join(self.out, "timelines", f"{vid}.parquet")
-        crops_uri = join(self.out, "crops", f"{vid}.parquet")
+        tl_uri = OutPaths(self.out).timeline(vid)
+        crops_uri = OutPaths(self.out).crops(vid)
         bad = non_finite_reason(state.non_finite, state.values, self.cfg.model.dtype)
         if status == OK and bad:
             status, why = FAILED, bad  # never an ok row of NaN "Neutral" faces
@@ -207,7 +208,7 @@ class TimelineWriter:
             "training_data": self.training_data,
         }
         _table_write(
-            join(self.out, "videos", f"{vid}.parquet"),
+            OutPaths(self.out).status(vid),
             pa.Table.from_pylist([row], VIDEOS),
             self.cfg,
         )
@@ -250,7 +251,7 @@ def read_status(out: str, cfg: VaerrConfig) -> pa.Table:
     was added read back with nulls there. An unreadable or corrupt file is skipped with a
     warning naming it (its video is then pending, and the rerun rewrites it); a storage outage
     still raises, for the caller's retry, so it never makes every video look pending."""
-    return read_tables(join(out, "videos"), VIDEOS, cfg.storage, VIDEOS_ADDED, _pending)
+    return read_tables(OutPaths(out).videos, VIDEOS, cfg.storage, VIDEOS_ADDED, _pending)
 
 
 def _pending(uri: str, exc: Exception) -> None:
@@ -335,7 +336,7 @@ def run_inference(
             "training_data": ckpt.training_data,
             "config": config_dump(cfg),
         }
-        write_record(join(out, "run.json"), record, cfg.storage)
+        write_record(OutPaths(out).run_record, record, cfg.storage)
         try:
             writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
                           ray_init)  # fmt: skip
@@ -358,7 +359,7 @@ def run_inference(
         }
         note_pending(summary)
         record = {**summary, **record, "state": "completed", "ended": utc_now()}
-        write_record(join(out, "run.json"), record, cfg.storage)
+        write_record(OutPaths(out).run_record, record, cfg.storage)
     return summary
 
 
@@ -398,7 +399,7 @@ def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: Vaer
     if isinstance(exc, StorageUnavailable) or is_transient(exc):
         return
     try:
-        write_text(join(out, "run.json"), record_text(record), cfg.storage)
+        write_text(OutPaths(out).run_record, record_text(record), cfg.storage)
     except Exception:
         log.warning("could not mark run.json failed; it still says running")
 
@@ -418,12 +419,12 @@ def _run(
     """Write config.yaml and the manifest, run the stages into a TimelineWriter (returned:
     its counts are the run's)."""
     with_retries(
-        lambda: write_text(join(out, "config.yaml"), config_yaml(cfg), cfg.storage),
+        lambda: write_text(OutPaths(out).config, config_yaml(cfg), cfg.storage),
         cfg.storage.retry_s,
         "writing config.yaml",
     )
     # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
-    _table_write(join(out, "manifest.parquet"), manifest, cfg)
+    _table_write(OutPaths(out).manifest, manifest, cfg)
     items = [{k: r[k] or "" for k in ("video_id", "uri", "source_etag")} for r in todo]
     specs = stage_specs(cfg, ckpt_uri)
     with Progress("infer", len(todo)) as bar:

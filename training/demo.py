@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.outpaths import OutPaths
 from pipeline.outputs.report import write_report
 from pipeline.raysetup import ray_session
 from pipeline.runner import run_inference
@@ -88,7 +89,7 @@ def render_unseen(
 def truth_pairs(out: str, truths: list[dict[str, Any]]) -> dict[str, list]:
     """Per unseen single-face video (track 0): {dim: [(prediction [N], truth [N]), ...]}, the
     truth interpolated at the timeline's times."""
-    t = pq.read_table(f"{out}/timelines").to_pandas()
+    t = pq.read_table(OutPaths(out).timelines).to_pandas()
     pairs: dict[str, list] = {"arousal": [], "valence": []}
     for truth in truths:
         if np.ndim(truth["arousal"]) != 1:

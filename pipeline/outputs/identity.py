@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from pipeline.ids import video_id as video_id_of
 from pipeline.manifest import list_inputs
-from pipeline.storage import absolute, basename, join, open_uri
+from pipeline.outpaths import TIMELINES_DIR, OutPaths
+from pipeline.storage import absolute, basename, open_uri
 from schemas.config import StorageConfig
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,9 @@ def out_root(timelines: str) -> str | None:
     t = str(timelines).rstrip("/")
     if t.endswith(".parquet"):
         t = posixpath.dirname(t)
-        if basename(t) != "timelines":
+        if basename(t) != TIMELINES_DIR:
             return None
-    return posixpath.dirname(t) if basename(t) == "timelines" else t
+    return posixpath.dirname(t) if basename(t) == TIMELINES_DIR else t
 
 
 def status_row(out: str | None, vid: str, storage: StorageConfig | None) -> dict[str, Any] | None:
@@ -68,7 +69,7 @@ def status_row(out: str | None, vid: str, storage: StorageConfig | None) -> dict
     if out is None or not ID_RE.fullmatch(vid):
         return None
     try:
-        with open_uri(join(out, "videos", f"{vid}.parquet"), "rb", storage) as f:
+        with open_uri(OutPaths(out).status(vid), "rb", storage) as f:
             rows = pq.read_table(f).to_pylist()
     except FileNotFoundError:
         return None

@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.outpaths import OUT_MARKERS, TIMELINES_DIR, OutPaths
 from pipeline.storage import (
     atomic_write,
     basename,
@@ -86,8 +87,6 @@ class SqlLimits:
 
 REQUIRED = ("video_id", "uri", "track_id", "time_s", "arousal", "valence")
 """Columns a table must have to be read as timelines."""
-OUT_MARKERS = ("run.json", "videos", "manifest.parquet")
-"""Names that make a folder a job's OUT (whose timelines live in OUT/timelines/)."""
 
 
 def timeline_files(uri: str, storage: StorageConfig | None = None) -> list[str]:
@@ -102,13 +101,13 @@ def timeline_files(uri: str, storage: StorageConfig | None = None) -> list[str]:
         return [uri]
     if not is_dir(uri, storage):
         raise FileNotFoundError(f"no timelines at {uri}: no such file or folder")
-    root = join(uri, "timelines")
+    root = OutPaths(uri).timelines
     if not is_dir(root, storage):
         if any(exists(join(uri, m), storage) for m in OUT_MARKERS):
             return []  # a job's OUT where no video had a face
         root = uri
     files = list_files(root, storage, ".parquet")
-    if not files and root == uri and basename(uri) != "timelines":
+    if not files and root == uri and basename(uri) != TIMELINES_DIR:
         raise FileNotFoundError(f"no Parquet files under {uri} (expected OUT or OUT/timelines)")
     return files
 

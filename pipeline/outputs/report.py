@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.outpaths import OutPaths
 from pipeline.outputs.caveats import synthetic_only, training_data
 from pipeline.outputs.events import COLUMNS, find_happy, find_spikes
 from pipeline.outputs.identity import same_version
@@ -55,7 +56,6 @@ from pipeline.storage import (
     atomic_write,
     file_uri,
     is_plain_path,
-    join,
     protocol,
     read_json,
     read_tables,
@@ -95,13 +95,13 @@ def read_status_rows(out: str, storage: StorageConfig | None = None) -> pa.Table
     """All status rows under OUT/videos/ (STATUS_READ columns; empty when there are none).
     A column some files lack (added later, such as `training_data`) is null there instead of
     dropped for all; an unreadable file is skipped with a warning naming it."""
-    return read_tables(join(out, "videos"), STATUS_READ, storage, VIDEOS_ADDED)
+    return read_tables(OutPaths(out).videos, STATUS_READ, storage, VIDEOS_ADDED)
 
 
 def load_job(out: str, storage: StorageConfig | None = None) -> JobData:
     """Read a job's status rows, timelines and run.json from OUT (local or any fsspec URI)."""
     status = read_status_rows(out, storage)
-    run: dict[str, Any] = read_json(join(out, "run.json"), storage) or {}
+    run: dict[str, Any] = read_json(OutPaths(out).run_record, storage) or {}
     dataset = None
     timelines = None
     try:

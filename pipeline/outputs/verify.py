@@ -32,9 +32,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.ids import video_id
+from pipeline.outpaths import OutPaths
 from pipeline.retry import is_transient
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK
-from pipeline.storage import Unreadable, exists, iter_tables, join, read_json
+from pipeline.storage import Unreadable, exists, iter_tables, read_json
 from schemas.config import VaerrConfig
 from schemas.tables import TIMELINES, TIMELINES_ADDED, VIDEOS, VIDEOS_ADDED, schema_matches
 
@@ -61,7 +62,7 @@ def _tables(
 
 
 def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, Any] | None:
-    uri = join(out, "run.json")
+    uri = OutPaths(out).run_record
     try:
         rec = read_json(uri, cfg.storage)
     except Exception as exc:
@@ -75,7 +76,7 @@ def _run_record(out: str, cfg: VaerrConfig, problems: list[str]) -> dict[str, An
 def verify_output(out: str, cfg: VaerrConfig, allow_mixed: bool = False) -> list[str]:
     """All violations found under OUT (an empty list means the outputs are sound)."""
     problems: list[str] = []
-    vpath = join(out, "videos")
+    vpath = OutPaths(out).videos
     rows = _status_rows(vpath, cfg, problems)
     if not rows and not exists(vpath, cfg.storage):
         return [f"{out}: no videos/ folder (not a vaerr output?)"]
@@ -161,7 +162,7 @@ def _check_manifest(
     out: str, cfg: VaerrConfig, by_id: dict[str, list[dict]], problems: list[str]
 ) -> None:
     """Every input of OUT/manifest.parquet (when present) has a status row."""
-    for _, mt in iter_tables(join(out, "manifest.parquet"), cfg.storage, _violation(problems)):
+    for _, mt in iter_tables(OutPaths(out).manifest, cfg.storage, _violation(problems)):
         for m in mt.to_pylist():
             if m["video_id"] not in by_id:
                 problems.append(f"input {m['uri']} ({m['video_id']}): no status row")
@@ -188,7 +189,7 @@ def _check_timelines(
     """Timeline files: schema, one file per video, only ok videos, the status row's model, no
     duplicate rows, values finite in [-1, 1]. Returns the video ids with timelines."""
     seen_tl: set[str] = set()
-    tpath = join(out, "timelines")
+    tpath = OutPaths(out).timelines
     for p, t in _tables(tpath, cfg, TIMELINES, TIMELINES_ADDED, "TIMELINES", problems):
         df = t.select(["video_id", "track_id", "time_s", "arousal", "valence", "model_id"])
         df = df.to_pandas()
