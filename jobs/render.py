@@ -7,13 +7,13 @@ import logging
 from typing import Any
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
-from pipeline.errors import is_storage_outage, status_reason
+from pipeline.errors import is_storage_outage
 from pipeline.ids import video_id
 from pipeline.outputs.caveats import SYNTHETIC_NOTE, synthetic_only
 from pipeline.outputs.identity import VideoMatch, find_video
 from pipeline.outputs.query import open_timelines
 from pipeline.outputs.render import read_annotations, render_video
-from pipeline.status import FAILED, OK, status_record
+from pipeline.status import FAILED, OK, failure_reason, status_record
 from pipeline.storage import check_output
 from pipeline.video import VideoError
 
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         if not is_storage_outage(exc):
             raise  # a usage error: no rows for this video, not a timelines table...
-        print_json_line(status_record(video_id(uri), uri, FAILED, status_reason(exc), 0, 0))
+        print_json_line(status_record(video_id(uri), uri, FAILED, failure_reason(exc, uri), 0, 0))
         return 1
     ann = read_annotations(args.annotations, cfg.storage) if args.annotations else None
     vid, rows = match.video_id, match.rows
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # storage outage or a broken output: still a status record
         if not is_storage_outage(exc) and not isinstance(exc, OSError):
             raise
-        print_json_line(status_record(vid, uri, FAILED, status_reason(exc), 0, 0))
+        print_json_line(status_record(vid, uri, FAILED, failure_reason(exc, uri), 0, 0))
         return 1
     if ann is not None and not out["truth"]:
         log.warning(

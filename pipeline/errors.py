@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Iterator
 
 log = logging.getLogger("vaerr")
 
@@ -67,16 +68,24 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return escape(text)[:limit]
 
 
+def cause_chain(exc: BaseException, suppressed: bool = True) -> Iterator[BaseException]:
+    """`exc`, then its cause (else its context), and so on: the one walk every classifier of
+    exceptions takes (retry.is_transient, status.failure_kind, the exit codes here). With
+    `suppressed=False` a context hidden by `raise ... from None` ends the walk: that says the
+    context is not the cause. Cycles end it too; at most 50 links."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and len(seen) < 50:
+        seen.add(id(e))
+        yield e
+        hidden = e.__suppress_context__ and not suppressed
+        e = e.__cause__ or (None if hidden else e.__context__)
+
+
 def _storage_error_kind(exc: BaseException) -> str | None:
     """'credentials' or 'unreachable' for object-store client errors, by exception type
     (botocore, aiohttp), never by message text; None for anything else."""
-    chain: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and e not in chain and len(chain) < 20:
-        chain.append(e)
-        # `raise ... from None` says the context is not the cause: do not classify by it.
-        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-    for e in chain:
+    for e in cause_chain(exc, suppressed=False):
         mod = type(e).__module__ or ""
         name = type(e).__name__
         if mod.startswith("botocore"):
@@ -120,11 +129,6 @@ def classify(exc: BaseException) -> tuple[int, str]:
 def log_traceback(exc: BaseException) -> None:
     """The traceback at DEBUG (shown with -vv), for reports of internal errors."""
     log.debug("traceback", exc_info=exc)
-
-
-def status_reason(exc: BaseException) -> str:
-    """A one-line status-row reason for an exception met while processing one input."""
-    return f"{type(exc).__name__}: {one_line(exc, 300)}"
 
 
 def exit_line(command: str, exc: BaseException) -> tuple[int, str]:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from pipeline.errors import cause_chain
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -90,10 +92,7 @@ def is_transient(exc: BaseException) -> bool:
     Decided by exception type, errno and the service's error code only, never by message text:
     messages carry user data (a file named "connection refused.mp4" is not an outage).
     """
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in cause_chain(exc):
         if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
             return False
         if isinstance(e, (ConnectionError, TimeoutError)):
@@ -105,7 +104,6 @@ def is_transient(exc: BaseException) -> bool:
         code, status = _service_code(e)
         if code in _TRANSIENT_CODES or status in _TRANSIENT_HTTP:
             return True
-        e = e.__cause__ or e.__context__
     return False
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import VideoError
+from pipeline.errors import VideoError, cause_chain, one_line
 from pipeline.retry import StorageUnavailable, is_transient
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,13 @@ def failure_kind(exc: BaseException) -> str:
     unforeseen exception counts here too (deterministic for that input, logged with its
     traceback; `--force` redoes it once the cause is fixed) rather than costing every rerun.
     Decided by exception type and errno along the cause chain, never by message text."""
-    seen = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    for e in cause_chain(exc):
         if isinstance(e, (StorageUnavailable, MemoryError)) or is_transient(e):
             return ENVIRONMENT_FAILURE
         if isinstance(e, OSError) and e.errno in _ENV_ERRNOS:
             return ENVIRONMENT_FAILURE
         if any(t.__name__ in _DEATH_NAMES for t in type(e).__mro__):
             return ENVIRONMENT_FAILURE
-        e = e.__cause__ or e.__context__
     return VIDEO_FAILURE
 
 
@@ -86,15 +82,17 @@ def failure_reason(exc: BaseException, uri: str) -> str:
     """The status row's reason for a video that raised `exc` (classified by type): a decode
     error's own message, "storage unreachable for N s" after the retry budget, "environment:
     ..." for the run's surroundings, else the exception (a bug or an unforeseen input: logged
-    with its traceback, a status row rather than a crash)."""
+    with its traceback, a status row rather than a crash). One line, at most 300 characters
+    of the exception's text, control characters escaped. The one builder of a status row's
+    reason (infer, preprocess, faces, render)."""
     if isinstance(exc, VideoError):
         return str(exc)
     if isinstance(exc, StorageUnavailable):
         return f"storage unreachable for {exc.waited_s:.0f} s ({exc.cause or 'unknown'})"
     if failure_kind(exc) == ENVIRONMENT_FAILURE:
-        return f"environment: {type(exc).__name__}: {exc}"
+        return f"environment: {type(exc).__name__}: {one_line(exc, 300)}"
     log.error("%s: unexpected error\n%s", uri, traceback.format_exc())
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {one_line(exc, 300)}"
 
 
 def attempt_outcome(

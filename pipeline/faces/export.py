@@ -10,13 +10,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import escape, status_reason
+from pipeline.errors import escape, one_line
 from pipeline.faces.extract import FacePipeline
 from pipeline.ids import video_id
 from pipeline.progress import Progress
-from pipeline.status import FAILED, face_status, status_record
+from pipeline.status import FAILED, face_status, failure_reason, status_record
 from pipeline.storage import ParquetStream, join, remove, write_text
-from pipeline.video import VideoError
 from schemas.config import config_yaml
 from schemas.tables import BOX, CLIPS, TRACKS
 
@@ -96,7 +95,7 @@ def export_faces(pipe: FacePipeline, uri: str, out_dir: str) -> dict[str, Any]:
             _quietly(lambda s=s: s.close(ok=False))
         for name in ("tracks.parquet", "clips.parquet"):
             _quietly(lambda name=name: remove(join(out_dir, name), cfg.storage))
-        reason = str(exc) if isinstance(exc, VideoError) else status_reason(exc)
+        reason = failure_reason(exc, uri)
         log.warning("%s: failed: %s", escape(uri), escape(reason))
         return status_record(vid, uri, FAILED, reason, 0, frames)
     status, reason = face_status(run.tracks)
@@ -109,4 +108,4 @@ def _quietly(fn: Any) -> None:
     try:
         fn()
     except Exception as exc:
-        log.warning("clean-up after a failure failed: %s", status_reason(exc))
+        log.warning("clean-up after a failure failed: %s: %s", type(exc).__name__, one_line(exc))
