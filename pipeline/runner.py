@@ -41,8 +41,7 @@ from pipeline.status import (
     VIDEO_FAILURE,
     attempt_outcome,
     note_pending,
-    pending_rows,
-    prior_attempts,
+    plan_pending,
 )
 from pipeline.storage import read_tables, remove, sweep_temp, write_parquet, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
@@ -381,13 +380,14 @@ def _plan(
         budget,
         "listing inputs",
     )
-    done = with_retries(lambda: read_status(out, cfg), budget, "reading status rows")
-    version = {"model_id": model_id, "config_hash": chash}
-    rows = manifest.to_pylist()
-    todo = pending_rows(rows, done, version, force, cfg.infer.max_attempts)
-    tried = {} if force else prior_attempts(rows, done, version)
-    log.info("%d videos listed, %d to do, %d already done",
-             manifest.num_rows, len(todo), manifest.num_rows - len(todo))  # fmt: skip
+    todo, tried = plan_pending(
+        manifest.to_pylist(),
+        lambda: read_status(out, cfg),
+        {"model_id": model_id, "config_hash": chash},
+        force,
+        cfg.infer.max_attempts,
+        budget,
+    )
     return manifest, given, todo, tried
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import errno
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.errors import VideoError, cause_chain, one_line
-from pipeline.retry import StorageUnavailable, is_transient
+from pipeline.retry import StorageUnavailable, is_transient, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,26 @@ def pending_rows(
         for r in rows
         if not r["source_etag"] or final.get(r["video_id"]) != (r["source_etag"], *want)
     ]
+
+
+def plan_pending(
+    rows: list[dict[str, Any]],
+    read_done: Callable[[], pa.Table],
+    version: Mapping[str, str],
+    force: bool,
+    max_attempts: int,
+    retry_s: float,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """What a resumable job (`vaerr infer`, `vaerr preprocess`) runs: (its input rows still to
+    do, video_id -> runs that already tried them), from the status rows `read_done` returns
+    (storage outages retried within `retry_s`). One function for both jobs, so their rerun
+    semantics cannot drift."""
+    done = with_retries(read_done, retry_s, "reading status rows")
+    todo = pending_rows(rows, done, version, force, max_attempts)
+    tried = {} if force else prior_attempts(rows, done, version)
+    log.info("%d videos listed, %d to do, %d already done",
+             len(rows), len(todo), len(rows) - len(todo))  # fmt: skip
+    return todo, tried
 
 
 def note_pending(summary: dict[str, Any]) -> None:

@@ -55,8 +55,7 @@ from pipeline.status import (
     failure_reason,
     is_pending,
     note_pending,
-    pending_rows,
-    prior_attempts,
+    plan_pending,
 )
 from pipeline.storage import join, remove, sweep_temp, write_parquet, write_text
 from pipeline.video import VideoError, read_audio
@@ -416,18 +415,15 @@ def run_preprocess(
     rows = item_rows(items, cfg)
     chash = preprocess_hash(cfg)
     with output_lock(root, cfg.storage, "vaerr preprocess"):  # one writer per shard root
-        done = with_retries(
-            lambda: read_shard_status(root, cfg.storage), budget, "reading status rows"
+        pending, tried = plan_pending(
+            rows,
+            lambda: read_shard_status(root, cfg.storage),
+            {"config_hash": chash},
+            force,
+            cfg.infer.max_attempts,
+            budget,
         )
-        version = {"config_hash": chash}
-        tried = {} if force else prior_attempts(rows, done, version)
-        todo = [
-            {**r, "attempts": str(tried.get(r["video_id"], 0))}
-            for r in pending_rows(rows, done, version, force, cfg.infer.max_attempts)
-        ]
-        log.info(
-            "%d videos, %d to shard, %d already done", len(rows), len(todo), len(rows) - len(todo)
-        )
+        todo = [{**r, "attempts": str(tried.get(r["video_id"], 0))} for r in pending]
         # Temporary files of writes an earlier run never finished (killed, a full disk).
         with_retries(lambda: sweep_temp(root, cfg.storage), budget, "cleaning the shards folder")
         with_retries(
