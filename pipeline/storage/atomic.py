@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -285,23 +286,14 @@ def create_exclusive(uri: str, data: bytes, storage: Options = None) -> bool:
 def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> bool:
     """Replace the content of `uri` by `data` only if it is still `expected` (another writer
     may have changed it since it was read); False otherwise, and when `uri` is gone. Locally
-    the file is renamed aside (one renamer wins), compared, and put back if it changed; on S3
-    the write is conditional on the ETag that was compared (If-Match)."""
-    fs, path = filesystem(uri, storage)
+    the compare and an atomic replace happen under an exclusive flock of the file's folder
+    (one swapper at a time on this host), and the file is never absent meanwhile, so an
+    exclusive creation cannot slip in (it once could: the file was renamed aside, compared and
+    put back, and a third job created the lock in that gap: two winners); on S3 the write is
+    conditional on the ETag that was compared (If-Match)."""
     if is_local(uri):
-        path = str(local_path(uri))
-        aside = f"{path}.swap-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return False
-        with open(aside, "rb") as f:
-            same = f.read() == expected
-        if not same:
-            with contextlib.suppress(OSError):
-                os.link(aside, path)  # someone else's content: put it back
-        os.unlink(aside)
-        return same and create_exclusive(uri, data)
+        return _swap_local(str(local_path(uri)), expected, data)
+    fs, path = filesystem(uri, storage)
     fs.invalidate_cache(path)  # another process may have written it: never a cached listing
     try:
         etag = fs.info(path).get("ETag")
@@ -327,3 +319,28 @@ def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> 
     _no_conditional_writes(uri)
     fs.pipe_file(path, data)
     return True
+
+
+def _swap_local(path: str, expected: bytes, data: bytes) -> bool:
+    """swap_if for a local file: compare, then write a hidden sibling and rename it over the
+    file, all under an exclusive flock of the folder (released when the descriptor closes)."""
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            with open(path, "rb") as f:
+                if f.read() != expected:
+                    return False
+        except FileNotFoundError:
+            return False
+        tmp = temp_name(path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
+    finally:
+        os.close(folder)
