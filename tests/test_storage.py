@@ -80,3 +80,21 @@ def test_remote_listing_copy_upload_and_local_output(s3_server, s3_bucket, tmp_p
     with fs.open_input_stream(path) as f:
         assert f.read() == b"x\n1\n"
     assert storage.arrow_filesystem(str(tmp_path), st) == (str(tmp_path), None)
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_listing_skips_hidden_names_below_the_folder_only(tmp_path, monkeypatch, relative):
+    """Names starting with "." or "_" below the listed folder are skipped (writes in progress),
+    whatever the folder itself sits under: a relative root inside `.cache/` once listed nothing,
+    every absolute path holding a hidden part."""
+    home = tmp_path / ".cache" / "_work"
+    for name in ("a.parquet", ".b.parquet", "_c.parquet", "sub/d.parquet", ".tmp/e.parquet",
+                 "f.json"):  # fmt: skip
+        (home / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / "out" / name).write_bytes(b"x")
+    monkeypatch.chdir(home)
+    root = "out" if relative else str(home / "out")
+    found = [Path(u).relative_to(home / "out").as_posix() for u in
+             storage.list_files(root, None, ".parquet")]  # fmt: skip
+    assert found == ["a.parquet", "sub/d.parquet"]
+    assert storage.list_files(f"{root}/nothing", None, ".parquet") == []

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.retry import is_transient
 from pipeline.storage.atomic import atomic_write
 from pipeline.storage.uris import Options, as_uri, filesystem
 from schemas.tables import conform
@@ -114,11 +115,11 @@ def glob_detail(pattern: str, cfg: Options = None) -> list[tuple[str, dict[str, 
     return [(as_uri(p, pattern), dict(i)) for p, i in sorted(fs.glob(path, detail=True).items())]
 
 
-def _hidden(uri: str, root: str) -> bool:
-    """A name under `root` starting with "." or "_" (a write in progress, `.x.parquet.tmp-*`;
-    what Parquet dataset readers skip too)."""
-    rel = uri[len(root.rstrip("/")) :].strip("/")
-    return any(part.startswith((".", "_")) for part in rel.split("/"))
+def _hidden(rel: str) -> bool:
+    """A path below a listed folder with a name starting with "." or "_" (a write in progress,
+    `.x.parquet.tmp-*`; what Parquet dataset readers skip too). Only the part below the folder
+    counts: a folder of its own under `.cache/` or `_work/` is listed as usual."""
+    return any(part.startswith((".", "_")) for part in rel.strip("/").split("/"))
 
 
 def list_files(root: str, cfg: Options = None, suffix: str = "") -> list[str]:
@@ -127,8 +128,9 @@ def list_files(root: str, cfg: Options = None, suffix: str = "") -> list[str]:
     fs, path = filesystem(root, cfg)
     if not fs.exists(path):
         return []
-    found = (as_uri(p, root) for p in fs.find(path))
-    return sorted(u for u in found if u.endswith(suffix) and not _hidden(u, root))
+    base = len(path.rstrip("/"))  # the store's own paths: a relative root is absolute there
+    found = [p for p in fs.find(path) if p.endswith(suffix) and not _hidden(p[base:])]
+    return sorted(as_uri(p, root) for p in found)
 
 
 def read_json(uri: str, cfg: Options = None) -> Any:
@@ -180,8 +182,6 @@ def iter_tables(
     """(URI, table as written) of each Parquet file under the folder `root` (hidden names
     skipped), or of `root` itself when it is one file; a file that cannot be read goes to
     `on_unreadable` and is skipped."""
-    from pipeline.retry import is_transient
-
     uris = [root] if root.endswith(".parquet") and is_file(root, cfg) else None
     for uri in uris if uris is not None else list_files(root, cfg, ".parquet"):
         try:
