@@ -54,10 +54,6 @@ class OutPaths:
     def timelines(self) -> str:
         return join(self.root, TIMELINES_DIR)
 
-    @property
-    def lock(self) -> str:
-        return join(self.root, LOCK_NAME)
-
     def status(self, video_id: str) -> str:
         """The status table of one video."""
         return join(self.root, VIDEOS_DIR, f"{video_id}.parquet")

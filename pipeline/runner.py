@@ -95,7 +95,7 @@ class TimelineWriter:
         on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.out = out
+        self.paths = OutPaths(out)
         self.model_id = model_id
         self.untrained = untrained
         self.training_data = training_data
@@ -175,8 +175,8 @@ class TimelineWriter:
         end = state.end or {}
         uri = str(end["uri"])
         status, why = str(end["status"]), str(end["reason"]) or None
-        tl_uri = OutPaths(self.out).timeline(vid)
-        crops_uri = OutPaths(self.out).crops(vid)
+        tl_uri = self.paths.timeline(vid)
+        crops_uri = self.paths.crops(vid)
         bad = non_finite_reason(state.non_finite, state.values, self.cfg.model.dtype)
         if status == OK and bad:
             status, why = FAILED, bad  # never an ok row of NaN "Neutral" faces
@@ -207,7 +207,7 @@ class TimelineWriter:
             "training_data": self.training_data,
         }
         _table_write(
-            OutPaths(self.out).status(vid),
+            self.paths.status(vid),
             pa.Table.from_pylist([row], VIDEOS),
             self.cfg,
         )

@@ -95,9 +95,8 @@ def lr_at(epoch: int, cfg: VaerrConfig) -> float:
 def _append_metrics(uri: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
     """Rewrite RUN/metrics.jsonl with this epoch's record replacing any earlier one of the same
     or a later epoch (a resumed run re-does the epochs after its checkpoint)."""
-    lines = [r for r in read_jsonl(uri, cfg.storage) if r.get("epoch", -1) < record["epoch"]] + [
-        record
-    ]
+    earlier = [r for r in read_jsonl(uri, cfg.storage) if r.get("epoch", -1) < record["epoch"]]
+    lines = [*earlier, record]
     text = "".join(json.dumps(r, default=float) + "\n" for r in lines)
     write_text(uri, text, cfg.storage)
 

@@ -322,8 +322,9 @@ def swap_if(uri: str, expected: bytes, data: bytes, storage: Options = None) -> 
 
 
 def _swap_local(path: str, expected: bytes, data: bytes) -> bool:
-    """swap_if for a local file: compare, then write a hidden sibling and rename it over the
-    file, all under an exclusive flock of the folder (released when the descriptor closes)."""
+    """swap_if for a local file: compare, then an atomic write (`write_bytes`: a hidden
+    sibling renamed over the file), under an exclusive flock of the folder (released when the
+    descriptor closes)."""
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
@@ -333,14 +334,7 @@ def _swap_local(path: str, expected: bytes, data: bytes) -> bool:
                     return False
         except FileNotFoundError:
             return False
-        tmp = temp_name(path)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        write_bytes(path, data)
         return True
     finally:
         os.close(folder)

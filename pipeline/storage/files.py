@@ -182,8 +182,8 @@ def iter_tables(
     """(URI, table as written) of each Parquet file under the folder `root` (hidden names
     skipped), or of `root` itself when it is one file; a file that cannot be read goes to
     `on_unreadable` and is skipped."""
-    uris = [root] if root.endswith(".parquet") and is_file(root, cfg) else None
-    for uri in uris if uris is not None else list_files(root, cfg, ".parquet"):
+    single = root.endswith(".parquet") and is_file(root, cfg)
+    for uri in [root] if single else list_files(root, cfg, ".parquet"):
         try:
             table = read_parquet(uri, cfg)
         except Exception as exc:

@@ -42,14 +42,12 @@ def read_sequences(
 ) -> list[dict[str, Any]]:
     """Sequences of committed videos (status ok), optionally of some splits only, sorted by
     (video_id, track_id); each row gains `shard_uri` (absolute)."""
-    done = {
-        r["video_id"] for r in read_shard_status(root, storage).to_pylist() if r["status"] == "ok"
-    }
+    status = read_shard_status(root, storage).to_pylist()
+    done = {r["video_id"] for r in status if r["status"] == "ok"}
+    seqs = read_tables(join(root, SEQUENCES_DIR), SEQUENCES, storage, ("synthetic",))
     rows = [
         r
-        for r in read_tables(
-            join(root, SEQUENCES_DIR), SEQUENCES, storage, ("synthetic",)
-        ).to_pylist()
+        for r in seqs.to_pylist()
         if r["video_id"] in done and (splits is None or r["split"] in splits)
     ]
     for r in rows:
