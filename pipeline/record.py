@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.retry import with_retries
-from pipeline.storage import write_text
+from pipeline.storage import Storage
 from schemas.config import StorageConfig
 
 
@@ -36,8 +35,7 @@ def record_text(record: dict[str, Any]) -> str:
     return json.dumps(record, indent=2, default=_plain)
 
 
-def write_record(uri: str, record: dict[str, Any], storage: StorageConfig) -> None:
+def write_record(uri: str, record: dict[str, Any], storage: StorageConfig | Storage) -> None:
     """Write `record` to `uri` atomically, retrying transient storage faults for
     storage.retry_s seconds (then StorageUnavailable)."""
-    text = record_text(record)
-    with_retries(lambda: write_text(uri, text, storage), storage.retry_s, f"writing {uri}")
+    Storage.of(storage).write_text(uri, record_text(record))

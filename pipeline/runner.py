@@ -30,7 +30,6 @@ from pipeline.outlock import output_lock
 from pipeline.outpaths import OutPaths
 from pipeline.progress import Progress
 from pipeline.record import record_text, utc_now, write_record
-from pipeline.retry import StorageUnavailable, is_transient, with_retries
 from pipeline.scheduling import StageSpec, run_stages
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import (
@@ -43,7 +42,7 @@ from pipeline.status import (
     note_pending,
     plan_pending,
 )
-from pipeline.storage import read_tables, remove, sweep_temp, write_parquet, write_text
+from pipeline.storage import Storage, StorageUnavailable, is_transient, read_tables, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
 from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
 from schemas.stage_columns import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
@@ -60,17 +59,6 @@ class _Video:
     values: int = 0  # arousal and valence values received
     non_finite: int = 0  # of them NaN or infinite (checked raw: blending clips to [-1, 1])
     end: dict[str, Any] | None = None
-
-
-def _table_write(uri: str, table: pa.Table, cfg: VaerrConfig) -> None:
-    """Write a Parquet file atomically, retrying outages."""
-    with_retries(lambda: write_parquet(uri, table, cfg.storage), cfg.storage.retry_s,
-                 f"writing {uri}")  # fmt: skip
-
-
-def _remove(uri: str, cfg: VaerrConfig) -> None:
-    """Delete a file if it exists (a stale result of an earlier run), retrying outages."""
-    with_retries(lambda: remove(uri, cfg.storage), cfg.storage.retry_s, f"removing {uri}")
 
 
 class TimelineWriter:
@@ -95,6 +83,7 @@ class TimelineWriter:
         on_done: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.store = Storage(cfg.storage)  # its writes retry outages
         self.paths = OutPaths(out)
         self.model_id = model_id
         self.untrained = untrained
@@ -182,12 +171,12 @@ class TimelineWriter:
             status, why = FAILED, bad  # never an ok row of NaN "Neutral" faces
         timeline = self._timeline(vid, uri, state) if status == OK else None
         if timeline is not None:
-            _table_write(tl_uri, timeline, self.cfg)
+            self.store.write_parquet(tl_uri, timeline)
             if state.crops:
-                _table_write(crops_uri, pa.concat_tables(state.crops), self.cfg)
+                self.store.write_parquet(crops_uri, pa.concat_tables(state.crops))
         else:
-            for stale in (tl_uri, crops_uri):
-                _remove(stale, self.cfg)
+            for stale in (tl_uri, crops_uri):  # an earlier run's results of this video
+                self.store.remove(stale)
         kind = (str(end.get("failure_kind") or "") or VIDEO_FAILURE) if status == FAILED else None
         reason, attempts, pending = attempt_outcome(
             status,
@@ -206,11 +195,7 @@ class TimelineWriter:
             "attempts": attempts,
             "training_data": self.training_data,
         }
-        _table_write(
-            self.paths.status(vid),
-            pa.Table.from_pylist([row], VIDEOS),
-            self.cfg,
-        )
+        self.store.write_parquet(self.paths.status(vid), pa.Table.from_pylist([row], VIDEOS))
         self.counts[PENDING if pending else status] += 1
         self.frames += int(end["frames"])
         if self.on_done:
@@ -311,13 +296,16 @@ def run_inference(
     if ckpt.training_data == SYNTHETIC:
         log.warning("checkpoint %s was trained on SYNTHETIC faces only (a demo model): every "
                     "status row says training_data=synthetic", checkpoint)  # fmt: skip
+    store = Storage(cfg.storage)
     # One writer per OUT: a second job at once is refused (outlock.OutputLocked, exit 2).
     with output_lock(out, cfg.storage, "vaerr infer"):
         chash = config_hash(cfg)
-        manifest, given, todo, tried = _plan(cfg, inputs, out, ckpt.model_id, chash, force, glob)
+        manifest, given, todo, tried = _plan(
+            cfg, store, inputs, out, ckpt.model_id, chash, force, glob
+        )
         # Temporary files of writes an earlier run never finished (killed, a full disk): ours
         # to remove, since the lock says no other job writes here.
-        with_retries(lambda: sweep_temp(out, cfg.storage), cfg.storage.retry_s, "cleaning OUT")
+        store.sweep_temp(out)
         # The run record says from the start which run is in progress (a killed run stays
         # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
         record: dict[str, Any] = {
@@ -335,10 +323,10 @@ def run_inference(
             "training_data": ckpt.training_data,
             "config": config_dump(cfg),
         }
-        write_record(OutPaths(out).run_record, record, cfg.storage)
+        write_record(OutPaths(out).run_record, record, store)
         try:
-            writer = _run(cfg, out, manifest, todo, ckpt, ckpt_uri, tried, runner, ray_address,
-                          ray_init)  # fmt: skip
+            writer = _run(cfg, store, out, manifest, todo, ckpt, ckpt_uri, tried, runner,
+                          ray_address, ray_init)  # fmt: skip
         except BaseException as exc:
             _mark_failed(out, record, exc, cfg)
             raise
@@ -358,12 +346,13 @@ def run_inference(
         }
         note_pending(summary)
         record = {**summary, **record, "state": "completed", "ended": utc_now()}
-        write_record(OutPaths(out).run_record, record, cfg.storage)
+        write_record(OutPaths(out).run_record, record, store)
     return summary
 
 
 def _plan(
     cfg: VaerrConfig,
+    store: Storage,
     inputs: Iterable[str],
     out: str,
     model_id: str,
@@ -374,11 +363,8 @@ def _plan(
     """(the manifest of the inputs, one record per input (expand_inputs), the manifest's rows
     still to do, video_id -> runs that already tried it), reading OUT's status rows; storage
     outages are retried."""
-    budget = cfg.storage.retry_s
-    manifest, given = with_retries(
-        lambda: expand_inputs(list(inputs), cfg.storage, cfg.infer, glob),
-        budget,
-        "listing inputs",
+    manifest, given = store.call(
+        lambda: expand_inputs(list(inputs), cfg.storage, cfg.infer, glob), "listing inputs"
     )
     todo, tried = plan_pending(
         manifest.to_pylist(),
@@ -386,7 +372,7 @@ def _plan(
         {"model_id": model_id, "config_hash": chash},
         force,
         cfg.infer.max_attempts,
-        budget,
+        store,
     )
     return manifest, given, todo, tried
 
@@ -406,6 +392,7 @@ def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: Vaer
 
 def _run(
     cfg: VaerrConfig,
+    store: Storage,
     out: str,
     manifest: pa.Table,
     todo: list[dict[str, Any]],
@@ -418,13 +405,9 @@ def _run(
 ) -> TimelineWriter:
     """Write config.yaml and the manifest, run the stages into a TimelineWriter (returned:
     its counts are the run's)."""
-    with_retries(
-        lambda: write_text(OutPaths(out).config, config_yaml(cfg), cfg.storage),
-        cfg.storage.retry_s,
-        "writing config.yaml",
-    )
+    store.write_text(OutPaths(out).config, config_yaml(cfg))
     # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
-    _table_write(OutPaths(out).manifest, manifest, cfg)
+    store.write_parquet(OutPaths(out).manifest, manifest)
     items = [{k: r[k] or "" for k in ("video_id", "uri", "source_etag")} for r in todo]
     specs = stage_specs(cfg, ckpt_uri)
     with Progress("infer", len(todo)) as bar:

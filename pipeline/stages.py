@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.faces.extract import FacePipeline, FaceRun
-from pipeline.retry import iter_with_retries
 from pipeline.scheduling import text
 from pipeline.status import FAILED, face_status, failure_kind, failure_reason
+from pipeline.storage import Storage
 from pipeline.video import decode_warnings
 from pipeline.windows import WindowCutter
 from schemas.config import VaerrConfig
@@ -56,6 +56,7 @@ class FaceStage:
         self, cfg: VaerrConfig, pipeline: FacePipeline | None = None, emit_rows: int = 4
     ) -> None:
         self.cfg = cfg
+        self.store = Storage(cfg.storage)  # retries a video's read on transient faults
         self.pipe = pipeline or FacePipeline(cfg)
         self.emit_rows = emit_rows
         w, s = cfg.infer.window_frames, cfg.faces.align.crop_size
@@ -80,7 +81,7 @@ class FaceStage:
             yield from self._windows(head, cut)
 
         try:
-            yield from iter_with_retries(attempt, self.cfg.storage.retry_s, uri)
+            yield from self.store.stream(attempt, uri)
             status, reason = face_status(cut.run.tracks if cut.run else 0)
         except Exception as exc:
             # by type: environment faults are retried by a rerun, a video's own are final

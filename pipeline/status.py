@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import VideoError, cause_chain, one_line
-from pipeline.retry import StorageUnavailable, is_transient, with_retries
+from pipeline.storage import Storage, StorageUnavailable, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +173,13 @@ def plan_pending(
     version: Mapping[str, str],
     force: bool,
     max_attempts: int,
-    retry_s: float,
+    storage: Storage,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """What a resumable job (`vaerr infer`, `vaerr preprocess`) runs: (its input rows still to
     do, video_id -> runs that already tried them), from the status rows `read_done` returns
-    (storage outages retried within `retry_s`). One function for both jobs, so their rerun
+    (storage outages retried by `storage`). One function for both jobs, so their rerun
     semantics cannot drift."""
-    done = with_retries(read_done, retry_s, "reading status rows")
+    done = storage.call(read_done, "reading status rows")
     todo = pending_rows(rows, done, version, force, max_attempts)
     tried = {} if force else prior_attempts(rows, done, version)
     log.info("%d videos listed, %d to do, %d already done",

@@ -24,8 +24,8 @@ import pytest
 from jobs.cli import main
 from pipeline.encode import write_video
 from pipeline.outputs.verify import verify_output
-from pipeline.retry import StorageUnavailable
 from pipeline.runner import run_inference
+from pipeline.storage import StorageUnavailable
 from schemas.config import load_config
 from tests.conftest import asset, face_overrides
 from tests.faultproxy import FaultProxy

@@ -193,6 +193,65 @@ def test_no_filesystem_outside_storage():
     assert not bad, "read, list and write through pipeline.storage's verbs:\n" + "\n".join(bad)
 
 
+# Retrying is storage's: its verbs retry within storage.retry_s (issue 25). Outside it, no
+# module names the retry machinery or writes its own loop of try + sleep.
+RETRY_NAMES = {"Backoff", "with_retries", "iter_with_retries"}
+
+
+def retry_loops(path, rel: str) -> list[str]:
+    """Where `path` uses the retry machinery or writes a retry loop (a loop holding both a
+    try statement and a sleep call)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith(".retry"):
+            out += [f"{rel}:{node.lineno} imports {node.module}"]
+        elif isinstance(node, ast.Name | ast.Attribute):
+            name = node.id if isinstance(node, ast.Name) else node.attr
+            if name in RETRY_NAMES:
+                out.append(f"{rel}:{node.lineno} uses {name}")
+        elif isinstance(node, ast.While | ast.For):
+            inner = list(ast.walk(node))
+            sleeps = any(
+                isinstance(n, ast.Call)
+                and getattr(n.func, "attr", getattr(n.func, "id", "")) == "sleep"
+                for n in inner
+            )
+            if sleeps and any(isinstance(n, ast.Try) for n in inner):
+                out.append(f"{rel}:{node.lineno} loops over try and sleep (a retry loop)")
+    return out
+
+
+def test_no_retry_outside_storage():
+    """Transient faults are retried by pipeline.storage.Storage's verbs and nowhere else."""
+    bad = [
+        v
+        for path in source_files()
+        if not (rel := path.relative_to(REPO).as_posix()).startswith(STORAGE_PACKAGE)
+        for v in retry_loops(path, rel)
+    ]
+    assert not bad, "retry through pipeline.storage.Storage:\n" + "\n".join(bad)
+
+
+def test_the_retry_check_sees_loops(tmp_path):
+    src = tmp_path / "mod.py"
+    src.write_text(
+        "import time\n"
+        "from pipeline.storage.retry import Backoff\n"
+        "def f(g):\n"
+        "    Backoff(1, 'x')\n"
+        "    while True:\n"
+        "        try:\n"
+        "            return g()\n"
+        "        except OSError:\n"
+        "            time.sleep(1)\n"
+        "def h(g):\n"
+        "    while not g():\n"
+        "        time.sleep(1)\n"
+    )
+    found = retry_loops(src, "mod.py")
+    assert len(found) == 3, found  # the import, the name, the first loop (not the poll)
+
+
 def test_the_filesystem_check_sees_uses(tmp_path):
     """The check above sees an import and an attribute use of each accessor."""
     src = tmp_path / "mod.py"

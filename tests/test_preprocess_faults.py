@@ -60,7 +60,7 @@ def test_preprocess_on_s3_loses_nothing_under_transient_faults(proxy, s3_server,
         return 0
 
     proxy.fail = fail
-    with caplog.at_level(logging.WARNING, logger="pipeline.retry"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.storage.retry"):
         first = run_preprocess(cfg, runner="local")
     status = {
         r["uri"].rsplit("/", 1)[-1]: r for r in read_shard_status(root, cfg.storage).to_pylist()

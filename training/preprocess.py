@@ -43,7 +43,6 @@ from pipeline.manifest import list_inputs
 from pipeline.outlock import output_lock
 from pipeline.progress import Progress
 from pipeline.record import utc_now, write_record
-from pipeline.retry import with_retries
 from pipeline.scheduling import StageSpec, batch_to_rows, run_stages, text
 from pipeline.status import (
     FAILED,
@@ -57,7 +56,7 @@ from pipeline.status import (
     note_pending,
     plan_pending,
 )
-from pipeline.storage import join, remove, sweep_temp, write_parquet, write_text
+from pipeline.storage import Storage, join
 from pipeline.video import VideoError, read_audio
 from schemas.config import VaerrConfig, config_dump, config_yaml
 from schemas.tables import CLIP_SHARD, PREPROCESS_STATUS, SEQUENCES, conform
@@ -133,6 +132,7 @@ class ShardStage:
         extractor: Extractor | None = None,
     ) -> None:
         self.cfg = cfg
+        self.store = Storage(cfg.storage)  # retries its reads and writes on transient faults
         self.root = root
         if cfg.data.threads:
             import torch
@@ -160,7 +160,7 @@ class ShardStage:
         failure kind; a failure to write the status row itself raises (the run cannot
         complete, as in inference)."""
         t0 = time.perf_counter()
-        vid, retry_s = item["video_id"], self.cfg.storage.retry_s
+        vid = item["video_id"]
         row: dict[str, Any] = {
             **{k: item[k] for k in ("video_id", "uri", "dataset", "split", "subject")},
             "status": FAILED,
@@ -176,7 +176,7 @@ class ShardStage:
         }
         kind = None
         try:
-            res = with_retries(lambda: self._video(item), retry_s, item["uri"])
+            res = self.store.call(lambda: self._video(item), item["uri"])
             row.update(frames=res.frames, tracks=res.tracks, sequences=len(res.seqs))
             row["annotated_frames"] = self._annotated(item, res.frames, res.src_fps)
             row["labelled_frames"] = int(sum(s["labelled_frames"] for s in res.seqs))
@@ -353,17 +353,13 @@ class ShardStage:
 
     def _write(self, uri: str, table: pa.Table, schema: pa.Schema) -> None:
         """Write one Parquet file atomically, retrying transient storage faults."""
-        table, st = conform(table, schema), self.cfg.storage
         rows = self.cfg.data.row_group_frames
-        with_retries(lambda: write_parquet(uri, table, st, row_group_size=rows), st.retry_s,
-                     f"writing {uri}")  # fmt: skip
+        self.store.write_parquet(uri, conform(table, schema), row_group_size=rows)
 
     def _remove_stale(self, vid: str) -> None:
         """Delete the video's shard and sequence files of an earlier run, retrying outages."""
-        st = self.cfg.storage
         for sub in (CLIPS_DIR, SEQUENCES_DIR):
-            uri = join(self.root, sub, f"{vid}.parquet")
-            with_retries(lambda u=uri: remove(u, st), st.retry_s, f"removing {uri}")
+            self.store.remove(join(self.root, sub, f"{vid}.parquet"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,10 +369,9 @@ class ShardStage:
 def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, str]]:
     """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
     items = list(items)
-    manifest = with_retries(
+    manifest = Storage(cfg.storage).call(
         # A dataset names its files: never patterns (`clip[1].mp4` is that file).
         lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer, glob=False),
-        cfg.storage.retry_s,
         "listing inputs",
     )
     etag = {r["uri"]: r["source_etag"] for r in manifest.to_pylist()}
@@ -410,7 +405,7 @@ def run_preprocess(
     """Read the dataset, shard what is not done yet, return the summary (also written to
     R/preprocess.json). `items` / `stage` can be injected (tests; `stage` runs locally only)."""
     t0, started = time.perf_counter(), utc_now()
-    root, budget = cfg.data.shards, cfg.storage.retry_s
+    root, store = cfg.data.shards, Storage(cfg.storage)
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
     rows = item_rows(items, cfg)
     chash = preprocess_hash(cfg)
@@ -421,16 +416,12 @@ def run_preprocess(
             {"config_hash": chash},
             force,
             cfg.infer.max_attempts,
-            budget,
+            store,
         )
         todo = [{**r, "attempts": str(tried.get(r["video_id"], 0))} for r in pending]
         # Temporary files of writes an earlier run never finished (killed, a full disk).
-        with_retries(lambda: sweep_temp(root, cfg.storage), budget, "cleaning the shards folder")
-        with_retries(
-            lambda: write_text(join(root, "config.yaml"), config_yaml(cfg), cfg.storage),
-            budget,
-            "writing config.yaml",
-        )
+        store.sweep_temp(root)
+        store.write_text(join(root, "config.yaml"), config_yaml(cfg))
         d = cfg.data
         spec = StageSpec(ShardStage, {"cfg": cfg, "root": root}, batch_size=1, num_cpus=d.num_cpus,
                          num_gpus=d.num_gpus, pool_size=d.actors, instance=stage)  # fmt: skip
@@ -441,9 +432,7 @@ def run_preprocess(
                     bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
 
             run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
-        status = with_retries(
-            lambda: read_shard_status(root, cfg.storage), budget, "reading status rows"
-        )
+        status = store.call(lambda: read_shard_status(root, cfg.storage), "reading status rows")
         totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
         splits = totals.pop("splits")
         summary = {
@@ -460,7 +449,7 @@ def run_preprocess(
         note_pending(summary)
         record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
                   "config": config_dump(cfg)}  # fmt: skip
-        write_record(join(root, "preprocess.json"), record, cfg.storage)
+        write_record(join(root, "preprocess.json"), record, store)
     return summary
 
 

@@ -33,9 +33,8 @@ import pyarrow as pa
 
 from pipeline.ids import video_id
 from pipeline.outpaths import OutPaths
-from pipeline.retry import is_transient
 from pipeline.status import ENVIRONMENT_FAILURE, FAILED, NO_FACE, OK
-from pipeline.storage import Unreadable, exists, iter_tables, read_json
+from pipeline.storage import Unreadable, exists, is_transient, iter_tables, read_json
 from schemas.config import VaerrConfig
 from schemas.tables import TIMELINES, TIMELINES_ADDED, VIDEOS, VIDEOS_ADDED, schema_matches
 

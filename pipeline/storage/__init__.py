@@ -5,8 +5,9 @@ and removes files, and writes outputs; nothing else tests a string for "://", bu
 filesystem or is handed one (tests/test_layout.py checks): it reads, lists and writes through
 the verbs here. Modules: `uris` (what a URI is, its filesystem), `files` (read, list, remove;
 Parquet folders read with one policy for an unreadable file), `atomic` (atomic writes,
-exclusive creation, compare-and-swap). Retries of transient faults are the policy in
-`pipeline.retry`, wrapped around these calls by whoever owns the budget.
+exclusive creation, compare-and-swap), `retry` (which faults are transient, the backoff) and
+`store`: `Storage`, a job's storage made once from `cfg.storage` and passed down, whose verbs
+retry transient faults within `storage.retry_s`. No retry loop exists outside this package.
 
 Filesystems come from `StorageConfig` (or, where a caller already holds them, a dict of fsspec
 keyword arguments). Credentials come from the config or the standard AWS environment
@@ -58,6 +59,8 @@ from pipeline.storage.files import (
     upload_tree,
     warn_unreadable,
 )
+from pipeline.storage.retry import StorageUnavailable, is_transient
+from pipeline.storage.store import Storage
 from pipeline.storage.uris import (
     S3FS_RETRIES,
     Options,
@@ -81,6 +84,8 @@ __all__ = [
     "Options",
     "ParquetStream",
     "S3FS_RETRIES",
+    "Storage",
+    "StorageUnavailable",
     "TEMP_PATTERN",
     "Unreadable",
     "absolute",
@@ -103,6 +108,7 @@ __all__ = [
     "is_local",
     "is_plain_path",
     "is_remote",
+    "is_transient",
     "iter_tables",
     "join",
     "list_files",

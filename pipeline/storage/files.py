@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.retry import is_transient
 from pipeline.storage.atomic import atomic_write
+from pipeline.storage.retry import is_transient
 from pipeline.storage.uris import Options, as_uri, filesystem
 from schemas.tables import conform
 

@@ -121,7 +121,7 @@ def storage_options(cfg: StorageConfig | None, uri: str) -> dict[str, Any]:
     if cfg.secret is not None:
         opts["secret"] = cfg.secret.get_secret_value()
     opts["default_block_size"] = cfg.block_size_mb << 20
-    # Fail fast at the client; outages are retried by pipeline.retry within storage.retry_s.
+    # Fail fast at the client; outages are retried by Storage within storage.retry_s.
     opts["config_kwargs"] = {
         "connect_timeout": 10,
         "read_timeout": 60,
@@ -138,7 +138,7 @@ def _options(cfg: Options, uri: str) -> dict[str, Any]:
 
 # s3fs retries each call 5 times itself, and again around every ranged read inside that, with
 # botocore's attempts inside each: 50 tries (about 40 s) before a dead endpoint is reported.
-# Two tries per layer ride out one dropped connection; outages are pipeline.retry's to wait out.
+# Two tries per layer ride out one dropped connection; outages are Storage's to wait out.
 S3FS_RETRIES = 2
 
 

@@ -3,6 +3,7 @@ briefly unreachable, a dropped connection), within a total time budget.
 
 Only transient errors are retried: a missing object, access denied or a corrupt file fail at
 once with their own reason. After the budget, the last error is raised as StorageUnavailable.
+The retrying verbs are `pipeline.storage.Storage`'s; this module is the policy they share.
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 from pipeline.errors import cause_chain
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Network-level faults of the storage clients (botocore, aiohttp, fsspec), by class name so this
 # module imports none of them. Matched against every class in the exception's MRO.
@@ -131,28 +129,3 @@ class Backoff:
         log.warning("%s: transient error (%s), retrying in %.1f s", self.what, exc, self.delay)
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, 8.0)
-
-
-def with_retries(fn: Callable[[], T], budget_s: float, what: str, first_delay_s: float = 0.5) -> T:
-    """Call `fn` until it succeeds, retrying transient errors with backoff (0.5 s doubling,
-    at most 8 s) for up to `budget_s` seconds in total."""
-    backoff = Backoff(budget_s, what, first_delay_s)
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            backoff.wait(exc)
-
-
-def iter_with_retries(
-    make: Callable[[], Iterator[T]], budget_s: float, what: str, first_delay_s: float = 0.5
-) -> Iterator[T]:
-    """`with_retries` for a stream: on a transient error the stream is made again and read
-    from its start (items already yielded are yielded again: the consumer de-duplicates)."""
-    backoff = Backoff(budget_s, what, first_delay_s)
-    while True:
-        try:
-            yield from make()
-            return
-        except Exception as exc:
-            backoff.wait(exc)
