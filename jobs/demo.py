@@ -46,7 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--identities",
         type=int,
         default=120,
-        help="People in the corpus (2/3 train, 1/3 validate): more people, better on unseen ones.",
+        help="People in the corpus (--validation-people validate, the rest train): more "
+        "people, better on unseen ones.",
+    )
+    p.add_argument(
+        "--validation-people",
+        type=int,
+        default=40,
+        help="Corpus people kept for validation (choosing the best epoch).",
     )
     p.add_argument(
         "--videos-per-identity",
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         runner="local" if args.local else "ray",
         identities=args.identities,
         videos_per_identity=args.videos_per_identity,
+        validation_people=args.validation_people,
         train_seconds=args.train_seconds,
     )
     from pipeline.outpaths import OutPaths

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.job import ResumableJob
 from pipeline.manifest import expand_inputs
-from pipeline.outlock import output_lock
 from pipeline.outpaths import OutPaths
 from pipeline.progress import Progress
 from pipeline.record import record_text, utc_now, write_record
-from pipeline.scheduling import StageSpec, run_stages
+from pipeline.scheduling import StageSpec
 from pipeline.stages import END, WINDOW, FaceStage, ModelStage
 from pipeline.status import (
     FAILED,
@@ -39,12 +39,10 @@ from pipeline.status import (
     PENDING,
     VIDEO_FAILURE,
     attempt_outcome,
-    note_pending,
-    plan_pending,
 )
 from pipeline.storage import Storage, StorageUnavailable, is_transient, read_tables, write_text
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
-from schemas.config import VaerrConfig, config_dump, config_hash, config_yaml
+from schemas.config import VaerrConfig, config_dump, config_hash
 from schemas.stage_columns import STATUS_END_COLUMNS, TIMELINE_FRAME_COLUMNS
 from schemas.tables import CLIPS, SYNTHETIC, TIMELINES, VIDEOS, VIDEOS_ADDED, conform
 
@@ -286,7 +284,6 @@ def run_inference(
     from pipeline.model import load_checkpoint, resolve_checkpoint
 
     t0 = time.perf_counter()
-    started = utc_now()
     # the storage settings, not options made from the checkpoint's name: a name's registry
     # and the file it lists each get their own (a name alone gave none: issue 25)
     ckpt_uri = resolve_checkpoint(checkpoint, cfg.model.registry_file, cfg.cache_dir, cfg.storage)
@@ -296,85 +293,116 @@ def run_inference(
     if ckpt.training_data == SYNTHETIC:
         log.warning("checkpoint %s was trained on SYNTHETIC faces only (a demo model): every "
                     "status row says training_data=synthetic", checkpoint)  # fmt: skip
-    store = Storage(cfg.storage)
-    # One writer per OUT: a second job at once is refused (outlock.OutputLocked, exit 2).
-    with output_lock(out, cfg.storage, "vaerr infer"):
-        chash = config_hash(cfg)
-        manifest, given, todo, tried = _plan(
-            cfg, store, inputs, out, ckpt.model_id, chash, force, glob
+    job = InferJob(cfg, out, list(inputs), checkpoint, ckpt_uri, ckpt, glob, t0)
+    return job.run(force, runner, ray_address, ray_init)
+
+
+class InferJob(ResumableJob):
+    """`vaerr infer` on the resumable-job skeleton (pipeline/job.py): the manifest of the
+    INPUTs, OUT/videos/ status rows, the face and model stages into a TimelineWriter,
+    OUT/run.json (written "running" before any video, "completed" at the end)."""
+
+    command = "infer"
+
+    def __init__(
+        self,
+        cfg: VaerrConfig,
+        out: str,
+        inputs: list[str],
+        checkpoint: str,
+        ckpt_uri: str,
+        ckpt: Any,
+        glob: bool,
+        started_s: float,
+    ) -> None:
+        super().__init__(cfg, out, started_s)
+        self.inputs, self.checkpoint, self.ckpt_uri, self.ckpt = inputs, checkpoint, ckpt_uri, ckpt
+        self.glob, self.paths = glob, OutPaths(out)
+        self.version = {"model_id": ckpt.model_id, "config_hash": config_hash(cfg)}
+        self.config_uri, self.record_uri = self.paths.config, self.paths.run_record
+        self.manifest = pa.table({})
+        self.given: list[dict[str, Any]] = []
+        self.running: dict[str, Any] = {}
+        self.tried: dict[str, int] = {}
+        self.writer: TimelineWriter | None = None
+
+    def list_rows(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        self.manifest, self.given = self.store.call(
+            lambda: expand_inputs(self.inputs, cfg.storage, cfg.infer, self.glob),
+            "listing inputs",
         )
-        # Temporary files of writes an earlier run never finished (killed, a full disk): ours
-        # to remove, since the lock says no other job writes here.
-        store.sweep_temp(out)
-        # The run record says from the start which run is in progress (a killed run stays
-        # "running"), so `vaerr verify` never takes a half-done rerun for the last completed run.
-        record: dict[str, Any] = {
+        return self.manifest.to_pylist()
+
+    def read_done(self) -> pa.Table:
+        return read_status(self.root, self.cfg)
+
+    def begin(
+        self, rows: list[dict[str, Any]], todo: list[dict[str, Any]], tried: dict[str, int]
+    ) -> None:
+        """run.json says from the start which run is in progress (a killed run stays
+        "running"), so `vaerr verify` never takes a half-done rerun for the last completed
+        run; then the manifest, so verify can check each input has exactly one status row."""
+        ckpt, self.tried = self.ckpt, tried
+        self.running = {
             "run_id": uuid.uuid4().hex[:16],
             "state": "running",
-            "started": started,
+            "started": self.started,
             "model_id": ckpt.model_id,
-            "config_hash": chash,
-            "checkpoint": checkpoint,
-            "runner": runner,
-            "ray_address": ray_address,
-            "output": out,
-            "inputs": given,  # what `vaerr verify` checks the status rows against
+            "config_hash": self.version["config_hash"],
+            "checkpoint": self.checkpoint,
+            "runner": self.runner,
+            "ray_address": self.address,
+            "output": self.root,
+            "inputs": self.given,  # what `vaerr verify` checks the status rows against
             "model": {"arch": ckpt.arch, "version": ckpt.version, "provenance": ckpt.provenance},
             "training_data": ckpt.training_data,
-            "config": config_dump(cfg),
+            "config": config_dump(self.cfg),
         }
-        write_record(OutPaths(out).run_record, record, store)
-        try:
-            writer = _run(cfg, store, out, manifest, todo, ckpt, ckpt_uri, tried, runner,
-                          ray_address, ray_init)  # fmt: skip
-        except BaseException as exc:
-            _mark_failed(out, record, exc, cfg)
-            raise
-        wall = time.perf_counter() - t0
-        summary = {
-            "videos": manifest.num_rows,
+        write_record(self.record_uri, self.running, self.store)
+        self.store.write_parquet(self.paths.manifest, self.manifest)
+
+    def items(self, todo: list[dict[str, Any]], tried: dict[str, int]) -> list[dict[str, Any]]:
+        return [{k: r[k] or "" for k in ("video_id", "uri", "source_etag")} for r in todo]
+
+    def stages(self) -> list[StageSpec]:
+        return stage_specs(self.cfg, self.ckpt_uri)
+
+    def sink(self, bar: Progress) -> Callable[[dict[str, np.ndarray]], None]:
+        ckpt = self.ckpt
+        self.writer = TimelineWriter(
+            self.cfg, self.root, ckpt.model_id, ckpt.untrained, self.tried, ckpt.training_data,
+            on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
+        )  # fmt: skip
+        return self.writer.consume
+
+    def end(self) -> None:
+        if self.writer is not None and self.writer.pending:
+            raise RuntimeError(f"run ended with {len(self.writer.pending)} videos incomplete")
+
+    def failed(self, exc: BaseException) -> None:
+        if self.running:
+            _mark_failed(self.root, self.running, exc, self.cfg)
+
+    def summary(self, rows: list[dict[str, Any]], todo: list[dict[str, Any]]) -> dict[str, Any]:
+        wall, writer, ckpt = time.perf_counter() - self.t0, self.writer, self.ckpt
+        counts, frames = (writer.counts, writer.frames) if writer else ({}, 0)
+        return {
+            "videos": len(rows),
             "processed": len(todo),
-            "skipped": manifest.num_rows - len(todo),
-            **writer.counts,
-            "frames": writer.frames,
-            "frames_per_s": round(writer.frames / wall, 2) if wall > 0 else None,
+            "skipped": len(rows) - len(todo),
+            **counts,
+            "frames": frames,
+            "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
             "wall_s": round(wall, 2),
             "model_id": ckpt.model_id,
             "untrained": ckpt.untrained,
             "training_data": ckpt.training_data,
-            "output": out,
+            "output": self.root,
         }
-        note_pending(summary)
-        record = {**summary, **record, "state": "completed", "ended": utc_now()}
-        write_record(OutPaths(out).run_record, record, store)
-    return summary
 
-
-def _plan(
-    cfg: VaerrConfig,
-    store: Storage,
-    inputs: Iterable[str],
-    out: str,
-    model_id: str,
-    chash: str,
-    force: bool,
-    glob: bool = True,
-) -> tuple[pa.Table, list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """(the manifest of the inputs, one record per input (expand_inputs), the manifest's rows
-    still to do, video_id -> runs that already tried it), reading OUT's status rows; storage
-    outages are retried."""
-    manifest, given = store.call(
-        lambda: expand_inputs(list(inputs), cfg.storage, cfg.infer, glob), "listing inputs"
-    )
-    todo, tried = plan_pending(
-        manifest.to_pylist(),
-        lambda: read_status(out, cfg),
-        {"model_id": model_id, "config_hash": chash},
-        force,
-        cfg.infer.max_attempts,
-        store,
-    )
-    return manifest, given, todo, tried
+    def record(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {**summary, **self.running, "state": "completed", "ended": utc_now()}
 
 
 def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: VaerrConfig) -> None:
@@ -388,34 +416,3 @@ def _mark_failed(out: str, record: dict[str, Any], exc: BaseException, cfg: Vaer
         write_text(OutPaths(out).run_record, record_text(record), cfg.storage)
     except Exception:
         log.warning("could not mark run.json failed; it still says running")
-
-
-def _run(
-    cfg: VaerrConfig,
-    store: Storage,
-    out: str,
-    manifest: pa.Table,
-    todo: list[dict[str, Any]],
-    ckpt: Any,
-    ckpt_uri: str,
-    tried: dict[str, int],
-    runner: str,
-    ray_address: str | None,
-    ray_init: dict[str, Any] | None,
-) -> TimelineWriter:
-    """Write config.yaml and the manifest, run the stages into a TimelineWriter (returned:
-    its counts are the run's)."""
-    store.write_text(OutPaths(out).config, config_yaml(cfg))
-    # The inputs of this run, so `vaerr verify` can check each has exactly one status row.
-    store.write_parquet(OutPaths(out).manifest, manifest)
-    items = [{k: r[k] or "" for k in ("video_id", "uri", "source_etag")} for r in todo]
-    specs = stage_specs(cfg, ckpt_uri)
-    with Progress("infer", len(todo)) as bar:
-        writer = TimelineWriter(
-            cfg, out, ckpt.model_id, ckpt.untrained, tried, ckpt.training_data,
-            on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
-        )  # fmt: skip
-        run_stages(items, specs, writer.consume, runner, address=ray_address, ray_init=ray_init)
-    if writer.pending:
-        raise RuntimeError(f"run ended with {len(writer.pending)} videos incomplete")
-    return writer

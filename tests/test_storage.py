@@ -98,3 +98,46 @@ def test_listing_skips_hidden_names_below_the_folder_only(tmp_path, monkeypatch,
              storage.list_files(root, None, ".parquet")]  # fmt: skip
     assert found == ["a.parquet", "sub/d.parquet"]
     assert storage.list_files(f"{root}/nothing", None, ".parquet") == []
+
+
+def test_storage_verbs_retry_transient_faults_only(tmp_path, monkeypatch):
+    """Storage's verbs retry a transient fault (a refused connection) until it clears, fail at
+    once on one that is not (a missing file), and give up with StorageUnavailable when the
+    budget is spent; a stream is read again from its start."""
+    monkeypatch.setattr("pipeline.storage.retry.time.sleep", lambda s: None)
+    store = storage.Storage(StorageConfig(retry_s=5))
+    tries = []
+
+    def flaky():
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionRefusedError("endpoint down")
+        return "listed"
+
+    assert store.call(flaky, "listing") == "listed" and len(tries) == 3
+    with pytest.raises(FileNotFoundError):
+        store.call(lambda: (tries.append(1), open(tmp_path / "nope"))[1], "reading")
+    assert len(tries) == 4  # one try: a missing file is not retried
+    with pytest.raises(storage.StorageUnavailable, match="unreachable") as err:
+        storage.Storage(StorageConfig(retry_s=1)).call(flaky_forever, "writing x")
+    assert err.value.cause == "ConnectionResetError"
+    made = []
+
+    def video():
+        made.append(1)
+        yield "window 0"
+        if len(made) == 1:
+            raise ConnectionResetError("peer went away")
+        yield "window 1"
+
+    assert list(store.stream(video, "v.mp4")) == ["window 0", "window 0", "window 1"]
+    # the writing verbs go through the same retries
+    uri = str(tmp_path / "a" / "b.txt")
+    store.write_text(uri, "hello")
+    assert storage.read_text(uri) == "hello"
+    store.remove(uri)
+    assert not storage.exists(uri)
+
+
+def flaky_forever():
+    raise ConnectionResetError("reset")

@@ -66,6 +66,16 @@ def make_videos(
     return truths
 
 
+def validation_split(identities: int, validation_people: int) -> tuple[float, float, float]:
+    """The corpus's (train, validation, test) fractions: `validation_people` of the
+    `identities` validate (choose the best epoch), the rest train; none held out (the unseen
+    people are rendered apart)."""
+    if not 0 < validation_people < identities:
+        raise ValueError(f"validation_people must be in 1..{identities - 1}: {validation_people}")
+    val = validation_people / identities
+    return (1.0 - val, val, 0.0)
+
+
 def render_workers() -> int:
     """Processes that render the corpus: every core (rendering is single-threaded numpy and
     nothing else runs meanwhile but the unseen videos' half-CPU task), at most 8."""
@@ -172,6 +182,7 @@ def run_demo(
     ray_init: dict[str, Any] | None = None,
     identities: int = 120,
     videos_per_identity: int = 1,
+    validation_people: int = 40,
     train_seconds: float = 2.0,
     size: tuple[int, int] = FRAME_SIZE,
 ) -> dict[str, Any]:
@@ -199,7 +210,8 @@ def run_demo(
                  identities, videos_per_identity, train_seconds)  # fmt: skip
         make_corpus(
             root / "corpus", identities, videos_per_identity, train_seconds, seed,
-            (0.67, 0.33, 0.0), size=size, with_audio=False, workers=render_workers(),
+            validation_split(identities, validation_people), size=size, with_audio=False,
+            workers=render_workers(),
         )  # fmt: skip
         shards = run_preprocess(cfg, runner=runner)
         log.info("shards: %s", shards)

@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +39,11 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.faces.extract import FacePipeline
+from pipeline.job import ResumableJob
 from pipeline.manifest import list_inputs
-from pipeline.outlock import output_lock
 from pipeline.progress import Progress
-from pipeline.record import utc_now, write_record
-from pipeline.scheduling import StageSpec, batch_to_rows, run_stages, text
+from pipeline.record import utc_now
+from pipeline.scheduling import StageSpec, batch_to_rows, text
 from pipeline.status import (
     FAILED,
     NO_FACE,
@@ -53,12 +53,10 @@ from pipeline.status import (
     failure_kind,
     failure_reason,
     is_pending,
-    note_pending,
-    plan_pending,
 )
 from pipeline.storage import Storage, join
 from pipeline.video import VideoError, read_audio
-from schemas.config import VaerrConfig, config_dump, config_yaml
+from schemas.config import VaerrConfig, config_dump
 from schemas.tables import CLIP_SHARD, PREPROCESS_STATUS, SEQUENCES, conform
 from training.audio import Extractor, build_extractor, frame_features
 from training.datasets import read_dataset
@@ -366,10 +364,10 @@ class ShardStage:
 # Scheduling: in-process or Ray Data
 
 
-def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig) -> list[dict[str, str]]:
+def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig, store: Storage) -> list[dict[str, str]]:
     """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
     items = list(items)
-    manifest = Storage(cfg.storage).call(
+    manifest = store.call(
         # A dataset names its files: never patterns (`clip[1].mp4` is that file).
         lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer, glob=False),
         "listing inputs",
@@ -404,53 +402,67 @@ def run_preprocess(
 ) -> dict[str, Any]:
     """Read the dataset, shard what is not done yet, return the summary (also written to
     R/preprocess.json). `items` / `stage` can be injected (tests; `stage` runs locally only)."""
-    t0, started = time.perf_counter(), utc_now()
-    root, store = cfg.data.shards, Storage(cfg.storage)
+    t0 = time.perf_counter()
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
-    rows = item_rows(items, cfg)
-    chash = preprocess_hash(cfg)
-    with output_lock(root, cfg.storage, "vaerr preprocess"):  # one writer per shard root
-        pending, tried = plan_pending(
-            rows,
-            lambda: read_shard_status(root, cfg.storage),
-            {"config_hash": chash},
-            force,
-            cfg.infer.max_attempts,
-            store,
-        )
-        todo = [{**r, "attempts": str(tried.get(r["video_id"], 0))} for r in pending]
-        # Temporary files of writes an earlier run never finished (killed, a full disk).
-        store.sweep_temp(root)
-        store.write_text(join(root, "config.yaml"), config_yaml(cfg))
-        d = cfg.data
-        spec = StageSpec(ShardStage, {"cfg": cfg, "root": root}, batch_size=1, num_cpus=d.num_cpus,
-                         num_gpus=d.num_gpus, pool_size=d.actors, instance=stage)  # fmt: skip
-        with Progress("preprocess", len(todo)) as bar:
+    return PreprocessJob(cfg, items, stage, t0).run(force, runner, ray_address, ray_init)
 
-            def sink(batch: dict[str, np.ndarray]) -> None:
-                for r in batch_to_rows(batch):
-                    bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
 
-            run_stages(todo, [spec], sink, runner, address=ray_address, ray_init=ray_init)
-        status = store.call(lambda: read_shard_status(root, cfg.storage), "reading status rows")
-        totals = _totals(status, {r["video_id"] for r in rows}, cfg.infer.max_attempts)
+class PreprocessJob(ResumableJob):
+    """`vaerr preprocess` on the resumable-job skeleton (pipeline/job.py): the dataset's
+    videos, R/videos/ status rows, one ShardStage, R/preprocess.json."""
+
+    command = "preprocess"
+
+    def __init__(
+        self, cfg: VaerrConfig, items: list[VideoItem], stage: ShardStage | None, started_s: float
+    ) -> None:
+        super().__init__(cfg, cfg.data.shards, started_s)
+        self.dataset, self.stage = list(items), stage
+        self.version = {"config_hash": preprocess_hash(cfg)}
+        self.config_uri = join(self.root, "config.yaml")
+        self.record_uri = join(self.root, "preprocess.json")
+
+    def list_rows(self) -> list[dict[str, Any]]:
+        return item_rows(self.dataset, self.cfg, self.store)
+
+    def read_done(self) -> pa.Table:
+        return read_shard_status(self.root, self.cfg.storage)
+
+    def items(self, todo: list[dict[str, Any]], tried: dict[str, int]) -> list[dict[str, Any]]:
+        return [{**r, "attempts": str(tried.get(r["video_id"], 0))} for r in todo]
+
+    def stages(self) -> list[StageSpec]:
+        d = self.cfg.data
+        return [StageSpec(ShardStage, {"cfg": self.cfg, "root": self.root}, batch_size=1,
+                          num_cpus=d.num_cpus, num_gpus=d.num_gpus, pool_size=d.actors,
+                          instance=self.stage)]  # fmt: skip
+
+    def sink(self, bar: Progress) -> Callable[[dict[str, np.ndarray]], None]:
+        def tick(batch: dict[str, np.ndarray]) -> None:
+            for r in batch_to_rows(batch):
+                bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
+
+        return tick
+
+    def summary(self, rows: list[dict[str, Any]], todo: list[dict[str, Any]]) -> dict[str, Any]:
+        status = self.store.call(self.read_done, "reading status rows")
+        totals = _totals(status, {r["video_id"] for r in rows}, self.cfg.infer.max_attempts)
         splits = totals.pop("splits")
-        summary = {
+        return {
             "videos": len(rows),
             "processed": len(todo),
             "skipped": len(rows) - len(todo),
             **totals,
-            "label_tracks": cfg.data.label_tracks,
+            "label_tracks": self.cfg.data.label_tracks,
             "splits": splits,
-            "wall_s": round(time.perf_counter() - t0, 2),
-            "config_hash": chash,
-            "output": root,
+            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "config_hash": self.version["config_hash"],
+            "output": self.root,
         }
-        note_pending(summary)
-        record = {**summary, "started": started, "ended": utc_now(), "runner": runner,
-                  "config": config_dump(cfg)}  # fmt: skip
-        write_record(join(root, "preprocess.json"), record, store)
-    return summary
+
+    def record(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {**summary, "started": self.started, "ended": utc_now(), "runner": self.runner,
+                "config": config_dump(self.cfg)}  # fmt: skip
 
 
 def _totals(status: pa.Table, current: set[str], max_attempts: int) -> dict[str, Any]:
