@@ -16,6 +16,10 @@ ASSETS = Path(os.environ.get("VAERR_ASSETS", REPO.parent / "shared" / "assets"))
 RETINA = ASSETS / "detectors" / "retinaface_mobilenet0.25_Final.pth"
 MEAN_FACE = ASSETS / "landmarks" / "20words_mean_face.npy"
 VIDEOS = ASSETS / "videos"
+# Ray Train's controller looks at its workers every 2 s (Ray's default): every start, restart
+# and end of a run waits for the next look. The tests' runs are seconds long, so they look
+# every 0.5 s (inherited by the Ray clusters ray.init starts in the tests).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def asset(rel: str) -> Path:

@@ -152,8 +152,8 @@ def ray_head(s3_server):
         yield SimpleNamespace(address=address, env=env, tmp=tmp)
     finally:
         proc.send_signal(signal.SIGTERM)  # --block: `ray start` stops what it started
-        try:
-            proc.wait(timeout=10)
+        try:  # it rarely finishes in 10 s here: what is left is killed below
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             pass
         _kill_marked(tmp, sid=proc.pid)  # stragglers: workers, job drivers
