@@ -79,9 +79,10 @@ class TimelineWriter:
         prior_attempts: dict[str, int] | None = None,
         training_data: str | None = None,
         on_done: Callable[[dict[str, Any]], None] | None = None,
+        store: Storage | None = None,
     ) -> None:
         self.cfg = cfg
-        self.store = Storage(cfg.storage)  # its writes retry outages
+        self.store = store or Storage(cfg.storage)  # the job's; its writes retry outages
         self.paths = OutPaths(out)
         self.model_id = model_id
         self.untrained = untrained
@@ -373,6 +374,7 @@ class InferJob(ResumableJob):
         self.writer = TimelineWriter(
             self.cfg, self.root, ckpt.model_id, ckpt.untrained, self.tried, ckpt.training_data,
             on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
+            store=self.store,
         )  # fmt: skip
         return self.writer.consume
 
