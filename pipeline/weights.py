@@ -12,11 +12,9 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
-import urllib.request
 from pathlib import Path
 
-from pipeline.storage import Options, basename, is_local, local_path, open_uri, protocol
+from pipeline.storage import Options, basename, download, is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +39,6 @@ def _check(path: Path, sha256: str | None, uri: str) -> str:
     if sha256 and sha256_file(path) != sha256.lower():
         raise ValueError(f"checksum mismatch for {uri} ({path}): expected sha256 {sha256}")
     return str(path)
-
-
-def _download(uri: str, dest: Path, storage_options: Options) -> None:
-    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=dest.name, delete=False)
-    tmp.close()
-    try:
-        if protocol(uri) in ("http", "https"):
-            with urllib.request.urlopen(uri, timeout=60) as r, open(tmp.name, "wb") as f:
-                shutil.copyfileobj(r, f)
-        else:
-            with open_uri(uri, "rb", storage_options) as r, open(tmp.name, "wb") as f:
-                shutil.copyfileobj(r, f)
-        os.replace(tmp.name, dest)  # atomic: a reader never sees a partial file
-    finally:
-        if os.path.exists(tmp.name):
-            os.unlink(tmp.name)
 
 
 def resolve_file(
@@ -88,7 +70,7 @@ def resolve_file(
         if not dest.is_file():
             log.info("downloading %s -> %s", uri, dest)
             try:
-                _download(uri, dest, storage_options)
+                download(uri, dest, storage_options)
             except Exception as exc:  # network down, 403, no such key: one clear message
                 raise FileNotFoundError(
                     f"cannot fetch {uri} ({type(exc).__name__}: {exc}); "

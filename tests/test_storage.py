@@ -141,3 +141,39 @@ def test_storage_verbs_retry_transient_faults_only(tmp_path, monkeypatch):
 
 def flaky_forever():
     raise ConnectionResetError("reset")
+
+
+def test_weights_download_over_http_into_the_cache_once(tmp_path):
+    """A weights URL is fetched over real HTTP into the cache (whole or not at all), checked
+    against its sha256, then used without the network; a missing one names the cache path."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from pipeline.weights import resolve_file
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "w.pth").write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(b"weights" * 1000).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    cache = tmp_path / "cache"
+    try:
+        path = resolve_file(f"{url}/w.pth", str(cache), sha256=digest)
+        assert Path(path) == cache / "w.pth" and Path(path).read_bytes() == b"weights" * 1000
+        assert sorted(p.name for p in cache.iterdir()) == [".w.pth.lock", "w.pth"]
+        with pytest.raises(FileNotFoundError, match="copy the file there"):
+            resolve_file(f"{url}/gone.pth", str(cache))  # a 404
+        assert not (cache / "gone.pth").exists()
+        server.shutdown()
+        server.server_close()  # the cached copy needs no network
+        assert resolve_file(f"{url}/w.pth", str(cache), sha256=digest) == path
+        with pytest.raises(ValueError, match="checksum mismatch"):
+            resolve_file(f"{url}/w.pth", str(cache), sha256="0" * 64)
+    finally:
+        server.server_close()

@@ -38,6 +38,7 @@ from pipeline.storage.atomic import (
 from pipeline.storage.files import (
     Unreadable,
     copy,
+    download,
     exists,
     file_info,
     find,
@@ -96,6 +97,7 @@ __all__ = [
     "check_output",
     "copy",
     "create_exclusive",
+    "download",
     "exists",
     "file_uri",
     "filesystem",

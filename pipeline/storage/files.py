@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage.atomic import atomic_write
+from pipeline.storage.atomic import atomic_write, local_output
 from pipeline.storage.retry import is_transient
-from pipeline.storage.uris import Options, as_uri, filesystem
+from pipeline.storage.uris import Options, as_uri, filesystem, protocol
 from schemas.tables import conform
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,19 @@ def copy(src: str, dst: str, cfg: Options = None) -> None:
     data = read_bytes(src, cfg)
     with atomic_write(dst, cfg) as f:
         f.write(data)
+
+
+def download(uri: str, dest: str | os.PathLike, cfg: Options = None) -> None:
+    """Copy the file at `uri` (an http(s) URL, read with the standard library as any browser
+    would, or any fsspec URI) to the local path `dest`, streamed and atomically: `dest`
+    appears whole or not at all (weights and templates into the cache, pipeline.weights)."""
+    with local_output(str(dest)) as tmp, open(tmp, "wb") as f:
+        if protocol(uri) in ("http", "https"):
+            with urllib.request.urlopen(uri, timeout=60) as r:
+                shutil.copyfileobj(r, f)
+        else:
+            with open_uri(uri, "rb", cfg) as r:
+                shutil.copyfileobj(r, f)
 
 
 def upload_tree(local_dir: str | os.PathLike, uri: str, cfg: Options = None) -> None:
