@@ -45,15 +45,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--identities",
         type=int,
-        default=120,
+        default=160,
         help="People in the corpus (--validation-people validate, the rest train): more "
         "people, better on unseen ones.",
     )
     p.add_argument(
         "--validation-people",
         type=int,
-        default=40,
-        help="Corpus people kept for validation (choosing the best epoch).",
+        default=None,
+        help="Corpus people kept for validation (choosing the best epoch); default a third "
+        "of the people, at most 40.",
     )
     p.add_argument(
         "--videos-per-identity",

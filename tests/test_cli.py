@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -83,3 +84,19 @@ def test_demo_code_path_with_tiny_settings(tmp_path, monkeypatch, capsys):
     assert not any("UNTRAINED" in line for line in lines)
     t = pq.read_table(out / "run" / "timelines").to_pandas()
     assert 15 <= len(t) <= 20 and not t.untrained.any()  # <= 2 s at 10 Hz
+
+
+def test_the_demo_validates_on_a_third_of_its_people_at_most_40():
+    """Every person beyond 40 trains (160 people: 120 train, 40 validate); a small corpus
+    keeps a third for validation; a split that leaves no one to train or validate is refused."""
+    from training.demo import validation_split
+
+    def counts(n: int, val: int | None = None) -> list[int]:
+        return [int(np.floor(f * n + 0.5)) for f in validation_split(n, val)]  # as make_corpus
+
+    assert counts(160) == [120, 40, 0] and counts(120) == [80, 40, 0]
+    assert counts(24) == [16, 8, 0] and counts(3) == [2, 1, 0]
+    assert counts(160, 20) == [140, 20, 0]
+    for bad in (0, 160):
+        with pytest.raises(ValueError, match="validation_people"):
+            validation_split(160, bad)

@@ -66,10 +66,20 @@ def make_videos(
     return truths
 
 
-def validation_split(identities: int, validation_people: int) -> tuple[float, float, float]:
+MAX_VALIDATION_PEOPLE = 40
+"""Enough people to choose the best epoch by; every person beyond trains (a third of a
+small corpus validates)."""
+
+
+def validation_split(
+    identities: int, validation_people: int | None = None
+) -> tuple[float, float, float]:
     """The corpus's (train, validation, test) fractions: `validation_people` of the
-    `identities` validate (choose the best epoch), the rest train; none held out (the unseen
-    people are rendered apart)."""
+    `identities` validate (choose the best epoch; default a third, at most
+    MAX_VALIDATION_PEOPLE), the rest train; none held out (the unseen people are rendered
+    apart)."""
+    if validation_people is None:
+        validation_people = min(MAX_VALIDATION_PEOPLE, max(1, identities // 3))
     if not 0 < validation_people < identities:
         raise ValueError(f"validation_people must be in 1..{identities - 1}: {validation_people}")
     val = validation_people / identities
@@ -180,9 +190,9 @@ def run_demo(
     seed: int = 7,
     runner: str = "ray",
     ray_init: dict[str, Any] | None = None,
-    identities: int = 120,
+    identities: int = 160,
     videos_per_identity: int = 1,
-    validation_people: int = 40,
+    validation_people: int | None = None,
     train_seconds: float = 2.0,
     size: tuple[int, int] = FRAME_SIZE,
 ) -> dict[str, Any]:
