@@ -41,11 +41,14 @@ class ResumableJob(ABC):
     config_uri: str
     record_uri: str
 
-    def __init__(self, cfg: VaerrConfig, root: str, started_s: float | None = None) -> None:
+    def __init__(
+        self, cfg: VaerrConfig, root: str, started: tuple[float, str] | None = None
+    ) -> None:
+        """`started`: (time.perf_counter(), utc_now()) when the command began, before the work
+        that precedes the job (loading a checkpoint, reading a dataset); default now."""
         self.cfg, self.root = cfg, root
         self.store = Storage(cfg.storage)  # made once, passed down: its verbs retry outages
-        self.t0 = time.perf_counter() if started_s is None else started_s
-        self.started = utc_now()  # the records' "started"
+        self.t0, self.started = started or (time.perf_counter(), utc_now())
         self.runner, self.address = "ray", None
 
     # -- what each job says ---------------------------------------------------------------

@@ -284,7 +284,7 @@ def run_inference(
     (pipeline/manifest.py)."""
     from pipeline.model import load_checkpoint, resolve_checkpoint
 
-    t0 = time.perf_counter()
+    started = (time.perf_counter(), utc_now())
     # the storage settings, not options made from the checkpoint's name: a name's registry
     # and the file it lists each get their own (a name alone gave none: issue 25)
     ckpt_uri = resolve_checkpoint(checkpoint, cfg.model.registry_file, cfg.cache_dir, cfg.storage)
@@ -294,7 +294,7 @@ def run_inference(
     if ckpt.training_data == SYNTHETIC:
         log.warning("checkpoint %s was trained on SYNTHETIC faces only (a demo model): every "
                     "status row says training_data=synthetic", checkpoint)  # fmt: skip
-    job = InferJob(cfg, out, list(inputs), checkpoint, ckpt_uri, ckpt, glob, t0)
+    job = InferJob(cfg, out, list(inputs), checkpoint, ckpt_uri, ckpt, glob, started)
     return job.run(force, runner, ray_address, ray_init)
 
 
@@ -314,9 +314,9 @@ class InferJob(ResumableJob):
         ckpt_uri: str,
         ckpt: Any,
         glob: bool,
-        started_s: float,
+        started: tuple[float, str],
     ) -> None:
-        super().__init__(cfg, out, started_s)
+        super().__init__(cfg, out, started)
         self.inputs, self.checkpoint, self.ckpt_uri, self.ckpt = inputs, checkpoint, ckpt_uri, ckpt
         self.glob, self.paths = glob, OutPaths(out)
         self.version = {"model_id": ckpt.model_id, "config_hash": config_hash(cfg)}

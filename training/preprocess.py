@@ -402,9 +402,9 @@ def run_preprocess(
 ) -> dict[str, Any]:
     """Read the dataset, shard what is not done yet, return the summary (also written to
     R/preprocess.json). `items` / `stage` can be injected (tests; `stage` runs locally only)."""
-    t0 = time.perf_counter()
+    started = (time.perf_counter(), utc_now())
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
-    return PreprocessJob(cfg, items, stage, t0).run(force, runner, ray_address, ray_init)
+    return PreprocessJob(cfg, items, stage, started).run(force, runner, ray_address, ray_init)
 
 
 class PreprocessJob(ResumableJob):
@@ -414,9 +414,13 @@ class PreprocessJob(ResumableJob):
     command = "preprocess"
 
     def __init__(
-        self, cfg: VaerrConfig, items: list[VideoItem], stage: ShardStage | None, started_s: float
+        self,
+        cfg: VaerrConfig,
+        items: list[VideoItem],
+        stage: ShardStage | None,
+        started: tuple[float, str],
     ) -> None:
-        super().__init__(cfg, cfg.data.shards, started_s)
+        super().__init__(cfg, cfg.data.shards, started)
         self.dataset, self.stage = list(items), stage
         self.version = {"config_hash": preprocess_hash(cfg)}
         self.config_uri = join(self.root, "config.yaml")
