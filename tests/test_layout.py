@@ -182,14 +182,19 @@ def raw_filesystem_uses(path, rel: str) -> list[str]:
     return out
 
 
-def test_no_filesystem_outside_storage():
-    """No module outside pipeline/storage/ is handed a raw filesystem (issue 25)."""
-    bad = [
+def outside_storage(check) -> list[str]:
+    """What `check(path, rel)` finds in every source module outside pipeline/storage/."""
+    return [
         v
         for path in source_files()
         if not (rel := path.relative_to(REPO).as_posix()).startswith(STORAGE_PACKAGE)
-        for v in raw_filesystem_uses(path, rel)
+        for v in check(path, rel)
     ]
+
+
+def test_no_filesystem_outside_storage():
+    """No module outside pipeline/storage/ is handed a raw filesystem (issue 25)."""
+    bad = outside_storage(raw_filesystem_uses)
     assert not bad, "read, list and write through pipeline.storage's verbs:\n" + "\n".join(bad)
 
 
@@ -223,12 +228,7 @@ def retry_loops(path, rel: str) -> list[str]:
 
 def test_no_retry_outside_storage():
     """Transient faults are retried by pipeline.storage.Storage's verbs and nowhere else."""
-    bad = [
-        v
-        for path in source_files()
-        if not (rel := path.relative_to(REPO).as_posix()).startswith(STORAGE_PACKAGE)
-        for v in retry_loops(path, rel)
-    ]
+    bad = outside_storage(retry_loops)
     assert not bad, "retry through pipeline.storage.Storage:\n" + "\n".join(bad)
 
 
