@@ -177,3 +177,29 @@ def test_weights_download_over_http_into_the_cache_once(tmp_path):
             resolve_file(f"{url}/w.pth", str(cache), sha256="0" * 64)
     finally:
         server.server_close()
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_create_exclusive_survives_a_sweep_of_its_temporary_file(tmp_path, monkeypatch, taken):
+    """A job that lost the race for OUT's lock writes its temporary lock file while the winner
+    sweeps OUT's temporary files (sweep_temp): the sweep may remove it before the link. The
+    attempt is then made again: True when the name was free, False when it is taken, never a
+    FileNotFoundError (before: the loser failed with it instead of "locked")."""
+    import os
+
+    from pipeline.storage import atomic
+
+    lock = tmp_path / "_vaerr.lock"
+    if taken:
+        lock.write_bytes(b"winner")
+    real_link, swept = os.link, []
+
+    def link_after_a_sweep(src, dst):
+        if not swept:
+            swept.append(atomic.sweep_temp(str(tmp_path)))  # the winner's sweep, in between
+        return real_link(src, dst)
+
+    monkeypatch.setattr(atomic.os, "link", link_after_a_sweep)
+    assert storage.create_exclusive(str(lock), b"me") is (not taken)
+    assert swept == [1] and lock.read_bytes() == (b"winner" if taken else b"me")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_vaerr.lock"]  # no temporary left

@@ -256,16 +256,23 @@ def create_exclusive(uri: str, data: bytes, storage: Options = None) -> bool:
     if is_local(uri):
         path = str(local_path(uri))
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = temp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        # The lock holder's sweep_temp may remove our temporary file between its write and
+        # the link (a job that lost the race for OUT's lock): then write it again.
+        for attempt in range(3):
+            tmp = temp_name(path)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
     if _is_s3(uri):
         try:
             fs.pipe_file(path, data, mode="create")
