@@ -319,6 +319,7 @@ class InferJob(ResumableJob):
         super().__init__(cfg, out, started)
         self.inputs, self.checkpoint, self.ckpt_uri, self.ckpt = inputs, checkpoint, ckpt_uri, ckpt
         self.glob, self.paths = glob, OutPaths(out)
+        # the id hashes every weight: once per job, not at each use
         self.version = {"model_id": ckpt.model_id, "config_hash": config_hash(cfg)}
         self.config_uri, self.record_uri = self.paths.config, self.paths.run_record
         self.manifest = pa.table({})
@@ -349,7 +350,7 @@ class InferJob(ResumableJob):
             "run_id": uuid.uuid4().hex[:16],
             "state": "running",
             "started": self.started,
-            "model_id": ckpt.model_id,
+            "model_id": self.version["model_id"],
             "config_hash": self.version["config_hash"],
             "checkpoint": self.checkpoint,
             "runner": self.runner,
@@ -372,7 +373,8 @@ class InferJob(ResumableJob):
     def sink(self, bar: Progress) -> Callable[[dict[str, np.ndarray]], None]:
         ckpt = self.ckpt
         self.writer = TimelineWriter(
-            self.cfg, self.root, ckpt.model_id, ckpt.untrained, self.tried, ckpt.training_data,
+            self.cfg, self.root, self.version["model_id"], ckpt.untrained, self.tried,
+            ckpt.training_data,
             on_done=lambda row: bar.video_done(row["frames"], row["uri"], row["status"]),
             store=self.store,
         )  # fmt: skip
@@ -397,7 +399,7 @@ class InferJob(ResumableJob):
             "frames": frames,
             "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
             "wall_s": round(wall, 2),
-            "model_id": ckpt.model_id,
+            "model_id": self.version["model_id"],
             "untrained": ckpt.untrained,
             "training_data": ckpt.training_data,
             "output": self.root,
