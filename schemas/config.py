@@ -97,15 +97,19 @@ class VideoConfig(Section):
         le=192000,
         description="Audio resample rate, Hz (mono). Bounded: at most 192 kHz.",
     )
-    chunk_frames: int = Field(
-        32, ge=1, le=4096, description="Frames decoded and detected per chunk (bounds memory)."
+    chunk_frames: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Frames decoded and detected per chunk (bounds memory); None: 32 on a CPU, "
+        "256 where the face stage runs on a GPU (one detector batch). Not in config_hash.",
     )
     chunk_mb: int = Field(
         256,
         ge=8,
         le=16384,
         description="Cap on one chunk's decoded RGB, MiB (4K video: fewer frames). Bounded: at "
-        "most 16 GiB.",
+        "most 16 GiB. Not in config_hash.",
     )
 
     @model_validator(mode="after")
@@ -183,8 +187,8 @@ class DetectorConfig(Section):
         None,
         ge=1,
         le=1024,
-        description="Frames per detector forward pass; None: 8 on a CPU, 32 on a GPU. Bounded: at "
-        "most 1024.",
+        description="Frames per detector forward pass; None: 8 on a CPU, 256 on a GPU (one input "
+        "shape). Bounded: at most 1024. Not in config_hash.",
     )
     roi: RoiConfig = Field(default_factory=RoiConfig, description="Keyframes and ROI search.")
 
@@ -200,8 +204,8 @@ class LandmarkConfig(Section):
         None,
         ge=1,
         le=1024,
-        description="Face crops per FAN forward pass; None: 4 on a CPU, 32 on a GPU. Bounded: at "
-        "most 1024.",
+        description="Face crops per FAN forward pass; None: 4 on a CPU, 256 on a GPU. Bounded: at "
+        "most 1024. Not in config_hash.",
     )
 
 
@@ -481,6 +485,15 @@ RESULT_SECTIONS = (
 )
 
 
+# (section, field, value hashed): runtime sizes, hashed at their defaults before issue 24.
+RUNTIME_SIZES = (
+    ("video", "chunk_frames", 32),
+    ("video", "chunk_mb", 256),
+    ("faces.detector", "batch_size", None),
+    ("faces.landmarks", "batch_size", None),
+)
+
+
 def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = RESULT_SECTIONS) -> str:
     """Short sha256 over the sections that change results (not storage or cache paths)."""
     dump = config_dump(cfg)
@@ -495,6 +508,14 @@ def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = RESULT_SECTIONS) -
     for runtime in ("device", "checkpoint", "registry_file", "encoder_checkpoint"):
         picked.get("model", {}).pop(runtime, None)
     picked.get("faces", {}).pop("device", None)
+    # Batch and chunk sizes are runtime settings (a frame's faces do not depend on its batch):
+    # held at the values they had when they were hashed, so the hash keeps its old value.
+    for section, key, held in RUNTIME_SIZES:
+        node = picked
+        for part in section.split("."):
+            node = node.get(part, {})
+        if key in node:
+            node[key] = held
     detector = picked.get("faces", {}).get("detector", {})
     if detector.get("roi", {}).get("keyframe_every") == 1:  # ROI search off: as before it existed
         detector.pop("roi")

@@ -18,13 +18,12 @@ from torchvision.ops import nms
 from pipeline.encode import write_video
 from pipeline.faces.align import crop_square, template_points
 from pipeline.faces.colour import planes_to_device, rgb_to_gray
+from pipeline.faces.decode import decode_boxes, decode_landmarks
 from pipeline.faces.detect import (
     BGR_MEAN,
     RetinaFaceDetector,
     area_resize,
     autocast,
-    decode_boxes,
-    decode_landmarks,
     prior_boxes,
 )
 from pipeline.faces.extract import decode_ahead

@@ -14,7 +14,7 @@ from jobs.cli import main
 from pipeline.faces.align import crop_square
 from pipeline.faces.export import export_faces
 from pipeline.faces.extract import FacePipeline
-from schemas.config import load_config
+from schemas.config import config_hash, load_config
 from schemas.tables import CLIPS, TRACKS
 from tests.conftest import MEAN_FACE, RETINA, asset, face_overrides
 from tests.geometry_reference import apply_affine, crop_matrix
@@ -280,12 +280,21 @@ def test_batch_sizes_follow_the_device_unless_configured():
     from pipeline.device import batch_for
     from pipeline.faces.landmarks import Fan68
 
-    assert batch_for("cpu", None, cpu=8, gpu=32) == 8
-    assert batch_for("cuda:0", None, cpu=8, gpu=32) == 32
-    assert batch_for("cuda", 5, cpu=8, gpu=32) == 5
+    assert batch_for("cpu", None, cpu=8, gpu=256) == 8
+    assert batch_for("cuda:0", None, cpu=8, gpu=256) == 256
+    assert batch_for("cuda", 5, cpu=8, gpu=256) == 5
     cfg = load_config(None, face_overrides())
     fan = Fan68(cfg.faces.landmarks, net=torch.nn.Identity())
     assert fan.batch_size == 4
+    assert Fan68(cfg.faces.landmarks, "cuda", net=torch.nn.Identity()).batch_size == 256
+    # runtime sizes: the same config_hash whatever they are (and the pinned one at defaults)
+    sizes = ["video.chunk_frames=7", "video.chunk_mb=64", "faces.detector.batch_size=3",
+             "faces.landmarks.batch_size=5"]  # fmt: skip
+    resized = load_config(None, face_overrides() + sizes)
+    assert resized.video.chunk_frames == 7 and config_hash(resized) == config_hash(cfg)
+    assert config_hash(load_config(None, face_overrides() + ["faces.detector.nms=0.5"])) != (
+        config_hash(cfg)
+    )
 
 
 def test_fan_gets_contiguous_nchw_input():

@@ -1,6 +1,6 @@
 """Fine-tuning ssvaerr_tiny on the synthetic corpus with 2 Ray Train workers: learning where a
-shuffled-label control cannot, a killed worker resumed from the last checkpoint, clips streamed
-through Ray Data, same-name reruns resuming, fine-tune modes and augmentations."""
+shuffled-label control cannot, a killed worker resumed from the last checkpoint, a same-name
+rerun resuming with its clips streamed through Ray Data, fine-tune modes and augmentations."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ CORPUS = {"n_identities": 24, "videos_per_identity": 2, "seconds": 2.0, "seed": 
 TRAIN = [
     "model.arch=ssvaerr_tiny",
     "train.threads=1",
-    "train.clip_seconds=1",
+    "train.clip_seconds=0.5",
     "train.clips_per_file=3",
     "train.batch_size=4",
     "train.lr=3e-3",
@@ -216,19 +216,26 @@ def test_two_workers_learn_beyond_shuffled_labels(trained, shuffled):
     assert fit["arousal"] > ctl["arousal"] and fit["valence"] > ctl["valence"]
 
 
-def test_same_name_rerun_resumes_and_the_driver_prints_each_epoch(trained, capsys):
-    """A new run with the same name and two more epochs resumes from the last checkpoint;
-    the driver prints one line per epoch, with validation CCC, from the workers' reported
-    metrics (worker logs stay off: log_to_driver=False)."""
+def test_same_name_rerun_resumes_streaming_clips_and_prints_each_epoch(trained, capsys):
+    """A new run with the same name and two more epochs resumes from the last checkpoint, on
+    the path of corpora larger than a worker's memory (clips_in_memory_mb=0): a Ray Data
+    dataset of clip specs split over the two workers, clips read by Ray Data tasks, both ranks
+    taking equal steps. The driver prints one line per epoch, with validation CCC, from the
+    workers' reported metrics (worker logs stay off: log_to_driver=False)."""
     cfg, _, rec = trained
     total = EPOCHS + 2
-    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": total})})
+    stream = {"epochs": total, "clips_in_memory_mb": 0, "max_steps_per_epoch": 3}
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update=stream)})
     capsys.readouterr()
     again = run_training(more, "finetune")
     rec2 = read_metrics(more)
     assert [r["epoch"] for r in rec2] == list(range(total))
     assert rec2[:EPOCHS] == rec and [r["restarts"] for r in rec2[EPOCHS:]] == [1, 1]
-    assert again["last"]["epoch"] == total - 1
+    assert [(r["steps"], r["world_size"]) for r in rec2[EPOCHS:]] == [(3, 2), (3, 2)]
+    assert all(np.isfinite(r["train/loss"]) for r in rec2[EPOCHS:])
+    assert again["last"]["epoch"] == total - 1 and again["error"] is None
+    _, ckpt = load_model(again["product"])
+    assert not ckpt.untrained and ckpt.training_data == "synthetic"
     lines = [s for s in capsys.readouterr().err.splitlines() if s.startswith("finetune: epoch")]
     assert len(lines) == 2, lines
     assert lines[0].startswith(f"finetune: epoch {EPOCHS + 1}/{total}  loss ")
@@ -275,23 +282,6 @@ def test_the_fault_drill_needs_the_ray_runner(corpus_shards, tmp_path):
     with pytest.raises(ValueError, match="needs the Ray runner"):
         run_training(cfg, "finetune", runner="local")
     assert not list(tmp_path.iterdir())
-
-
-def test_two_workers_stream_clips_through_ray_data(ray_local, corpus_shards, tmp_path):
-    """The path of corpora larger than a worker's memory (clips_in_memory_mb=0): a Ray Data
-    dataset of clip specs split over the two workers, clips read by Ray Data tasks; both
-    ranks take equal steps and the run's product loads."""
-    cfg = load_config(None, TRAIN + RAY2 + [
-        f"data.shards={corpus_shards}", f"train.storage_path={tmp_path}", "train.name=stream",
-        "train.epochs=1", "train.max_steps_per_epoch=3", "train.clips_in_memory_mb=0",
-        "train.val_splits=[]",
-    ])  # fmt: skip
-    summary = run_training(cfg, "finetune")
-    rec = read_metrics(cfg)
-    assert [(r["epoch"], r["steps"], r["world_size"]) for r in rec] == [(0, 3, 2)]
-    assert np.isfinite(rec[0]["train/loss"]) and summary["error"] is None
-    _, ckpt = load_model(summary["product"])
-    assert not ckpt.untrained and ckpt.training_data == "synthetic"
 
 
 def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, tmp_path, capsys):

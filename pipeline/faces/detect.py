@@ -18,11 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torchvision.ops import batched_nms
 from torchvision.ops import nms as nms_boxes
 
 from pipeline.device import batch_for
 from pipeline.faces.align import box_iou
+from pipeline.faces.decode import decode_batch
 from pipeline.faces.detection import (
     FIVE_POINTS,
     RETINAFACE_BOXES,
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 # RetinaFace MobileNet-0.25 anchor layout and box-coding variances (Deng et al. 2020).
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
 STEPS = (8, 16, 32)
-VARIANCE = (0.1, 0.2)
 BGR_MEAN = np.array([104.0, 117.0, 123.0], np.float32)
 
 
@@ -59,19 +58,6 @@ def prior_boxes(height: int, width: int) -> np.ndarray:
                     ((j + 0.5) * step / width, (i + 0.5) * step / height, s / width, s / height)
                 )
     return np.asarray(out, np.float32)
-
-
-def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """[A, 4] regression + [A, 4] priors -> [A, 4] normalised xyxy."""
-    centre = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
-    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
-
-
-def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """[A, 10] regression + [A, 4] priors -> [A, 5, 2] normalised points."""
-    pts = pre.view(-1, 5, 2)
-    return priors[:, None, :2] + pts * VARIANCE[0] * priors[:, None, 2:]
 
 
 def load_state_file(path: str, name: str) -> Any:
@@ -327,57 +313,16 @@ def merge_faces(parts: list[Detections], nms: float, max_faces: int) -> Detectio
 
 
 @lru_cache(maxsize=16)
+@lru_cache(maxsize=16)
 def _device_priors(height: int, width: int, device: str) -> torch.Tensor:
+    """The anchors of an input size on `device`, made once (not copied every batch)."""
     return torch.from_numpy(prior_boxes(height, width)).to(device)
 
 
-def decode_batch(
-    loc: torch.Tensor,
-    conf: torch.Tensor,
-    landm: torch.Tensor,
-    priors: torch.Tensor,
-    size: torch.Tensor,
-    cfg: DetectorConfig,
-) -> list[Detections]:
-    """The network's outputs for N frames (loc [N, A, 4], conf [N, A, 2], landm [N, A, 10],
-    float32) -> N Detections in source px (`size` = (W, H) / scale, float32 [2]).
-
-    Candidates over the threshold are decoded for the whole batch at once, one
-    `batched_nms` runs with the frame index as the category, then the min-size filter and
-    `max_faces` per frame (strongest first); only the kept rows come to the host."""
-    n = loc.shape[0]
-    scores = conf[..., 1]
-    fi, ai = torch.nonzero(scores > cfg.threshold, as_tuple=True)
-    if fi.numel() == 0:
-        return [Detections.empty() for _ in range(n)]
-    pri = priors[ai]
-    boxes = decode_boxes(loc[fi, ai], pri) * size.repeat(2)
-    pts = decode_landmarks(landm[fi, ai], pri) * size
-    sc = scores[fi, ai]
-    keep = batched_nms(boxes, sc, fi, cfg.nms)  # decreasing score
-    boxes, pts, sc, fi = boxes[keep], pts[keep], sc[keep], fi[keep]
-    side = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    big = side >= cfg.min_size_px
-    boxes, pts, sc, fi = boxes[big], pts[big], sc[big], fi[big]
-    order = torch.sort(fi, stable=True).indices  # by frame, strongest first within a frame
-    packed = torch.cat([boxes[order], sc[order, None], pts[order].flatten(1)], 1).cpu().numpy()
-    frame_of = fi[order].cpu().numpy()
-    counts = np.bincount(frame_of, minlength=n)
-    out, start = [], 0
-    for c in counts.tolist():
-        part = packed[start : start + min(c, cfg.max_faces)]
-        start += c
-        if len(part) == 0:
-            out.append(Detections.empty())
-            continue
-        out.append(
-            Detections(
-                np.ascontiguousarray(part[:, :4]),
-                np.ascontiguousarray(part[:, 4]),
-                np.ascontiguousarray(part[:, 5:].reshape(-1, 5, 2)),
-            )
-        )
-    return out
+@lru_cache(maxsize=64)
+def _device_size(width: int, height: int, scale: float, device: str) -> torch.Tensor:
+    """(W, H) / scale, float32 [2] on `device`: normalised -> source px, made once."""
+    return torch.tensor([width, height], dtype=torch.float32, device=device) / scale
 
 
 class RetinaFaceDetector(FaceDetector):
@@ -402,7 +347,7 @@ class RetinaFaceDetector(FaceDetector):
         self.device = device
         self.dtype = dtype
         self.net = net if net is not None else load_retinaface(cfg.weights, device, cache)
-        self.batch_size = batch_for(device, cfg.batch_size, cpu=8, gpu=32)
+        self.batch_size = batch_for(device, cfg.batch_size, cpu=8, gpu=256)
         # Half precision input where the network runs in half (autocast would cast anyway).
         self._in_dtype = torch.float32 if dtype == "float32" or device == "cpu" else None
         self.timer: Any = None  # optional StageTimer (bench): splits net / post-processing
@@ -436,7 +381,7 @@ class RetinaFaceDetector(FaceDetector):
             timer.mark("detect_net", x.device)
         loc, conf, landm = loc.float(), conf.float(), landm.float()
         priors = _device_priors(h, w, str(loc.device))
-        size = torch.tensor([w, h], dtype=torch.float32, device=loc.device) / scale
+        size = _device_size(w, h, float(scale), str(loc.device))
         dets = decode_batch(loc, conf, landm, priors, size, self.cfg)
         if timer is not None:
             timer.mark("detect_post", None)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.device import resolve_device
+from pipeline.device import batch_for, resolve_device
 from pipeline.faces.detection import FaceDetector
 from pipeline.faces.detectors import build_detector
 from pipeline.faces.landmarks import build_landmarker
@@ -106,7 +106,8 @@ class FaceRun:
             timer = self.pipe.timer
             v = cfg.video
             frame_bytes = max(1, reader.info.width * reader.info.height * 3)
-            per_chunk = max(1, min(v.chunk_frames, (v.chunk_mb << 20) // frame_bytes))
+            chunk = batch_for(self.pipe.device, v.chunk_frames, cpu=32, gpu=256)
+            per_chunk = max(1, min(chunk, (v.chunk_mb << 20) // frame_bytes))
             # Planes to a GPU (converted there); on a CPU, PyAV's SIMD conversion in the decode
             # thread is cheaper than tensor maths on the host (and overlaps the detector).
             planes = torch.device(self.pipe.device).type != "cpu"
@@ -157,6 +158,10 @@ class FacePipeline:
             mean_face if mean_face is not None else load_mean_face(f.align.mean_face, cfg.cache_dir)
         )
         self.device = self.detector.device
+        if torch.device(self.device).type == "cuda":
+            # every batch of a video has one input shape (256 frames, fixed sizes): the
+            # fastest kernels are chosen once per shape
+            torch.backends.cudnn.benchmark = True
         self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
 
     def set_timer(self, timer: Any) -> None:

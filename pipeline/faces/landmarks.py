@@ -143,7 +143,7 @@ class Fan68:
         self.device = device
         self.dtype = dtype
         self.net = net if net is not None else load_fan(cfg.fan_weights, device, cache)
-        self.batch_size = batch_for(device, cfg.batch_size, cpu=4, gpu=32)
+        self.batch_size = batch_for(device, cfg.batch_size, cpu=4, gpu=256)
 
     @torch.inference_mode()
     def batch(
