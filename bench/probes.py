@@ -171,8 +171,8 @@ class TreeMemory:
 
 class CommitWatcher:
     """Polls OUT/videos/ for status files while a job runs and records when each appeared
-    (monotonic s), so a steady-state rate can be computed without touching the runner:
-    frames of the videos committed after the first one / time from first to last commit."""
+    (monotonic s), so a rate in videos can be computed without touching the runner (the job's
+    own frames/s once running is in its run.json: `steady_frames_per_s`)."""
 
     def __init__(self, out: Path, interval_s: float = 0.1) -> None:
         self.dir = out / "videos"
@@ -201,21 +201,6 @@ class CommitWatcher:
         self._stop.set()
         self._thread.join()
         self._scan()
-
-    def steady_fps(self) -> float | None:
-        """Frames/s between the first and the last commit (None with under 2 videos, or when
-        they landed within a second of each other: Ray commits videos in bursts, and frames
-        over a few milliseconds would be a meaningless rate)."""
-        if len(self.seen) < 2:
-            return None
-        import pyarrow.parquet as pq
-
-        order = sorted(self.seen.items(), key=lambda kv: kv[1])
-        span = order[-1][1] - order[0][1]
-        if span < 1.0:
-            return None
-        frames = sum(int(pq.read_table(self.dir / n)["frames"][0].as_py()) for n, _ in order[1:])
-        return frames / span
 
 
 # ---------------------------------------------------------------------------------------------

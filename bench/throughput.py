@@ -60,7 +60,7 @@ from bench.harness import (
     untrained_checkpoint,
 )
 from bench.naive import work_naive
-from bench.probes import CommitWatcher, ReapTree, TreeMemory, peak_rss_mib
+from bench.probes import ReapTree, TreeMemory, peak_rss_mib
 from bench.throughput_render import render
 
 MODULE = "bench.throughput"
@@ -167,15 +167,19 @@ def _job(task: dict[str, Any], runner: str) -> dict[str, Any]:
     cfg = config_of(task)
     out = Path(tempfile.mkdtemp(prefix=f"bench_{runner}_", dir=task["workdir"]))
     try:
-        with CommitWatcher(out) as watch:
-            res = timed(
-                lambda: {
-                    "frames": run_inference(
-                        cfg, task["inputs"], str(out), task["checkpoint"], force=True, runner=runner
-                    )["frames"]
-                }
+
+        def job() -> dict[str, Any]:
+            summary = run_inference(
+                cfg, task["inputs"], str(out), task["checkpoint"], force=True, runner=runner
             )
-        res["steady_fps"] = watch.steady_fps()
+            # the job's own figures (run.json): start-up apart from the rate once running
+            return {
+                "frames": summary["frames"],
+                "startup_s": summary["startup_s"],
+                "steady_fps": summary["steady_frames_per_s"],
+            }
+
+        res = timed(job)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return res
@@ -571,6 +575,8 @@ def aggregate(
         row["faces_per_frame"] = statistics.median(r["faces"] / max(r["frames"], 1) for r in ok)
     steady = [r["steady_fps"] for r in ok if r.get("steady_fps")]
     row["steady_fps"] = statistics.median(steady) if steady else None
+    startup = [r["startup_s"] for r in ok if r.get("startup_s") is not None]
+    row["startup_s"] = statistics.median(startup) if startup else None
     row["peak_mib"] = max(r["peak_mib"] for r in ok)
     loads = [x for r in ok for x in r["load"]]
     row["load"] = [min(loads), max(loads)]

@@ -99,6 +99,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
                 num(r.get("cpu_fps"), 2),
                 num(x_cpu, 2),
                 num(r.get("steady_fps"), 2),
+                num(r.get("startup_s"), 2),
                 num(r.get("peak_mib"), 0),
                 fmt_load(*r["load"]) if "load" in r else "-",
             ]
@@ -116,6 +117,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         "frames/CPU-s",
         "x naive (CPU)",
         "steady fps",
+        "start-up s",
         "peak MiB",
         "load1",
     ]
@@ -188,7 +190,8 @@ def notes(
         "`of decode` = frames/s / decode-only frames/s of the same inputs.",
         "* Timed: decode and face exclude model loading; local, ray and naive are end to end "
         "(model loading, and for ray actor start-up, included); `steady fps` = frames/s "
-        "between the first and last video committed (2+ videos only).",
+        "between the first and last video committed (2+ videos only) and `start-up s` = "
+        "seconds to the first result, both from the job's run.json.",
         "* `frames/CPU-s` = frames / CPU seconds (user + system, all threads; for `ray` "
         "the driver and every Ray process) used in the timed region: less sensitive than "
         "frames/s to the other engineers' load, since waiting for a core costs no CPU time "

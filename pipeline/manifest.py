@@ -23,21 +23,11 @@ import pyarrow.parquet as pq
 
 from pipeline.ids import video_id
 from pipeline.source import special_kind
-from pipeline.storage import file_info, find_detail, glob_detail, is_file, open_uri
+from pipeline.storage import file_info, find_detail, glob_detail, is_file, open_uri, version_of
 from schemas.config import InferConfig, StorageConfig
 from schemas.tables import MANIFEST
 
 log = logging.getLogger(__name__)
-
-
-def _version(info: dict[str, Any]) -> str | None:
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return str(etag).strip('"')
-    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
-    if info.get("size") is None and mtime is None:
-        return None
-    return f"{info.get('size')}-{mtime}"
 
 
 def _entry(uri: str, info: dict[str, Any] | None) -> dict[str, Any]:
@@ -45,7 +35,7 @@ def _entry(uri: str, info: dict[str, Any] | None) -> dict[str, Any]:
         "video_id": video_id(uri),
         "uri": uri,
         "size": None if info is None else info.get("size"),
-        "source_etag": None if info is None else _version(info),
+        "source_etag": None if info is None else version_of(info),
     }
 
 

@@ -94,9 +94,13 @@ class TimelineWriter:
         self.counts = {OK: 0, NO_FACE: 0, FAILED: 0, PENDING: 0}
         self.frames = 0
         self.on_done = on_done
+        self.first_result: float | None = None  # perf_counter of the first batch taken
+        self.commits: list[tuple[float, int]] = []  # (perf_counter, frames) per commit
 
     def consume(self, batch: dict[str, np.ndarray]) -> None:
         """Take one batch of model-stage rows."""
+        if self.first_result is None:
+            self.first_result = time.perf_counter()
         kinds = np.asarray(batch["kind"]).astype(str)
         for i, kind in enumerate(kinds):
             vid = str(batch["video_id"][i])
@@ -197,8 +201,21 @@ class TimelineWriter:
         self.store.write_parquet(self.paths.status(vid), pa.Table.from_pylist([row], VIDEOS))
         self.counts[PENDING if pending else status] += 1
         self.frames += int(end["frames"])
+        self.commits.append((time.perf_counter(), int(end["frames"])))
         if self.on_done:
             self.on_done(row)
+
+
+def steady_rate(commits: list[tuple[float, int]]) -> float | None:
+    """Frames/s once started: the frames of the videos committed after the first, over the
+    time from the first commit to the last (s, frames pairs in any order). None with under 2
+    videos, or when they landed within a second of each other (Ray commits in bursts: a rate
+    over milliseconds means nothing)."""
+    if len(commits) < 2:
+        return None
+    order = sorted(commits)
+    span = order[-1][0] - order[0][0]
+    return sum(f for _, f in order[1:]) / span if span >= 1.0 else None
 
 
 def status_fields(end: dict[str, Any]) -> dict[str, Any]:
@@ -319,8 +336,12 @@ class InferJob(ResumableJob):
         super().__init__(cfg, out, started)
         self.inputs, self.checkpoint, self.ckpt_uri, self.ckpt = inputs, checkpoint, ckpt_uri, ckpt
         self.glob, self.paths = glob, OutPaths(out)
-        # the id hashes every weight: once per job, not at each use
-        self.version = {"model_id": ckpt.model_id, "config_hash": config_hash(cfg)}
+        from pipeline.model import cached_model_id
+
+        # the id hashes every weight: once per version of the file (the weights cache keeps
+        # it), not at each job or use
+        model_id = cached_model_id(ckpt_uri, ckpt, cfg.storage, cfg.cache_dir)
+        self.version = {"model_id": model_id, "config_hash": config_hash(cfg)}
         self.config_uri, self.record_uri = self.paths.config, self.paths.run_record
         self.manifest = pa.table({})
         self.given: list[dict[str, Any]] = []
@@ -391,6 +412,8 @@ class InferJob(ResumableJob):
     def summary(self, rows: list[dict[str, Any]], todo: list[dict[str, Any]]) -> dict[str, Any]:
         wall, writer, ckpt = time.perf_counter() - self.t0, self.writer, self.ckpt
         counts, frames = (writer.counts, writer.frames) if writer else ({}, 0)
+        first = writer.first_result if writer else None
+        steady = steady_rate(writer.commits) if writer else None
         return {
             "videos": len(rows),
             "processed": len(todo),
@@ -399,6 +422,10 @@ class InferJob(ResumableJob):
             "frames": frames,
             "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
             "wall_s": round(wall, 2),
+            # start-up (checkpoint, models, actors, the first chunk through both stages) apart
+            # from the rate once running
+            "startup_s": round(first - self.t0, 2) if first is not None else None,
+            "steady_frames_per_s": None if steady is None else round(steady, 2),
             "model_id": self.version["model_id"],
             "untrained": ckpt.untrained,
             "training_data": ckpt.training_data,

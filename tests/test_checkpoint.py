@@ -16,6 +16,7 @@ from pipeline.model import (
     Checkpoint,
     build_encoder,
     build_model,
+    cached_model_id,
     checkpoint_from_model,
     init_checkpoint,
     load_checkpoint,
@@ -122,6 +123,34 @@ def test_model_id_stable_and_content_based(tmp_path, ckpt):
     trained = checkpoint_from_model(model, TINY, provenance={"epochs": 5, "data": "synthetic"})
     assert trained.model_id != ckpt.model_id and trained.untrained is False
     assert trained.provenance["epochs"] == 5
+
+
+def test_model_id_hashed_once_per_version_of_the_file(tmp_path, ckpt, monkeypatch):
+    """The id of a checkpoint file is remembered in the weights cache under its URI and
+    version: the second job does not hash; a file rewritten in place (new weights, new
+    version) is hashed again and gets its own id; a corrupt cache is ignored."""
+    import json
+    import os
+
+    from pipeline.model import checkpoint as module
+
+    path, cache = str(tmp_path / "m.pt"), str(tmp_path / "cache")
+    save_checkpoint(ckpt, path)
+    first = cached_model_id(path, load_checkpoint(path), cache=cache)
+    assert first == ckpt.model_id
+    hashed = []
+    monkeypatch.setattr(module, "model_id", lambda c: hashed.append(c) or "hashed-again")
+    assert cached_model_id(path, load_checkpoint(path), cache=cache) == first and not hashed
+
+    other = init_checkpoint(TINY, seed=4)
+    save_checkpoint(other, path)
+    os.utime(path, ns=(1, 1))  # a new mtime even within the clock's resolution
+    assert cached_model_id(path, load_checkpoint(path), cache=cache) == "hashed-again"
+    assert len(hashed) == 1
+    monkeypatch.undo()
+    (Path(cache) / module.MODEL_IDS_FILE).write_text("{not json")
+    assert cached_model_id(path, other, cache=cache) == other.model_id != first
+    assert other.model_id in json.loads((Path(cache) / module.MODEL_IDS_FILE).read_text()).values()
 
 
 def test_rebuild_uses_runtime_fields(ckpt):

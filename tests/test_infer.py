@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from pipeline.runner import run_inference
+from pipeline.runner import run_inference, steady_rate
 from pipeline.stages import FACE_STAGE_OUTPUT, MODEL_STAGE_OUTPUT, FaceStage, ModelStage
 from schemas.config import load_config
 from schemas.stage_columns import FACE_COLUMNS, MODEL_COLUMNS
@@ -130,6 +130,10 @@ def test_local_folder_rerun_and_config_change(ray_local, folder, tmp_path, tiny_
     changed = cfg_with("infer.output_hz=5")
     third = run_inference(changed, [str(folder)], out, tiny_checkpoint, runner="local")
     assert third["processed"] == 3
+    # start-up (to the first result) reported apart from the rate once running, in run.json
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert 0 < run["startup_s"] <= run["wall_s"] and run["startup_s"] == third["startup_s"]
+    assert run["steady_frames_per_s"] is None or run["steady_frames_per_s"] > 0
     t3 = pq.read_table(out + "/timelines").to_pandas()
     # 5 Hz instead of 10 Hz, nothing left over: two tracks of one clip, one of the other
     assert len(t3) == 3 * rows_per_track(5) == len(t1.to_pandas()) // 2
@@ -230,3 +234,11 @@ def test_killed_driver_rerun_completes_exactly_the_rest(tmp_path, tiny_checkpoin
     t = pq.read_table(out / "timelines").to_pandas()
     assert not t.duplicated(["video_id", "track_id", "time_s"]).any()
     assert t.video_id.nunique() == 4
+
+
+def test_steady_rate_leaves_the_first_video_out():
+    """Frames after the first commit over the time from first to last commit; None where
+    that time is under a second or there is one video."""
+    assert steady_rate([(10.0, 50), (12.0, 100), (11.0, 30)]) == (30 + 100) / 2
+    assert steady_rate([(3.0, 50), (3.5, 70)]) is None
+    assert steady_rate([(3.0, 50)]) is None and steady_rate([]) is None

@@ -12,6 +12,7 @@ Batch inference in three calls:
 from pipeline.model.catalog import read_catalog, resolve_checkpoint
 from pipeline.model.checkpoint import (
     Checkpoint,
+    cached_model_id,
     checkpoint_from_model,
     default_preprocessing,
     init_checkpoint,
@@ -58,6 +59,7 @@ __all__ = [
     "arch_spec",
     "build_encoder",
     "build_model",
+    "cached_model_id",
     "checkpoint_from_model",
     "encoder_checkpoint",
     "default_preprocessing",

@@ -50,6 +50,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
+    "cached_model_id",
     "check_weights",
     "checkpoint_from_model",
     "default_preprocessing",
@@ -224,6 +225,45 @@ def model_id(ckpt: Checkpoint) -> str:
         h.update(_tensor_bytes(t))
     h.update(_tensor_bytes(ckpt.bin_centres.float()))
     return f"{ckpt.arch}-{h.hexdigest()[:12]}"
+
+
+MODEL_IDS_FILE = "model_ids.json"  # in the weights cache: {"<uri> <version>": model id}
+
+
+def cached_model_id(
+    uri: str, ckpt: Checkpoint, storage_options: Options = None, cache: str | None = None
+) -> str:
+    """`ckpt.model_id` of the checkpoint read from `uri`, hashed once per version of the file:
+    remembered in the weights cache (pipeline.weights.cache_dir) under the URI and the file's
+    version (its ETag, else size and modification time), so a job over a large checkpoint does
+    not hash every weight again at each start. A rewritten file has a new version and is
+    hashed again; nothing is taken from the checkpoint itself. Where the store gives no
+    version, or the cache cannot be read or written, the id is computed as without a cache."""
+    from pipeline.storage import file_info, version_of
+    from pipeline.weights import cache_dir
+
+    try:
+        version = version_of(file_info(uri, storage_options))
+    except OSError:
+        version = None
+    if version is None:
+        return ckpt.model_id
+    key = f"{uri} {version}"
+    path = cache_dir(cache) / MODEL_IDS_FILE
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), str):
+        return known[key]
+    found = ckpt.model_id
+    try:
+        write_bytes(str(path), json.dumps({**known, key: found}, indent=0).encode())
+    except OSError as exc:
+        log.debug("model id cache %s not written: %s", path, exc)
+    return found
 
 
 def default_preprocessing(model_cfg: ModelConfig | None = None) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from pipeline.storage.files import (
     read_text,
     remove,
     upload_tree,
+    version_of,
     warn_unreadable,
 )
 from pipeline.storage.retry import StorageUnavailable, is_transient
@@ -131,6 +132,7 @@ __all__ = [
     "sweep_temp",
     "temp_name",
     "upload_tree",
+    "version_of",
     "warn_unreadable",
     "without_scheme",
     "write_bytes",

@@ -118,6 +118,18 @@ def file_info(uri: str, cfg: Options = None) -> dict[str, Any]:
     return dict(fs.info(path))
 
 
+def version_of(info: dict[str, Any]) -> str | None:
+    """A file's version from its info (file_info, find_detail): the ETag where the store gives
+    one, else "size-mtime"; None when the store says neither. A rewritten file gets a new one."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if info.get("size") is None and mtime is None:
+        return None
+    return f"{info.get('size')}-{mtime}"
+
+
 def find_detail(root: str, cfg: Options = None) -> list[tuple[str, dict[str, Any]]]:
     """(URI of the same kind as `root`, info) of every file under the folder `root`, sorted."""
     fs, path = filesystem(root, cfg)
