@@ -15,7 +15,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import nms
 
 from pipeline.faces import decode
-from pipeline.faces.decode import decode_batch, decode_device, decode_exact, greedy_nms_dense
+from pipeline.faces.decode import (
+    NetOutputs,
+    decode_batch,
+    decode_device,
+    decode_exact,
+    greedy_nms_dense,
+)
 from pipeline.faces.detect import RetinaFaceDetector, _device_priors, _device_size
 from pipeline.video import VideoReader
 from schemas.config import load_config
@@ -76,7 +82,7 @@ def outputs():
             loc, conf, landm = (t.float() for t in det.net(x))
         h, w = x.shape[2:]
         geometry = _device_priors(h, w, "cpu"), _device_size(w, h, scale, "cpu")
-        out[name] = (loc, conf, landm, *geometry)
+        out[name] = NetOutputs(loc, conf, landm, *geometry)
     return cfg, out
 
 
@@ -93,10 +99,10 @@ def test_fixed_shape_decoding_gives_exactly_the_exact_paths_faces(outputs, devic
     cfg, outs = outputs
     faces = 0
     for name, tensors in outs.items():
-        t = [x.to(device) for x in tensors]
-        packed = decode_device(*t, cfg.faces.detector)
+        t = NetOutputs(*(x.to(device) for x in tensors))
+        packed = decode_device(t, cfg.faces.detector)
         assert bool((packed[:, -1] == 1).all()), name  # no batch fell back
-        fast, exact = decode_batch(*t, cfg.faces.detector), decode_exact(*t, cfg.faces.detector)
+        fast, exact = decode_batch(t, cfg.faces.detector), decode_exact(t, cfg.faces.detector)
         assert same_faces(fast, exact), name
         faces += sum(len(d.boxes) for d in fast)
     assert faces == 16 * (1 + 2)
@@ -108,9 +114,9 @@ def test_crowded_frames_take_the_exact_path(outputs, monkeypatch):
     cfg, outs = outputs
     monkeypatch.setattr(decode, "DEVICE_TOP_K", 8)
     t = outs["grid_two_speakers_sbs.mp4"]
-    assert bool((decode_device(*t, cfg.faces.detector)[:, -1] == 0).all())
-    got = decode_batch(*t, cfg.faces.detector)
-    assert same_faces(got, decode_exact(*t, cfg.faces.detector))
+    assert bool((decode_device(t, cfg.faces.detector)[:, -1] == 0).all())
+    got = decode_batch(t, cfg.faces.detector)
+    assert same_faces(got, decode_exact(t, cfg.faces.detector))
     assert [len(d.boxes) for d in got] == [2] * 16
 
 
@@ -156,12 +162,12 @@ def test_a_detector_batch_never_waits_for_the_host(outputs, frames):
     counter counts)."""
     cfg, outs = outputs
     loc, conf, landm, priors, size = outs["grid_two_speakers_sbs.mp4"]
-    part = [loc[:frames], conf[:frames], landm[:frames], priors, size]
+    part = NetOutputs(loc[:frames], conf[:frames], landm[:frames], priors, size)
     with SyncCounter() as fast:
-        decode_device(*part, cfg.faces.detector)
+        decode_device(part, cfg.faces.detector)
     assert not fast.seen, fast.seen
     with SyncCounter() as exact:
-        decode_exact(*part, cfg.faces.detector)
+        decode_exact(part, cfg.faces.detector)
     assert exact.seen["aten::nonzero"] >= 1 and exact.seen["boolean index"] >= 1
 
     det = RetinaFaceDetector(cfg.faces.detector)
@@ -179,11 +185,11 @@ def test_cuda_detector_batch_syncs_only_for_its_one_copy(outputs):
     """On a GPU, torch's sync detector raises on any synchronising call inside the device
     part of the decoding."""
     cfg, outs = outputs
-    t = [x.cuda() for x in outs["grid_two_speakers_sbs.mp4"]]
+    t = NetOutputs(*(x.cuda() for x in outs["grid_two_speakers_sbs.mp4"]))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        packed = decode_device(*t, cfg.faces.detector)
+        packed = decode_device(t, cfg.faces.detector)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert packed.is_cuda and packed.shape[0] == 16

@@ -10,6 +10,7 @@ batch the fixed shapes cannot hold (and the reference the fast path is tested ag
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +36,18 @@ def decode_landmarks(pre: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     """[..., 10] regression + [..., 4] priors -> [..., 5, 2] normalised points."""
     pts = pre.reshape(*pre.shape[:-1], 5, 2)
     return priors[..., None, :2] + pts * VARIANCE[0] * priors[..., None, 2:]
+
+
+class NetOutputs(NamedTuple):
+    """RetinaFace's outputs for N frames of one input size, with what maps them to source px:
+    loc [N, A, 4], conf [N, A, 2], landm [N, A, 10] (float32, any device), priors [A, 4]
+    (the anchors of that size), size = (W, H) / scale, float32 [2]."""
+
+    loc: torch.Tensor
+    conf: torch.Tensor
+    landm: torch.Tensor
+    priors: torch.Tensor
+    size: torch.Tensor
 
 
 # Candidates over the threshold a frame keeps on the device, strongest first: a face gives
@@ -77,16 +90,8 @@ def greedy_nms_dense(
     return keep, (again == keep).all(1)
 
 
-def decode_batch(
-    loc: torch.Tensor,
-    conf: torch.Tensor,
-    landm: torch.Tensor,
-    priors: torch.Tensor,
-    size: torch.Tensor,
-    cfg: DetectorConfig,
-) -> list[Detections]:
-    """The network's outputs for N frames (loc [N, A, 4], conf [N, A, 2], landm [N, A, 10],
-    float32) -> N Detections in source px (`size` = (W, H) / scale, float32 [2]).
+def decode_batch(out: NetOutputs, cfg: DetectorConfig) -> list[Detections]:
+    """The network's outputs for N frames (NetOutputs) -> N Detections in source px.
 
     Fixed shapes on the device, so nothing waits for the host inside the batch: each frame's
     DEVICE_TOP_K strongest candidates, decoded; greedy NMS per frame (greedy_nms_dense); the
@@ -94,11 +99,11 @@ def decode_batch(
     (boxes, scores, points, counts and the two checks). Where a check fails (more candidates
     than DEVICE_TOP_K in a frame, NMS not converged) the batch is decoded by decode_exact,
     which gives the same detections with host round trips."""
-    packed = decode_device(loc, conf, landm, priors, size, cfg).cpu().numpy()
-    m = min(cfg.max_faces, loc.shape[1], DEVICE_TOP_K)
+    packed = decode_device(out, cfg).cpu().numpy()
+    m = min(cfg.max_faces, out.loc.shape[1], DEVICE_TOP_K)
     if not packed[:, -1].all():
         log.debug("detector batch decoded exactly (a crowded frame or a long NMS chain)")
-        return decode_exact(loc, conf, landm, priors, size, cfg)
+        return decode_exact(out, cfg)
     faces = packed[:, : m * 15].reshape(len(packed), m, 15)
     return [_detections(f[:c]) for f, c in zip(faces, packed[:, -2].astype(np.int64).tolist())]
 
@@ -114,21 +119,14 @@ def _detections(rows: np.ndarray) -> Detections:
     )
 
 
-def decode_device(
-    loc: torch.Tensor,
-    conf: torch.Tensor,
-    landm: torch.Tensor,
-    priors: torch.Tensor,
-    size: torch.Tensor,
-    cfg: DetectorConfig,
-) -> torch.Tensor:
+def decode_device(out: NetOutputs, cfg: DetectorConfig) -> torch.Tensor:
     """decode_batch's device part: fixed-shape ops only (no nonzero, boolean indexing or
     scalar reads). -> float32 [N, M * 15 + 2] on the device, M = min(max_faces, A,
     DEVICE_TOP_K): per frame M rows (x1, y1, x2, y2, score, 5 points x, y), the first `count`
     of them faces (strongest first), then count, then 1.0 where the frame's decoding is exact
     (its candidates fit DEVICE_TOP_K and the batch's NMS converged), else 0.0."""
-    n, a = conf.shape[:2]
-    k = min(DEVICE_TOP_K, a)
+    loc, conf, landm, priors, size = out
+    k = min(DEVICE_TOP_K, conf.shape[1])
     m = min(cfg.max_faces, k)
     scores = conf[..., 1]
     top, idx = torch.topk(scores, k, dim=1)  # [N, K], decreasing
@@ -149,17 +147,11 @@ def decode_device(
     return torch.cat([rows.flatten(1), count, exact], 1)
 
 
-def decode_exact(
-    loc: torch.Tensor,
-    conf: torch.Tensor,
-    landm: torch.Tensor,
-    priors: torch.Tensor,
-    size: torch.Tensor,
-    cfg: DetectorConfig,
-) -> list[Detections]:
+def decode_exact(out: NetOutputs, cfg: DetectorConfig) -> list[Detections]:
     """decode_batch with no cap on candidates: those over the threshold (a `nonzero`),
     one `batched_nms` with the frame index as the category, then the min-size filter and
     `max_faces` per frame. Its host round trips make it the path of rare batches only."""
+    loc, conf, landm, priors, size = out
     n = loc.shape[0]
     scores = conf[..., 1]
     fi, ai = torch.nonzero(scores > cfg.threshold, as_tuple=True)

@@ -22,7 +22,7 @@ from torchvision.ops import nms as nms_boxes
 
 from pipeline.device import batch_for
 from pipeline.faces.align import box_iou
-from pipeline.faces.decode import decode_batch
+from pipeline.faces.decode import NetOutputs, decode_batch
 from pipeline.faces.detection import (
     FIVE_POINTS,
     RETINAFACE_BOXES,
@@ -382,7 +382,7 @@ class RetinaFaceDetector(FaceDetector):
         loc, conf, landm = loc.float(), conf.float(), landm.float()
         priors = _device_priors(h, w, str(loc.device))
         size = _device_size(w, h, float(scale), str(loc.device))
-        dets = decode_batch(loc, conf, landm, priors, size, self.cfg)
+        dets = decode_batch(NetOutputs(loc, conf, landm, priors, size), self.cfg)
         if timer is not None:
             timer.mark("detect_post", None)
         return dets
