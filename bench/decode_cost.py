@@ -14,7 +14,7 @@ import time
 import torch
 
 from pipeline.faces.decode import NetOutputs, decode_batch, decode_exact
-from pipeline.faces.detect import RetinaFaceDetector, _device_priors, _device_size
+from pipeline.faces.detect import RetinaFaceDetector, device_priors, device_size
 from pipeline.video import VideoReader
 from schemas.config import load_config
 from tests.conftest import face_overrides
@@ -31,7 +31,7 @@ def main() -> None:
             frames = next(r.chunks(25, chunk_frames=32)).frames
         x, scale = det._prepare(frames)
         h, w = x.shape[2:]
-        geometry = _device_priors(h, w, "cpu"), _device_size(w, h, scale, "cpu")
+        geometry = device_priors(h, w, "cpu"), device_size(w, h, scale, "cpu")
         with torch.inference_mode():
             loc, conf, landm = (t.float() for t in det.net(x))
             for n in (8, 32):

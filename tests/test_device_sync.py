@@ -22,7 +22,7 @@ from pipeline.faces.decode import (
     decode_exact,
     greedy_nms_dense,
 )
-from pipeline.faces.detect import RetinaFaceDetector, _device_priors, _device_size
+from pipeline.faces.detect import RetinaFaceDetector, device_priors, device_size
 from pipeline.video import VideoReader
 from schemas.config import load_config
 from tests.conftest import DEVICES, asset, face_overrides
@@ -81,7 +81,7 @@ def outputs():
         with torch.inference_mode():
             loc, conf, landm = (t.float() for t in det.net(x))
         h, w = x.shape[2:]
-        geometry = _device_priors(h, w, "cpu"), _device_size(w, h, scale, "cpu")
+        geometry = device_priors(h, w, "cpu"), device_size(w, h, scale, "cpu")
         out[name] = NetOutputs(loc, conf, landm, *geometry)
     return cfg, out
 

@@ -314,13 +314,13 @@ def merge_faces(parts: list[Detections], nms: float, max_faces: int) -> Detectio
 
 @lru_cache(maxsize=16)
 @lru_cache(maxsize=16)
-def _device_priors(height: int, width: int, device: str) -> torch.Tensor:
+def device_priors(height: int, width: int, device: str) -> torch.Tensor:
     """The anchors of an input size on `device`, made once (not copied every batch)."""
     return torch.from_numpy(prior_boxes(height, width)).to(device)
 
 
 @lru_cache(maxsize=64)
-def _device_size(width: int, height: int, scale: float, device: str) -> torch.Tensor:
+def device_size(width: int, height: int, scale: float, device: str) -> torch.Tensor:
     """(W, H) / scale, float32 [2] on `device`: normalised -> source px, made once."""
     return torch.tensor([width, height], dtype=torch.float32, device=device) / scale
 
@@ -380,8 +380,8 @@ class RetinaFaceDetector(FaceDetector):
         if timer is not None:
             timer.mark("detect_net", x.device)
         loc, conf, landm = loc.float(), conf.float(), landm.float()
-        priors = _device_priors(h, w, str(loc.device))
-        size = _device_size(w, h, float(scale), str(loc.device))
+        priors = device_priors(h, w, str(loc.device))
+        size = device_size(w, h, float(scale), str(loc.device))
         dets = decode_batch(NetOutputs(loc, conf, landm, priors, size), self.cfg)
         if timer is not None:
             timer.mark("detect_post", None)
