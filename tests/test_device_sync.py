@@ -121,6 +121,25 @@ def test_crowded_frames_take_the_exact_path(outputs, monkeypatch):
     assert [len(d.boxes) for d in got] == [2] * 16
 
 
+def test_equal_scores_are_ordered_as_the_exact_path_orders_them(outputs):
+    """RetinaFace gives neighbouring anchors equal scores (a pin run met one: the same score,
+    boxes 1.8 px apart); which of them survives NMS must not depend on K. Here every candidate
+    of a frame is tied: the fast path at any K keeps what the exact path keeps."""
+    cfg, outs = outputs
+    t = outs["grid_bbaf2n.mpg"]
+    conf = t.conf.clone()
+    over = conf[..., 1] > cfg.faces.detector.threshold
+    conf[..., 1] = torch.where(over, torch.tensor(0.95), conf[..., 1])
+    tied = t._replace(conf=conf)
+    exact = decode_exact(tied, cfg.faces.detector)
+    assert [len(d.boxes) for d in exact] == [1] * 16
+    for cap in (32, 48, 256):
+        packed = decode_device(tied, cfg.faces.detector, cap).numpy()
+        assert (packed[:, -1] == 1).all()
+        np.testing.assert_array_equal(packed[:, :4], np.stack([d.boxes[0] for d in exact]))
+    assert same_faces(decode_batch(tied, cfg.faces.detector), exact)
+
+
 def chain(n: int, step: float) -> torch.Tensor:
     """n boxes 10 px wide sliding by `step` px, scores falling: each overlaps the next by
     IoU (10 - step) / (10 + step); greedy NMS keeps every other one, and each decision waits

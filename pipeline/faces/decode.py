@@ -150,7 +150,12 @@ def decode_device(out: NetOutputs, cfg: DetectorConfig, cap: int | None = None) 
     k = min(cap or DEVICE_TOP_K, conf.shape[1])
     m = min(cfg.max_faces, k)
     scores = conf[..., 1]
-    top, idx = torch.topk(scores, k, dim=1)  # [N, K], decreasing
+    _, idx = torch.topk(scores, k, dim=1)  # [N, K]: the K best, ties in no set order
+    # decreasing score, equal scores by anchor (as the exact path's stable sort has them):
+    # RetinaFace gives equal scores to neighbouring anchors, and their boxes differ
+    idx = idx.sort(1).values
+    top, order = scores.gather(1, idx).sort(dim=1, descending=True, stable=True)
+    idx = idx.gather(1, order)
     valid = top > cfg.threshold
     fits = (scores > cfg.threshold).sum(1) <= k
     pri = priors[idx]
