@@ -313,7 +313,6 @@ def merge_faces(parts: list[Detections], nms: float, max_faces: int) -> Detectio
 
 
 @lru_cache(maxsize=16)
-@lru_cache(maxsize=16)
 def device_priors(height: int, width: int, device: str) -> torch.Tensor:
     """The anchors of an input size on `device`, made once (not copied every batch)."""
     return torch.from_numpy(prior_boxes(height, width)).to(device)

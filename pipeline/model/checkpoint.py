@@ -244,7 +244,8 @@ def cached_model_id(
 
     try:
         version = version_of(file_info(uri, storage_options))
-    except OSError:
+    except Exception as exc:  # noqa: BLE001 - the cache is an optimisation: never fail a job
+        log.debug("no version for %s (%s): its model id is hashed", uri, type(exc).__name__)
         version = None
     if version is None:
         return ckpt.model_id
