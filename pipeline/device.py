@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 
@@ -43,3 +46,21 @@ def batch_for(device: str, configured: int | None, cpu: int, gpu: int) -> int:
     if configured is not None:
         return configured
     return cpu if torch.device(device).type == "cpu" else gpu
+
+
+@contextmanager
+def tuned_kernels(device: str | torch.device) -> Iterator[None]:
+    """cuDNN picks the fastest kernels for each input shape it meets (`cudnn.benchmark`) inside
+    this block when `device` is a GPU, and the process's setting comes back after it. Only for
+    calls whose shapes repeat (the detector: one frame size and batch per video); a network
+    fed ever-changing shapes (windows of any length, any number of faces) would be tuned
+    again at each one. Nothing changes on a CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -297,6 +297,24 @@ def test_batch_sizes_follow_the_device_unless_configured():
     )
 
 
+def test_kernel_tuning_is_scoped_to_the_detector_call():
+    """cudnn.benchmark is on only inside tuned_kernels on a GPU device and comes back after it
+    (the model stage's windows of any length must not be tuned at each shape); on a CPU it is
+    never touched."""
+    from pipeline.device import tuned_kernels
+
+    before = torch.backends.cudnn.benchmark
+    with tuned_kernels("cpu"):
+        assert torch.backends.cudnn.benchmark == before
+    torch.backends.cudnn.benchmark = False
+    try:
+        with tuned_kernels("cuda:0"):
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def test_fan_gets_contiguous_nchw_input():
     """FAN must see plain NCHW memory: a channels-last view (what transposing stacked HWC
     crops gives) runs its hourglasses about 2x slower on a CPU."""

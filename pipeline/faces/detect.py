@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms as nms_boxes
 
-from pipeline.device import batch_for
+from pipeline.device import batch_for, tuned_kernels
 from pipeline.faces.align import box_iou
 from pipeline.faces.decode import NetOutputs, decode_batch
 from pipeline.faces.detection import (
@@ -374,7 +374,7 @@ class RetinaFaceDetector(FaceDetector):
         in (window) source px."""
         timer = self.timer
         h, w = x.shape[2:]
-        with autocast(self.device, self.dtype):
+        with autocast(self.device, self.dtype), tuned_kernels(x.device):
             loc, conf, landm = self.net(x)
         if timer is not None:
             timer.mark("detect_net", x.device)

@@ -158,10 +158,6 @@ class FacePipeline:
             mean_face if mean_face is not None else load_mean_face(f.align.mean_face, cfg.cache_dir)
         )
         self.device = self.detector.device
-        if torch.device(self.device).type == "cuda":
-            # every batch of a video has one input shape (256 frames, fixed sizes): the
-            # fastest kernels are chosen once per shape
-            torch.backends.cudnn.benchmark = True
         self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
 
     def set_timer(self, timer: Any) -> None:
