@@ -1,6 +1,7 @@
 """`vaerr demo` timed, per seed, optionally beside an older checkout run at the same time.
 
     python -m bench.demo_time --seeds 7,11,23 [--baseline /path/to/old/worktree] [--no-append]
+                              [--set train.ema_decay=0.98 ...]
 
 Each seed runs `vaerr demo --seed N` in a subprocess (the setup, `make demo`'s venv, is not
 timed), and prints its wall minutes, the load average at start and end, and the CCC it
@@ -24,8 +25,11 @@ from pathlib import Path
 from bench.harness import REPO, append_results, command_line, fmt_load, load1, markdown_table, num
 
 
-def start_demo(repo: Path, seed: int, out: Path) -> subprocess.Popen:
-    """`vaerr demo --seed seed --output out` with `repo`'s code, its stdout captured."""
+def start_demo(
+    repo: Path, seed: int, out: Path, overrides: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """`vaerr demo --seed seed --output out [--set ...]` with `repo`'s code, its stdout
+    captured."""
     env = {**os.environ, "PYTHONPATH": str(repo)}
     env.setdefault("VAERR_ASSETS", str(REPO.parent / "shared" / "assets"))
     cmd = [
@@ -38,6 +42,7 @@ def start_demo(repo: Path, seed: int, out: Path) -> subprocess.Popen:
         str(seed),
         "--output",
         str(out),
+        *[x for item in overrides for x in ("--set", item)],
     ]
     return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
 
@@ -52,10 +57,10 @@ def finish(proc: subprocess.Popen, t0: float, l0: float) -> dict:
             "unseen": last.get("unseen_videos")}  # fmt: skip
 
 
-def run_seed(seed: int, baseline: Path | None, work: Path) -> dict:
-    """One seed: this checkout's demo (and the baseline's beside it)."""
+def run_seed(seed: int, baseline: Path | None, work: Path, overrides: tuple[str, ...] = ()) -> dict:
+    """One seed: this checkout's demo (and the baseline's beside it, without `overrides`)."""
     t0, l0 = time.perf_counter(), load1()
-    procs = {"now": start_demo(REPO, seed, work / f"now{seed}")}
+    procs = {"now": start_demo(REPO, seed, work / f"now{seed}", overrides)}
     if baseline is not None:
         procs["baseline"] = start_demo(baseline, seed, work / f"base{seed}")
     return {name: finish(p, t0, l0) for name, p in procs.items()}
@@ -72,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="7,11,23")
     p.add_argument("--baseline", type=Path, default=None, help="An older checkout to run beside.")
     p.add_argument("--no-append", action="store_true")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="A config override for this checkout's demo (repeatable; not the baseline's).",
+    )  # fmt: skip
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="vaerr_demo_time_") as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            res = run_seed(seed, args.baseline, Path(tmp))
+            res = run_seed(seed, args.baseline, Path(tmp), tuple(args.overrides))
             print(seed, res, flush=True)
             for name, r in res.items():
                 rows.append([seed, name, _cell(r, "arousal"), _cell(r, "valence"),

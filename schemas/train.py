@@ -283,6 +283,16 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(
         None, gt=0, description="Clip the gradient norm to this (None: off)."
     )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Validate and deliver an exponential moving average of the weights "
+        "(batch-norm statistics included), updated after every optimiser step with this "
+        "decay (0.98: about the last 50 steps), instead of the last step's weights: the "
+        "best-epoch choice and the product then depend less on the last few batches. "
+        "None: off (the recipe's).",
+    )
     seed: int = Field(1, le=2**32 - 1, description="Seed of weights, clip order and augmentations.")
     max_steps_per_epoch: int | None = Field(
         None,

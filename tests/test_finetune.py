@@ -31,7 +31,7 @@ from training.loop import prepare_run, read_metrics, run_dir, run_training
 from training.preprocess import run_preprocess
 from training.sessions import LocalSession, RaySession
 from training.synth import make_corpus
-from training.tasks import TASKS, resolve_task
+from training.tasks import STATE_FILE, TASKS, resolve_task
 
 # The corpus: 24 people x 2 videos x 2 s; people (not videos) split 16 train / 8 validation,
 # rendered on both cores (the same files for any number of workers). Detection on every 10th
@@ -312,6 +312,30 @@ def test_local_runner_resumes_same_name_and_frozen_encoder_stays(corpus_shards, 
     assert ckpt.provenance["finetune"] == "frozen_encoder" and ckpt.training_data == "synthetic"
     with pytest.raises(ValueError, match="no labelled sequences"):
         run_training(load_config(None, base + ["train.train_splits=[test]"]), runner="local")
+
+
+def test_the_moving_average_is_delivered_and_resumed(corpus_shards, tmp_path):
+    base = TRAIN + [
+        f"data.shards={corpus_shards}", f"train.storage_path={tmp_path}", "train.name=ema",
+        "train.max_steps_per_epoch=3", "train.val_splits=[]", "train.ema_decay=0.5",
+    ]  # fmt: skip
+    cfg = load_config(None, base + ["train.epochs=1"])
+    out = run_training(cfg, "finetune", runner="local")
+    states = os.path.join(run_dir(cfg), "local_checkpoints")
+
+    def state(epoch: int) -> dict:
+        folder = os.path.join(states, f"epoch_{epoch:04d}")
+        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+
+    first = state(0)
+    assert int(first["ema"]["n_averaged"]) == 3  # one update per optimiser step
+    product = load_model(out["product"])[0].state_dict()
+    # the product is the average, not the last step's weights
+    assert all(torch.equal(product[k], first["ema"][f"module.{k}"]) for k in product)
+    assert any(not torch.equal(product[k], first["model"][k]) for k in product)
+    # a resumed run goes on averaging from where it stopped
+    run_training(load_config(None, base + ["train.epochs=2"]), "finetune", runner="local")
+    assert int(state(1)["ema"]["n_averaged"]) == 6
 
 
 class _DataParallelSession(LocalSession):

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.model.checkpoint import (
     save_checkpoint,
@@ -104,8 +105,9 @@ def _append_metrics(uri: str, record: dict[str, Any], cfg: VaerrConfig) -> None:
 @dataclass
 class _Fit:
     """One worker's training state: the task, its network (and the session's wrapped copy),
-    the optimiser over its trainable parameters, the device, the best epoch so far and the
-    restarts before this one."""
+    the optimiser over its trainable parameters, the device, the best epoch so far, the
+    restarts before this one and, with train.ema_decay on rank 0, the weights' moving
+    average (what is validated and delivered)."""
 
     task: Any
     wrapped: nn.Module
@@ -115,6 +117,12 @@ class _Fit:
     start: int = 0
     best: dict[str, Any] | None = None
     restarts: int = 0
+    ema: AveragedModel | None = None
+
+    def judged(self) -> nn.Module:
+        """The network that is validated and becomes the product: the moving average where
+        there is one, else the trained network itself."""
+        return self.ema.module if self.ema is not None else self.wrapped
 
 
 def fit_worker(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Session) -> dict:
@@ -158,13 +166,20 @@ def _start(cfg: VaerrConfig, task_name: str, extras: TaskExtras, session: Sessio
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
     start, best, restarts = 0, None, 0
+    # The average is kept where it is judged (rank 0): DDP keeps every rank's weights equal.
+    ema = None
+    if t.ema_decay and session.rank == 0:
+        average = get_ema_multi_avg_fn(t.ema_decay)
+        ema = AveragedModel(module, multi_avg_fn=average, use_buffers=True)
     state = session.restore()
     if state is not None:
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         start, best, restarts = int(state["epoch"]) + 1, state.get("best"), state["restarts"] + 1
         log.info("rank %d: resumed after epoch %d (restart %d)", session.rank, start - 1, restarts)
-    return _Fit(task, session.prepare(module), params, opt, device, start, best, restarts)
+    return _Fit(task, session.prepare(module), params, opt, device, start, best, restarts, ema)
 
 
 def _train_epoch(
@@ -188,6 +203,8 @@ def _train_epoch(
         if t.grad_clip:
             nn.utils.clip_grad_norm_(fit.params, t.grad_clip)
         fit.opt.step()
+        if fit.ema is not None:
+            fit.ema.update_parameters(unwrap(fit.wrapped))
         steps += 1
         fit.task.after_step(fit.wrapped, (epoch + steps / max(est_steps, steps)) / t.epochs)
         for k, v in {"loss": float(loss.detach()), **parts}.items():
@@ -209,7 +226,8 @@ def _finish_epoch(
     """Rank 0: validate into `metrics`, save the product when the score improved, append the
     epoch to RUN/metrics.jsonl; returns the resume checkpoint's state."""
     rdir = run_dir(cfg)
-    metrics.update(fit.task.validate(fit.wrapped))
+    judged = fit.judged()
+    metrics.update(fit.task.validate(judged))
     score = fit.task.score(metrics)
     # without validation (score None throughout) the last epoch is the product;
     # with it, only a better score replaces the best (a NaN epoch never does)
@@ -224,7 +242,7 @@ def _finish_epoch(
             "score": score,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
         }
-        product = fit.task.product(fit.wrapped, epoch, metrics)
+        product = fit.task.product(judged, epoch, metrics)
         save_checkpoint(product, join(rdir, fit.task.product_name), cfg.storage)
     metrics.update(
         {
@@ -241,12 +259,17 @@ def _finish_epoch(
     _append_metrics(join(rdir, METRICS_FILE), metrics, cfg)
     log.info("epoch %d: %s", epoch, {k: v for k, v in metrics.items() if "/" in k})
     return {
-        "model": {k: v.detach().cpu() for k, v in unwrap(fit.wrapped).state_dict().items()},
+        "model": _cpu(unwrap(fit.wrapped).state_dict()),
+        "ema": None if fit.ema is None else _cpu(fit.ema.state_dict()),
         "optimizer": fit.opt.state_dict(),
         "epoch": epoch,
         "best": fit.best,
         "restarts": fit.restarts,
     }
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def _json_metrics(m: dict[str, Any]) -> dict[str, Any]:
