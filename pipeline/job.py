@@ -1,131 +1,143 @@
 """The one resumable-job skeleton: what `vaerr infer` (pipeline/runner.py) and `vaerr
 preprocess` (training/preprocess.py) both run, so their rerun semantics cannot drift.
 
-    lock ROOT -> list the inputs -> the rows still to do (status rows read back)
-      -> sweep a killed run's temporary files -> config.yaml -> begin (the job's own files)
-      -> stages with progress -> end -> summary (pending noted) -> the record (JSON)
+    lock ROOT -> status rows read back -> the rows still to do -> sweep a killed run's
+      temporary files -> config.yaml -> the opening files (run.json "running", the manifest)
+      -> stages with progress into the sink -> the sink's summary (pending noted) -> the record
 
-A job says what differs (its inputs, status rows, stages, sink, summary and record) by
-overriding the hooks of `ResumableJob`; the order and the storage calls are here only.
+A job says what differs as data, made before the skeleton runs: a `JobSpec` (its listed input
+rows, where its status rows live, its stages, the files it opens with) and a `JobSink` (the
+object that receives the last stage's batches and sums them up). The skeleton calls only
+down: storage, the lock, the planning functions of pipeline/status.py, the scheduler and the
+sink; no code of the module that made the job is called back.
 """
 
 from __future__ import annotations
 
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from typing import Any
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.outlock import output_lock
 from pipeline.progress import Progress
-from pipeline.record import utc_now, write_record
+from pipeline.record import record_text, utc_now
 from pipeline.scheduling import StageSpec, run_stages
-from pipeline.status import note_pending, plan_pending
-from pipeline.storage import Storage
-from schemas.config import VaerrConfig, config_yaml
+from pipeline.status import StatusRows, note_pending, plan_pending
+from pipeline.storage import Storage, StorageUnavailable, is_transient, write_text
+
+log = logging.getLogger(__name__)
 
 
-class ResumableJob(ABC):
-    """A job over videos whose every input ends as one status row under `root`, resumable by
-    rerunning it: done videos (status rows matching `version`, final) are skipped.
+@dataclass(frozen=True)
+class JobSpec:
+    """What one run of a resumable job does, as data.
 
-    Subclasses set `command` ("infer", "preprocess": the lock's holder, the progress label),
-    `version` (the status-row fields a done video must match), `config_uri`, `record_uri`,
-    and implement the abstract hooks."""
+    `command` ("infer", "preprocess") names the lock's holder and the progress bar; `rows` are
+    the listed inputs, one per video (video_id, ...); `version` the status-row fields a done
+    video must match; `item_columns` the stage input columns taken from each pending row
+    (`attempts`, when named, is filled with the runs that already tried the video); `opening`
+    the (URI, content) files written before the stages (a dict: JSON record; a table:
+    Parquet); `running`, when given, the opening record that is marked failed at `record_uri`
+    should the stages fail."""
 
     command: str
+    root: str
+    rows: list[dict[str, Any]]
+    status: StatusRows
     version: Mapping[str, str]
     config_uri: str
+    config_text: str
     record_uri: str
+    stages: list[StageSpec]
+    item_columns: tuple[str, ...]
+    max_attempts: int
+    opening: Sequence[tuple[str, dict[str, Any] | pa.Table]] = ()
+    running: dict[str, Any] | None = field(default=None)
 
-    def __init__(
-        self, cfg: VaerrConfig, root: str, started: tuple[float, str] | None = None
-    ) -> None:
-        """`started`: (time.perf_counter(), utc_now()) when the command began, before the work
-        that precedes the job (loading a checkpoint, reading a dataset); default now."""
-        self.cfg, self.root = cfg, root
-        self.store = Storage(cfg.storage)  # made once, passed down: its verbs retry outages
-        self.t0, self.started = started or (time.perf_counter(), utc_now())
-        self.runner, self.address = "ray", None
 
-    # -- what each job says ---------------------------------------------------------------
+class JobSink(Protocol):
+    """What receives the last stage's batches of a job and sums the run up."""
 
-    @abstractmethod
-    def list_rows(self) -> list[dict[str, Any]]:
-        """The job's input rows, one per video (video_id, uri, source_etag, ...)."""
+    def start(self, bar: Progress, tried: dict[str, int]) -> None:
+        """Before the first batch: the progress bar to tick per finished video, and video_id
+        -> runs that already tried it."""
 
-    @abstractmethod
-    def read_done(self) -> pa.Table:
-        """Every status row under the root (a storage outage raises: retried by the caller)."""
+    def consume(self, batch: dict[str, np.ndarray]) -> None:
+        """One batch of the last stage's rows."""
 
-    @abstractmethod
-    def stages(self) -> list[StageSpec]:
-        """The stages the pending rows run through."""
-
-    @abstractmethod
-    def sink(self, bar: Progress) -> Callable[[dict[str, np.ndarray]], None]:
-        """What receives the last stage's batches (and ticks `bar` per finished video)."""
-
-    @abstractmethod
     def summary(self, rows: list[dict[str, Any]], todo: list[dict[str, Any]]) -> dict[str, Any]:
-        """The run's counts once the stages ended (wall time from `self.t0`)."""
+        """The run's counts once the stages ended (raises when videos were left incomplete)."""
 
-    @abstractmethod
     def record(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """The JSON record written to `record_uri` at the end."""
+        """The JSON record written at the end."""
 
-    def begin(
-        self, rows: list[dict[str, Any]], todo: list[dict[str, Any]], tried: dict[str, int]
-    ) -> None:
-        """Before the stages, under the lock: the job's own files (default: none). `tried`:
-        video_id -> runs that already tried it."""
-        return None
 
-    def items(self, todo: list[dict[str, Any]], tried: dict[str, int]) -> list[dict[str, Any]]:
-        """The stage input rows of the pending rows (default: the rows as listed)."""
-        return todo
+def stage_items(
+    todo: list[dict[str, Any]], columns: tuple[str, ...], tried: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The stage input rows of the pending rows: `columns` of each (None as ""), `attempts`
+    as the runs that already tried the video."""
+    items = []
+    for r in todo:
+        item = {k: "" if r.get(k) is None else r[k] for k in columns}
+        if "attempts" in columns:
+            item["attempts"] = str(tried.get(r["video_id"], 0))
+        items.append(item)
+    return items
 
-    def end(self) -> None:
-        """After the stages returned: checks that they finished everything (default: none)."""
-        return None
 
-    def failed(self, exc: BaseException) -> None:
-        """`begin`, the stages or `end` raised `exc` (re-raised after this; default: nothing)."""
-        return None
+def run_job(
+    spec: JobSpec,
+    sink: JobSink,
+    store: Storage,
+    force: bool = False,
+    runner: str = "ray",
+    address: str | None = None,
+    ray_init: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run the job (one writer per root: a second at once is refused by the lock) and return
+    its summary, also written into the record. Every input ends as one status row; a rerun
+    skips the done ones (`force`: none)."""
+    with output_lock(spec.root, store, f"vaerr {spec.command}"):
+        done = spec.status.read(store)
+        todo, tried = plan_pending(spec.rows, done, spec.version, force, spec.max_attempts)
+        # Temporary files of writes an earlier run never finished (killed, a full disk): ours
+        # to remove, since the lock says no other job writes here.
+        store.sweep_temp(spec.root)
+        store.write_text(spec.config_uri, spec.config_text)
+        try:
+            for uri, content in spec.opening:
+                if isinstance(content, pa.Table):
+                    store.write_parquet(uri, content)
+                else:
+                    store.write_text(uri, record_text(content))
+            with Progress(spec.command, len(todo)) as bar:
+                sink.start(bar, tried)
+                items = stage_items(todo, spec.item_columns, tried)
+                run_stages(items, spec.stages, sink.consume, runner, address=address,
+                           ray_init=ray_init)  # fmt: skip
+            summary = sink.summary(spec.rows, todo)
+        except BaseException as exc:
+            if spec.running is not None:
+                _mark_failed(spec.record_uri, spec.running, exc, store)
+            raise
+        note_pending(summary)
+        store.write_text(spec.record_uri, record_text(sink.record(summary)))
+    return summary
 
-    # -- the skeleton ---------------------------------------------------------------------
 
-    def run(
-        self,
-        force: bool = False,
-        runner: str = "ray",
-        address: str | None = None,
-        ray_init: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Run the job (one writer per root: a second at once is refused by the lock) and
-        return its summary, also written into the record."""
-        self.runner, self.address = runner, address
-        with output_lock(self.root, self.cfg.storage, f"vaerr {self.command}"):
-            rows = self.list_rows()
-            todo, tried = plan_pending(rows, self.read_done, self.version, force,
-                                       self.cfg.infer.max_attempts, self.store)  # fmt: skip
-            # Temporary files of writes an earlier run never finished (killed, a full disk):
-            # ours to remove, since the lock says no other job writes here.
-            self.store.sweep_temp(self.root)
-            self.store.write_text(self.config_uri, config_yaml(self.cfg))
-            try:
-                self.begin(rows, todo, tried)
-                with Progress(self.command, len(todo)) as bar:
-                    run_stages(self.items(todo, tried), self.stages(), self.sink(bar), runner,
-                               address=address, ray_init=ray_init)  # fmt: skip
-                self.end()
-            except BaseException as exc:
-                self.failed(exc)
-                raise
-            summary = self.summary(rows, todo)
-            note_pending(summary)
-            write_record(self.record_uri, self.record(summary), self.store)
-        return summary
+def _mark_failed(uri: str, running: dict[str, Any], exc: BaseException, store: Storage) -> None:
+    """The record says the run failed: best effort, and not when storage is what failed (the
+    client alone would spend ~45 s on it; one try, no retries): the record then keeps saying
+    "running", which `vaerr verify` reports too."""
+    running.update(state="failed", ended=utc_now(), error=type(exc).__name__)
+    if isinstance(exc, StorageUnavailable) or is_transient(exc):
+        return
+    try:
+        write_text(uri, record_text(running), store.cfg)
+    except Exception:
+        log.warning("could not mark %s failed; it still says running", uri)

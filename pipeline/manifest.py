@@ -11,7 +11,10 @@ kept like a missing file. No INPUT ever lists zero videos silently: a folder wit
 files or an empty manifest is an error. The source version is the object's ETag, else size +
 mtime: a rerun skips a video only if this is unchanged. Ids come from the URI as given: one
 local file reached by two paths (a symlink, `..`) gets two ids and is processed twice; give
-one path per file."""
+one path per file.
+
+Every listing and read goes through a `Storage` (made once by the job), whose verbs retry
+transient faults themselves: a listing is never retried from here."""
 
 from __future__ import annotations
 
@@ -19,11 +22,10 @@ import logging
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.ids import video_id
 from pipeline.source import special_kind
-from pipeline.storage import file_info, find_detail, glob_detail, is_file, open_uri, version_of
+from pipeline.storage import Storage, StorageUnavailable, is_transient, version_of
 from schemas.config import InferConfig, StorageConfig
 from schemas.tables import MANIFEST
 
@@ -39,16 +41,16 @@ def _entry(uri: str, info: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def manifest_uris(name: str, storage: StorageConfig | None = None) -> list[str]:
+def manifest_uris(name: str, storage: StorageConfig | Storage | None = None) -> list[str]:
     """The `uri` column of a Parquet manifest: ValueError naming the manifest when it is not
     Parquet, has no `uri` column, or holds anything but non-empty strings (nulls, numbers)."""
     how = "a manifest is a Parquet file with a string column `uri`, one row per video"
+    store = Storage.of(storage)
     try:
-        with open_uri(name, "rb", storage) as f:
-            schema = pq.read_schema(f)
-            if "uri" not in schema.names:
-                raise ValueError(f"manifest {name} has no `uri` column: {how}")
-            col = pq.read_table(f, columns=["uri"]).column("uri")
+        schema = store.read_parquet_schema(name)
+        if "uri" not in schema.names:
+            raise ValueError(f"manifest {name} has no `uri` column: {how}")
+        col = store.read_parquet(name, columns=["uri"]).column("uri")
     except pa.ArrowException as exc:
         raise ValueError(f"manifest {name} is not a readable Parquet file ({exc}): {how}") from None
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
@@ -68,7 +70,7 @@ GLOB_CHARS = "*?["
 
 def list_inputs(
     inputs: list[str],
-    storage: StorageConfig | None = None,
+    storage: StorageConfig | Storage | None = None,
     infer: InferConfig | None = None,
     glob: bool = True,
 ) -> pa.Table:
@@ -79,7 +81,7 @@ def list_inputs(
 
 def expand_inputs(
     inputs: list[str],
-    storage: StorageConfig | None = None,
+    storage: StorageConfig | Storage | None = None,
     infer: InferConfig | None = None,
     glob: bool = True,
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
@@ -95,10 +97,11 @@ def expand_inputs(
     counts the URIs the input named, duplicates of other inputs included.
     """
     exts = tuple((infer or InferConfig()).video_extensions)
+    store = Storage.of(storage)
     rows: dict[str, dict[str, Any]] = {}
     record: list[dict[str, Any]] = []
     for item in inputs:
-        kind, found = _expand_one(item, storage, exts, glob)
+        kind, found = _expand_one(item, store, exts, glob)
         for uri, info in found:
             rows.setdefault(uri, _entry(uri, info))
         record.append({"input": item, "kind": kind, "videos": len(found)})
@@ -107,24 +110,28 @@ def expand_inputs(
 
 
 def _expand_one(
-    item: str, storage: StorageConfig | None, exts: tuple[str, ...], glob: bool
+    item: str, store: Storage, exts: tuple[str, ...], glob: bool
 ) -> tuple[str, list[tuple[str, dict[str, Any] | None]]]:
     """(kind, [(uri, info or None)]) of one INPUT (see `expand_inputs`)."""
-    if item.endswith(".parquet") and is_file(item, storage):
+    if item.endswith(".parquet") and store.is_file(item):
         found = []
-        for uri in manifest_uris(item, storage):
+        for uri in manifest_uris(item, store):
             try:
-                found.append((uri, file_info(uri, storage)))
-            except (FileNotFoundError, PermissionError, OSError):
+                found.append((uri, store.file_info(uri)))
+            except StorageUnavailable:
+                raise  # an outage: the run cannot know its inputs
+            except OSError as exc:  # missing, denied, ...: a failed status row
+                if is_transient(exc):
+                    raise
                 found.append((uri, None))
         if not found:
             raise ValueError(f"manifest {item} has no rows: it names no video")
         return "manifest", found
     try:
-        meta = file_info(item, storage)
+        meta = store.file_info(item)
     except (FileNotFoundError, PermissionError) as exc:
         if glob and any(ch in item for ch in GLOB_CHARS):
-            return "glob", _glob(item, storage)
+            return "glob", _glob(item, store)
         # Kept: the face stage gives it a `failed` status row with the reason.
         log.warning("input %s: %s", item, type(exc).__name__)
         return "missing", [(item, None)]
@@ -135,7 +142,7 @@ def _expand_one(
                 "input %s: not a regular file (%s): it gets a failed status row", item, kind
             )
         return "file", [(item, meta)]
-    found = [(u, m) for u, m in find_detail(item, storage) if u.lower().endswith(exts)]
+    found = [(u, m) for u, m in store.find_detail(item) if u.lower().endswith(exts)]
     if not found:
         raise ValueError(
             f"input {item} is a folder without video files ({', '.join(exts)}): check the path, "
@@ -144,12 +151,12 @@ def _expand_one(
     return "folder", found
 
 
-def _glob(item: str, storage: StorageConfig | None) -> list[tuple[str, dict[str, Any] | None]]:
+def _glob(item: str, store: Storage) -> list[tuple[str, dict[str, Any] | None]]:
     """The files a pattern matches; none: the pattern itself, kept as a missing input."""
     # Like folder listings, dangling and looping symlinks (type "other") are kept: each gets a
     # `failed` status row instead of vanishing silently.
     found: list[tuple[str, dict[str, Any] | None]] = [
-        (u, m) for u, m in glob_detail(item, storage) if m.get("type") != "directory"
+        (u, m) for u, m in store.glob_detail(item) if m.get("type") != "directory"
     ]
     if not found:
         log.warning("input %s: no file by that name, and as a pattern it matches no file", item)

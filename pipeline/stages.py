@@ -74,14 +74,11 @@ class FaceStage:
         t0 = time.perf_counter()
         head = {"video_id": vid, "uri": uri, "source_etag": etag}
         cut, kind = _Cut(), ""
-
-        def attempt() -> Iterator[dict[str, np.ndarray]]:
-            nonlocal cut
-            cut = _Cut(run=self.pipe.run(uri))
-            yield from self._windows(head, cut)
-
         try:
-            yield from self.store.stream(attempt, uri)
+            for attempt in self.store.attempts(uri):
+                with attempt:
+                    cut = _Cut(run=self.pipe.run(uri))
+                    yield from self._windows(head, cut)
             status, reason = face_status(cut.run.tracks if cut.run else 0)
         except Exception as exc:
             # by type: environment faults are retried by a rerun, a video's own are final

@@ -6,13 +6,20 @@ from __future__ import annotations
 import errno
 import logging
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline.errors import VideoError, cause_chain, one_line
-from pipeline.storage import Storage, StorageUnavailable, is_transient
+from pipeline.storage import (
+    Storage,
+    StorageUnavailable,
+    Unreadable,
+    is_transient,
+    warn_unreadable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -167,19 +174,33 @@ def pending_rows(
     ]
 
 
+@dataclass(frozen=True)
+class StatusRows:
+    """Where a job's status rows live (one Parquet file per video under `folder`) and how they
+    read back: as `schema`, with the columns `added` after files were written null there, and
+    an unreadable file handed to `on_unreadable` (its video is then pending; a storage outage
+    raises after the storage's retries, so it never makes every video look pending)."""
+
+    folder: str
+    schema: pa.Schema
+    added: tuple[str, ...] = ()
+    on_unreadable: Unreadable = warn_unreadable
+
+    def read(self, store: Storage) -> pa.Table:
+        """Every status row (an empty table when there are none)."""
+        return store.read_tables(self.folder, self.schema, self.added, self.on_unreadable)
+
+
 def plan_pending(
     rows: list[dict[str, Any]],
-    read_done: Callable[[], pa.Table],
+    done: pa.Table,
     version: Mapping[str, str],
     force: bool,
     max_attempts: int,
-    storage: Storage,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """What a resumable job (`vaerr infer`, `vaerr preprocess`) runs: (its input rows still to
-    do, video_id -> runs that already tried them), from the status rows `read_done` returns
-    (storage outages retried by `storage`). One function for both jobs, so their rerun
-    semantics cannot drift."""
-    done = storage.call(read_done, "reading status rows")
+    do, video_id -> runs that already tried them), from the status rows read back (`done`).
+    One function for both jobs, so their rerun semantics cannot drift."""
     todo = pending_rows(rows, done, version, force, max_attempts)
     tried = {} if force else prior_attempts(rows, done, version)
     log.info("%d videos listed, %d to do, %d already done",

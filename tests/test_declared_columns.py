@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipeline.outputs.verify as verify
-from pipeline.runner import status_fields
 from pipeline.timeline import TrackAccumulator, timeline_rows, timeline_table
+from pipeline.writer import status_fields
 from schemas.config import VaerrConfig
 from schemas.stage_columns import (
     FACE_COLUMNS,

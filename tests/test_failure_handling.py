@@ -24,11 +24,12 @@ from botocore.exceptions import ClientError
 from jobs.cli import main
 from pipeline.ids import video_id
 from pipeline.outputs.verify import verify_output
-from pipeline.runner import TimelineWriter, read_status, run_inference
+from pipeline.runner import read_status, run_inference
 from pipeline.stages import END, FaceStage
 from pipeline.status import ENVIRONMENT_FAILURE, VIDEO_FAILURE, failure_kind
 from pipeline.storage import StorageUnavailable, is_transient
 from pipeline.video import VideoError
+from pipeline.writer import TimelineWriter
 from schemas.config import config_hash, load_config
 from schemas.tables import VIDEOS, VIDEOS_ADDED
 from tests.conftest import asset, face_overrides

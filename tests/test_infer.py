@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from pipeline.runner import run_inference, steady_rate
+from pipeline.runner import run_inference
 from pipeline.stages import FACE_STAGE_OUTPUT, MODEL_STAGE_OUTPUT, FaceStage, ModelStage
+from pipeline.writer import steady_rate
 from schemas.config import load_config
 from schemas.stage_columns import FACE_COLUMNS, MODEL_COLUMNS
 from schemas.tables import TIMELINES, VIDEOS

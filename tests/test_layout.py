@@ -252,6 +252,34 @@ def test_the_retry_check_sees_loops(tmp_path):
     assert len(found) == 3, found  # the import, the name, the first loop (not the poll)
 
 
+# Storage calls no code of the layers above it (issue 25: the walk from `vaerr infer`'s
+# arguments goes down only). Outside pipeline/storage/, nothing hands a Storage a function to
+# run (`store.call(lambda: ...)`); work redone whole loops over `store.attempts(...)` itself.
+def storage_callbacks(path, rel: str) -> list[str]:
+    """Where `path` passes a function to a Storage's `call` (a receiver named *store)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", "")
+            if node.func.attr == "call" and name.endswith("store"):
+                out.append(f"{rel}:{node.lineno} hands {name}.call a function to run")
+    return out
+
+
+def test_storage_calls_nothing_back():
+    bad = outside_storage(storage_callbacks)
+    assert not bad, "call storage's verbs, or loop over store.attempts():\n" + "\n".join(bad)
+
+
+def test_the_callback_check_sees_calls(tmp_path):
+    src = tmp_path / "mod.py"
+    src.write_text(
+        "def f(self, g):\n    self.store.call(g, 'x')\n    store.call(lambda: g(), 'y')\n"
+    )
+    assert len(storage_callbacks(src, "mod.py")) == 2
+
+
 def test_the_filesystem_check_sees_uses(tmp_path):
     """The check above sees an import and an attribute use of each accessor."""
     src = tmp_path / "mod.py"

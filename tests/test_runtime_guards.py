@@ -31,9 +31,10 @@ from pipeline.model.checkpoint import (
     save_checkpoint,
 )
 from pipeline.outlock import LOCK_NAME, OutputLocked, acquire, output_lock, release
-from pipeline.runner import TimelineWriter, read_status, run_inference
+from pipeline.runner import read_status, run_inference
 from pipeline.stages import END, FaceStage
 from pipeline.storage import exists, read_text, write_text
+from pipeline.writer import TimelineWriter
 from schemas.config import config_hash, load_config
 from schemas.model import ModelConfig
 from schemas.tables import SYNTHETIC, VIDEOS

@@ -4,6 +4,7 @@ the real S3 API (moto server)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_listing_skips_hidden_names_below_the_folder_only(tmp_path, monkeypatch,
 def test_storage_verbs_retry_transient_faults_only(tmp_path, monkeypatch):
     """Storage's verbs retry a transient fault (a refused connection) until it clears, fail at
     once on one that is not (a missing file), and give up with StorageUnavailable when the
-    budget is spent; a stream is read again from its start."""
+    budget is spent; a video's attempts are made again from its start."""
     monkeypatch.setattr("pipeline.storage.retry.time.sleep", lambda s: None)
     store = storage.Storage(StorageConfig(retry_s=5))
     tries = []
@@ -130,7 +131,18 @@ def test_storage_verbs_retry_transient_faults_only(tmp_path, monkeypatch):
             raise ConnectionResetError("peer went away")
         yield "window 1"
 
-    assert list(store.stream(video, "v.mp4")) == ["window 0", "window 0", "window 1"]
+    def tried() -> Iterator[str]:
+        for attempt in store.attempts("v.mp4"):
+            with attempt:
+                yield from video()
+
+    assert list(tried()) == ["window 0", "window 0", "window 1"]
+    with pytest.raises(ValueError):  # not transient: no second try
+        for attempt in store.attempts("v.mp4"):
+            with attempt:
+                made.append(1)
+                raise ValueError("corrupt")
+    assert len(made) == 3
     # the writing verbs go through the same retries
     uri = str(tmp_path / "a" / "b.txt")
     store.write_text(uri, "hello")

@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.faces.extract import FacePipeline
-from pipeline.job import ResumableJob
+from pipeline.job import JobSpec, run_job
 from pipeline.manifest import list_inputs
 from pipeline.progress import Progress
 from pipeline.record import utc_now
@@ -49,6 +49,7 @@ from pipeline.status import (
     NO_FACE,
     OK,
     PENDING,
+    StatusRows,
     attempt_outcome,
     failure_kind,
     failure_reason,
@@ -56,12 +57,12 @@ from pipeline.status import (
 )
 from pipeline.storage import Storage, join
 from pipeline.video import VideoError, read_audio
-from schemas.config import VaerrConfig, config_dump
+from schemas.config import VaerrConfig, config_dump, config_yaml
 from schemas.tables import CLIP_SHARD, PREPROCESS_STATUS, SEQUENCES, conform
 from training.audio import Extractor, build_extractor, frame_features
 from training.datasets import read_dataset
 from training.datasets.items import LabelTrack, VideoItem, resample_labels
-from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, read_shard_status
+from training.datasets.shards import CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR, shard_status
 from training.labelled import (
     annotated_frames,
     choose_tracks,
@@ -174,7 +175,9 @@ class ShardStage:
         }
         kind = None
         try:
-            res = self.store.call(lambda: self._video(item), item["uri"])
+            for attempt in self.store.attempts(item["uri"]):  # a video redone whole
+                with attempt:
+                    res = self._video(item)
             row.update(frames=res.frames, tracks=res.tracks, sequences=len(res.seqs))
             row["annotated_frames"] = self._annotated(item, res.frames, res.src_fps)
             row["labelled_frames"] = int(sum(s["labelled_frames"] for s in res.seqs))
@@ -367,11 +370,8 @@ class ShardStage:
 def item_rows(items: Iterable[VideoItem], cfg: VaerrConfig, store: Storage) -> list[dict[str, str]]:
     """Reader items + each video's source version -> stage input rows (ITEM_COLUMNS)."""
     items = list(items)
-    manifest = store.call(
-        # A dataset names its files: never patterns (`clip[1].mp4` is that file).
-        lambda: list_inputs([it.uri for it in items], cfg.storage, cfg.infer, glob=False),
-        "listing inputs",
-    )
+    # A dataset names its files: never patterns (`clip[1].mp4` is that file).
+    manifest = list_inputs([it.uri for it in items], store, cfg.infer, glob=False)
     etag = {r["uri"]: r["source_etag"] for r in manifest.to_pylist()}
     return [
         {
@@ -401,55 +401,71 @@ def run_preprocess(
     stage: ShardStage | None = None,
 ) -> dict[str, Any]:
     """Read the dataset, shard what is not done yet, return the summary (also written to
-    R/preprocess.json). `items` / `stage` can be injected (tests; `stage` runs locally only)."""
-    started = (time.perf_counter(), utc_now())
+    R/preprocess.json), on the resumable-job skeleton (pipeline/job.py): the dataset's videos,
+    R/videos/ status rows, one ShardStage. `items` / `stage` can be injected (tests; `stage`
+    runs locally only)."""
+    t0, started = time.perf_counter(), utc_now()
+    store = Storage(cfg.storage)  # made once, passed down: its verbs retry outages
     items = read_dataset(cfg.data, cfg.storage) if items is None else items
-    return PreprocessJob(cfg, items, stage, started).run(force, runner, ray_address, ray_init)
+    root, d = cfg.data.shards, cfg.data
+    version = {"config_hash": preprocess_hash(cfg)}
+    spec = JobSpec(
+        command="preprocess",
+        root=root,
+        rows=item_rows(items, cfg, store),
+        status=shard_status(root),
+        version=version,
+        config_uri=join(root, "config.yaml"),
+        config_text=config_yaml(cfg),
+        record_uri=join(root, "preprocess.json"),
+        stages=[
+            StageSpec(
+                ShardStage,
+                {"cfg": cfg, "root": root},
+                batch_size=1,
+                num_cpus=d.num_cpus,
+                num_gpus=d.num_gpus,
+                pool_size=d.actors,
+                instance=stage,
+            )
+        ],  # fmt: skip
+        item_columns=ITEM_COLUMNS,
+        max_attempts=cfg.infer.max_attempts,
+    )
+    sink = ShardSink(cfg, root, spec.status, version, (t0, started), runner, store)
+    return run_job(spec, sink, store, force, runner, ray_address, ray_init)
 
 
-class PreprocessJob(ResumableJob):
-    """`vaerr preprocess` on the resumable-job skeleton (pipeline/job.py): the dataset's
-    videos, R/videos/ status rows, one ShardStage, R/preprocess.json."""
-
-    command = "preprocess"
+class ShardSink:
+    """`vaerr preprocess`'s sink for the job skeleton: ticks the progress bar per status row;
+    the summary sums the status rows of every listed video (skipped ones included) read back
+    at the end; the record is the summary with the start, end, runner and config."""
 
     def __init__(
         self,
         cfg: VaerrConfig,
-        items: list[VideoItem],
-        stage: ShardStage | None,
+        root: str,
+        status: StatusRows,
+        version: dict[str, str],
         started: tuple[float, str],
+        runner: str,
+        store: Storage,
     ) -> None:
-        super().__init__(cfg, cfg.data.shards, started)
-        self.dataset, self.stage = list(items), stage
-        self.version = {"config_hash": preprocess_hash(cfg)}
-        self.config_uri = join(self.root, "config.yaml")
-        self.record_uri = join(self.root, "preprocess.json")
+        """`started`: (time.perf_counter(), UTC time) when the command began."""
+        self.cfg, self.root, self.status, self.version = cfg, root, status, version
+        self.started, self.runner, self.store = started, runner, store
+        self.bar: Progress | None = None
 
-    def list_rows(self) -> list[dict[str, Any]]:
-        return item_rows(self.dataset, self.cfg, self.store)
+    def start(self, bar: Progress, tried: dict[str, int]) -> None:
+        self.bar = bar
 
-    def read_done(self) -> pa.Table:
-        return read_shard_status(self.root, self.cfg.storage)
-
-    def items(self, todo: list[dict[str, Any]], tried: dict[str, int]) -> list[dict[str, Any]]:
-        return [{**r, "attempts": str(tried.get(r["video_id"], 0))} for r in todo]
-
-    def stages(self) -> list[StageSpec]:
-        d = self.cfg.data
-        return [StageSpec(ShardStage, {"cfg": self.cfg, "root": self.root}, batch_size=1,
-                          num_cpus=d.num_cpus, num_gpus=d.num_gpus, pool_size=d.actors,
-                          instance=self.stage)]  # fmt: skip
-
-    def sink(self, bar: Progress) -> Callable[[dict[str, np.ndarray]], None]:
-        def tick(batch: dict[str, np.ndarray]) -> None:
+    def consume(self, batch: dict[str, np.ndarray]) -> None:
+        if self.bar is not None:
             for r in batch_to_rows(batch):
-                bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
-
-        return tick
+                self.bar.video_done(r.get("frames", 0), r.get("uri"), r.get("status"))
 
     def summary(self, rows: list[dict[str, Any]], todo: list[dict[str, Any]]) -> dict[str, Any]:
-        status = self.store.call(self.read_done, "reading status rows")
+        status = self.status.read(self.store)
         totals = _totals(status, {r["video_id"] for r in rows}, self.cfg.infer.max_attempts)
         splits = totals.pop("splits")
         return {
@@ -459,13 +475,13 @@ class PreprocessJob(ResumableJob):
             **totals,
             "label_tracks": self.cfg.data.label_tracks,
             "splits": splits,
-            "wall_s": round(time.perf_counter() - self.t0, 2),
+            "wall_s": round(time.perf_counter() - self.started[0], 2),
             "config_hash": self.version["config_hash"],
             "output": self.root,
         }
 
     def record(self, summary: dict[str, Any]) -> dict[str, Any]:
-        return {**summary, "started": self.started, "ended": utc_now(), "runner": self.runner,
+        return {**summary, "started": self.started[1], "ended": utc_now(), "runner": self.runner,
                 "config": config_dump(self.cfg)}  # fmt: skip
 
 

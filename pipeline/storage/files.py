@@ -192,6 +192,12 @@ def read_parquet(
     return pq.read_table(path, filesystem=fs, columns=columns, filters=filters)
 
 
+def read_parquet_schema(uri: str, cfg: Options = None) -> pa.Schema:
+    """A Parquet file's schema, from its footer."""
+    with open_uri(uri, "rb", cfg) as f:
+        return pq.read_schema(f)
+
+
 Unreadable = Callable[[str, Exception], None]
 """What a reader does with a file it cannot read (its URI, the error): warn, or record a
 violation (`vaerr verify`). Transient storage errors are never handed to it: they raise, so an

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlparse
 
 import fsspec
@@ -18,9 +18,17 @@ from schemas.config import StorageConfig
 
 log = logging.getLogger(__name__)
 
-# What filesystem calls accept: the run's StorageConfig, a dict of fsspec keyword arguments
-# (checkpoint and weight readers are handed one), or None (local files, anonymous defaults).
-Options = StorageConfig | Mapping[str, Any] | None
+
+# What filesystem calls accept: the job's Storage (made once and passed down), the run's
+# StorageConfig, a dict of fsspec keyword arguments (checkpoint and weight readers are handed
+# one), or None (local files, anonymous defaults).
+class HoldsSettings(Protocol):
+    """What `Storage` (store.py) is to this module: an object holding the storage settings."""
+
+    cfg: StorageConfig
+
+
+Options = StorageConfig | HoldsSettings | Mapping[str, Any] | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +139,8 @@ def storage_options(cfg: StorageConfig | None, uri: str) -> dict[str, Any]:
 
 
 def _options(cfg: Options, uri: str) -> dict[str, Any]:
+    if isinstance(getattr(cfg, "cfg", None), StorageConfig):  # a Storage: its settings
+        cfg = cfg.cfg  # type: ignore[union-attr]
     if cfg is None or isinstance(cfg, StorageConfig):
         return storage_options(cfg, uri)
     return dict(cfg)

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.storage import join, read_parquet, read_tables
+from pipeline.status import StatusRows
+from pipeline.storage import Storage, join, read_parquet, read_tables
 from schemas.config import StorageConfig
 from schemas.tables import PREPROCESS_STATUS, SEQUENCES, SYNTHETIC
 
@@ -31,10 +32,16 @@ log = logging.getLogger(__name__)
 CLIPS_DIR, SEQUENCES_DIR, STATUS_DIR = "clips", "sequences", "videos"
 
 
-def read_shard_status(root: str, storage: StorageConfig | None = None) -> pa.Table:
+def shard_status(root: str) -> StatusRows:
+    """Where `vaerr preprocess`'s status rows live (R/videos/) and how they read back (columns
+    added later null in older status files; an unreadable file skipped with a warning)."""
+    added = ("annotated_frames", "failure_kind", "attempts")
+    return StatusRows(join(root, STATUS_DIR), PREPROCESS_STATUS, added)
+
+
+def read_shard_status(root: str, storage: StorageConfig | Storage | None = None) -> pa.Table:
     """Every committed video's status row under R/videos/."""
-    added = ("annotated_frames", "failure_kind", "attempts")  # null in older status files
-    return read_tables(join(root, STATUS_DIR), PREPROCESS_STATUS, storage, added)
+    return shard_status(root).read(Storage.of(storage))
 
 
 def read_sequences(
