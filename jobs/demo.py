@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
     if verbosity() >= 0:
         print(
-            f"vaerr demo: about {estimated_minutes():.0f} minutes here (5 on a quiet 2-core "
+            f"vaerr demo: about {estimated_minutes():.0f} minutes here (6 on a quiet 2-core "
             "CPU; scaled by this machine's cores and load): render a synthetic corpus, "
             "preprocess, fine-tune with one line per epoch, score unseen people, write a report.",
             file=sys.stderr,

@@ -142,11 +142,12 @@ def ccc_interval(
 
 
 def estimated_minutes(
-    base: float = 5.0, cpus: int | None = None, load: float | None = None
+    base: float = 6.0, cpus: int | None = None, load: float | None = None
 ) -> float:
     """Rough wall time of the default demo here: `base` minutes on a quiet 2-core machine
-    (measured: README), scaled by sqrt((load + 2) / cores), never below 1. The square root:
-    the 1-minute load average overstates the share other work takes over a 20-minute run
+    (measured: 4.9-5.5 and 6.1-7.2 on two such machines, README), scaled by
+    sqrt((load + 2) / cores), never below 1. The square root: the 1-minute load average
+    overstates the share other work takes over a 20-minute run
     (measured on 2 cores: load 3.3 -> 1.4x, load 6.2 -> 1.9x, where (load + 2) / 2 said 2.7x
     and 4.1x)."""
     cpus = cpus or os.cpu_count() or 2
