@@ -428,7 +428,7 @@ def run_preprocess(
                 pool_size=d.actors,
                 instance=stage,
             )
-        ],  # fmt: skip
+        ],
         item_columns=ITEM_COLUMNS,
         max_attempts=cfg.infer.max_attempts,
     )
