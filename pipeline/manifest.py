@@ -47,11 +47,15 @@ def manifest_uris(name: str, storage: StorageConfig | Storage | None = None) -> 
     how = "a manifest is a Parquet file with a string column `uri`, one row per video"
     store = Storage.of(storage)
     try:
-        schema = store.read_parquet_schema(name)
-        if "uri" not in schema.names:
-            raise ValueError(f"manifest {name} has no `uri` column: {how}")
         col = store.read_parquet(name, columns=["uri"]).column("uri")
     except pa.ArrowException as exc:
+        # one read when the manifest is sound; its footer again only to say what is wrong
+        try:
+            lacks_uri = "uri" not in store.read_parquet_schema(name).names
+        except pa.ArrowException:
+            lacks_uri = False
+        if lacks_uri:
+            raise ValueError(f"manifest {name} has no `uri` column: {how}") from None
         raise ValueError(f"manifest {name} is not a readable Parquet file ({exc}): {how}") from None
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         raise ValueError(f"manifest {name}: column `uri` holds {col.type}, not strings: {how}")

@@ -50,11 +50,9 @@ def infer_status(out: str) -> StatusRows:
     return StatusRows(OutPaths(out).videos, VIDEOS, VIDEOS_ADDED, _pending)
 
 
-def read_status(out: str, storage: VaerrConfig | StorageConfig | Storage) -> pa.Table:
+def read_status(out: str, storage: StorageConfig | Storage | None = None) -> pa.Table:
     """All status rows under OUT/videos/ (empty table if none; see `infer_status`). A storage
     outage raises after the storage's retries, so it never makes every video look pending."""
-    if isinstance(storage, VaerrConfig):
-        storage = storage.storage
     return infer_status(out).read(Storage.of(storage))
 
 

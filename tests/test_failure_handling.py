@@ -330,7 +330,7 @@ def test_unreadable_status_file_blocks_nothing(tmp_path, caplog, capsys):
     problems = verify_output(str(out), cfg)
     assert [p for p in problems if str(broken) in p and "unreadable" in p], problems
     with caplog.at_level(logging.WARNING, logger="pipeline.runner"):
-        status = read_status(str(out), cfg)
+        status = read_status(str(out), cfg.storage)
     assert status.num_rows == 1 and status.schema.equals(VIDEOS)
     assert status.column("attempts").null_count == 1
     assert str(broken) in caplog.text

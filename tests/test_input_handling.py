@@ -385,3 +385,23 @@ def test_log_lines_escape_control_and_bidi_characters(case, tmp_path):
     assert f"infer: /d/{shown}: ok, 3 frames" in buf.getvalue()
     assert all(c.isprintable() for c in buf.getvalue().replace("\n", ""))
     assert escape("plain é 日本 name.mp4") == "plain é 日本 name.mp4"  # printable stays
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pa.table({"path": ["a.mp4"]}), "has no `uri` column"),
+        (pa.table({"uri": [1, 2]}), "holds int64, not strings"),
+        (pa.table({"uri": ["a.mp4", None]}), "1 of 2 rows have a null or empty `uri`"),
+        (None, "is not a readable Parquet file"),
+    ],
+    ids=["no-uri-column", "numbers", "null", "not-parquet"],
+)
+def test_a_bad_manifest_is_named_with_what_is_wrong(tmp_path, table, message):
+    name = tmp_path / "manifest.parquet"
+    if table is None:
+        name.write_bytes(b"uri\na.mp4\n")  # a CSV under a Parquet name
+    else:
+        pq.write_table(table, name)
+    with pytest.raises(ValueError, match=f"manifest {name}.*{message}"):
+        list_inputs([str(name)])

@@ -134,7 +134,7 @@ def test_two_jobs_at_once_one_wins(out_root, tiny_checkpoint, monkeypatch):
     storage = winner.storage
     record = json.loads(read_text(f"{out_root}/run.json", storage))
     assert record["state"] == "completed" and record["config_hash"] == config_hash(winner)
-    assert set(read_status(out_root, winner).column("config_hash").to_pylist()) == {
+    assert set(read_status(out_root, storage).column("config_hash").to_pylist()) == {
         config_hash(winner)
     }
 
@@ -426,7 +426,7 @@ def test_every_output_says_what_trained_the_model(tmp_path, data, capsys, caplog
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["training_data"] == data
     assert json.loads((out / "run.json").read_text())["training_data"] == data
-    status = read_status(str(out), cfg)
+    status = read_status(str(out), cfg.storage)
     assert status.schema.equals(VIDEOS)
     assert status.column("training_data").to_pylist() == [data]
     assert ("SYNTHETIC" in caplog.text) == (data == SYNTHETIC)
@@ -442,7 +442,7 @@ def test_old_status_files_read_back_with_null_training_data(tmp_path):
     row = {f.name: None for f in old} | {"video_id": "v", "uri": "a.mp4", "status": "ok"}
     (tmp_path / "videos").mkdir()
     pq.write_table(pa.Table.from_pylist([row], old), tmp_path / "videos" / "v.parquet")
-    back = read_status(str(tmp_path), load_config(None, []))
+    back = read_status(str(tmp_path), load_config(None, []).storage)
     assert back.schema.equals(VIDEOS) and back.column("training_data").to_pylist() == [None]
 
 
