@@ -19,5 +19,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two pytest workers, each taking whole test files (module fixtures made once): a third of the
+# serial suite is waiting (Ray start-up, health checks, subprocesses), which the other file's
+# work fills. TEST_WORKERS=0 runs it serially in one process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
