@@ -74,15 +74,17 @@ def lira_cfg(shards, runs, name, *extra):
 
 @pytest.mark.slow
 def test_lira_on_grid_learns_audio_from_lips(grid_shards, tmp_path):
-    """L1 falls clearly, and ends well below a control whose audio is shifted out of sync."""
-    epochs = "train.epochs=30"
-    cfg = lira_cfg(grid_shards, tmp_path, "lira", epochs)
+    """L1 falls clearly, and ends well below a control whose audio is shifted out of sync.
+    18 steps at 3e-3 (30 at 1e-3 before): over seeds 0-4, L1 ends at 0.65-0.70 of its start
+    (0.63-0.67 before) and 0.160-0.196 below the control (0.198-0.223), bench/RESULTS.md."""
+    run = ["train.epochs=18", "train.lr=3e-3"]
+    cfg = lira_cfg(grid_shards, tmp_path, "lira", *run)
     summary = run_training(cfg, "pretrain", runner="local")
-    ctl = lira_cfg(grid_shards, tmp_path, "control", epochs, "pretrain.lira.control=shift")
+    ctl = lira_cfg(grid_shards, tmp_path, "control", *run, "pretrain.lira.control=shift")
     run_training(ctl, "lira", runner="local")
     real = [r["train/l1"] for r in read_metrics(cfg)]
     shifted = [r["train/l1"] for r in read_metrics(ctl)]
-    assert len(real) == len(shifted) == 30
+    assert len(real) == len(shifted) == 18
     start, end, end_ctl = real[0], np.mean(real[-5:]), np.mean(shifted[-5:])
     print(f"LiRA L1 on GRID: {start:.3f} -> {end:.3f}; shifted-audio control {end_ctl:.3f}")
     assert end < 0.8 * start  # falls by a clear margin
