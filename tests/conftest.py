@@ -20,6 +20,11 @@ VIDEOS = ASSETS / "videos"
 # and end of a run waits for the next look. The tests' runs are seconds long, so they look
 # every 0.5 s (inherited by the Ray clusters ray.init starts in the tests).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Under pytest-xdist (`make test`: 2 workers), each worker process gets its share of the cores
+# for torch's threads: two workers of two threads each would oversubscribe 2 cores.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _XDIST_WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _XDIST_WORKERS))
 
 
 def asset(rel: str) -> Path:
