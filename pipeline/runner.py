@@ -62,15 +62,15 @@ def _pending(uri: str, exc: Exception) -> None:
 
 
 def stage_specs(cfg: VaerrConfig, checkpoint: str) -> list[StageSpec]:
-    """What inference runs: the face stage (one video per call) and the model stage (batches
-    of windows; its pool starts with one actor, so a cluster still scaling up its GPU nodes
-    makes progress)."""
+    """What inference runs: the face stage (infer.face_videos videos per call, fed to its
+    device together) and the model stage (batches of windows; its pool starts with one
+    actor, so a cluster still scaling up its GPU nodes makes progress)."""
     inf = cfg.infer
     return [
         StageSpec(
             FaceStage,
             {"cfg": cfg},
-            batch_size=1,
+            batch_size=inf.face_videos,
             num_cpus=inf.face_num_cpus,
             num_gpus=inf.face_num_gpus,
             pool_size=inf.face_actors,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.faces.extract import FacePipeline, FaceRun
+from pipeline.faces.feed import FaceFeed
 from pipeline.scheduling import text
 from pipeline.status import FAILED, face_status, failure_kind, failure_reason
 from pipeline.storage import Storage
@@ -47,6 +48,38 @@ class _Cut:
     tail: list[dict[str, Any]] = field(default_factory=list)
 
 
+class _TrackWindows:
+    """One video's window rows: face rows in (any number of tracks), each track cut by its
+    own WindowCutter; a track's last windows come out once the stream says it ended."""
+
+    def __init__(self, stage: FaceStage, head: dict[str, str]) -> None:
+        self.stage, self.head = stage, head
+        self.cutters: dict[int, WindowCutter] = {}
+
+    def add(self, rows: dict[str, np.ndarray], ended: list[int]) -> list[dict[str, Any]]:
+        """Windows completed by `rows`, then the last ones of the tracks in `ended`."""
+        inf, out = self.stage.cfg.infer, []
+        for tid in np.unique(rows["track_id"]).tolist():
+            sel = rows["track_id"] == tid
+            sub = {k: rows[k][sel] for k in _WINDOW_COLUMNS}
+            cutter = self.cutters.setdefault(tid, WindowCutter(inf.window_frames, inf.hop_frames))
+            out += [self.stage._window(self.head, tid, s, w) for s, w in cutter.add(sub)]
+        for tid in ended:
+            out += self._last(tid, self.cutters.pop(tid))
+        return out
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The last windows of every track still open."""
+        out = []
+        for tid, cutter in self.cutters.items():
+            out += self._last(tid, cutter)
+        self.cutters = {}
+        return out
+
+    def _last(self, tid: int, cutter: WindowCutter) -> list[dict[str, Any]]:
+        return [self.stage._window(self.head, tid, s, w) for s, w in cutter.finish()]
+
+
 class FaceStage:
     """Videos -> model windows. Input columns: video_id, uri, source_etag (one row per video;
     any number per batch). Yields batches of about `emit_rows` window rows as tracks grow,
@@ -63,16 +96,21 @@ class FaceStage:
         self.window, self.size = w, s
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(len(batch["uri"])):
-            yield from self._video(
-                text(batch["video_id"][i]), text(batch["uri"][i]), text(batch["source_etag"][i])
-            )
+        heads = [
+            {"video_id": text(v), "uri": text(u), "source_etag": text(e)}
+            for v, u, e in zip(batch["video_id"], batch["uri"], batch["source_etag"])
+        ]
+        if len(heads) > 1:  # infer.face_videos > 1: fed to the device together
+            yield from self._together(heads)
+            return
+        for head in heads:
+            yield from self._video(head)
 
-    def _video(self, vid: str, uri: str, etag: str) -> Iterator[dict[str, np.ndarray]]:
+    def _video(self, head: dict[str, str]) -> Iterator[dict[str, np.ndarray]]:
         """One video, retried from the start on a transient storage fault (windows re-sent
         by a retry are counted once by the writer); always ends with its end row."""
         t0 = time.perf_counter()
-        head = {"video_id": vid, "uri": uri, "source_etag": etag}
+        uri = head["uri"]
         cut, kind = _Cut(), ""
         try:
             for attempt in self.store.attempts(uri):
@@ -83,6 +121,48 @@ class FaceStage:
         except Exception as exc:
             # by type: environment faults are retried by a rerun, a video's own are final
             status, kind, reason, cut.tail = FAILED, failure_kind(exc), failure_reason(exc, uri), []
+        yield self._end(head, cut, status, reason, kind, t0)
+
+    def _together(self, heads: list[dict[str, str]]) -> Iterator[dict[str, np.ndarray]]:
+        """Several videos through one FaceFeed (their frames share the detector's batches);
+        each yields its windows and its end row as it goes. A video that fails there is run
+        again alone (`_video`: its storage retries, its failure status), after the others."""
+        t0 = time.perf_counter()
+        cuts = [_Cut() for _ in heads]
+        cutters = [_TrackWindows(self, h) for h in heads]
+        out: list[list[dict[str, Any]]] = [[] for _ in heads]
+        failed = []
+        for ev in FaceFeed(self.pipe, [h["uri"] for h in heads]):
+            i, cut = ev.index, cuts[ev.index]
+            cut.run = ev.run
+            if ev.error is not None:
+                log.info("%s: failed beside other videos (%s); run again alone",
+                         heads[i]["uri"], type(ev.error).__name__)  # fmt: skip
+                failed.append(i)
+            elif ev.rows is not None:
+                out[i] += cutters[i].add(ev.rows, ev.run.pop_ended())
+                if len(out[i]) >= self.emit_rows:
+                    cut.windows += len(out[i])
+                    yield self._stack(out[i])
+                    out[i] = []
+            elif ev.done:
+                cut.tail = out[i] + cutters[i].finish()
+                status, reason = face_status(ev.run.tracks)
+                yield self._end(heads[i], cut, status, reason, "", t0)
+        for i in failed:
+            yield from self._video(heads[i])
+
+    def _end(
+        self,
+        head: dict[str, str],
+        cut: _Cut,
+        status: str,
+        reason: str | None,
+        kind: str,
+        t0: float,
+    ) -> dict[str, np.ndarray]:
+        """The video's last batch: its windows not yet sent, then its end row (status,
+        counts, timing since `t0`)."""
         run, tail = cut.run, cut.tail
         windows = cut.windows + len(tail)
         info = run.info if run else None
@@ -101,39 +181,24 @@ class FaceStage:
             "warnings": decode_warnings(info) or "",
             "failure_kind": kind,
         }
-        log.info(
-            "%s: %s (%d frames, %d tracks, %d windows) %s",
-            uri,
-            status,
-            frames,
-            tracks,
-            windows,
-            reason or "",
-        )
-        yield self._stack(tail + [end])
+        log.info("%s: %s (%d frames, %d tracks, %d windows) %s",
+                 head["uri"], status, frames, tracks, windows, reason or "")  # fmt: skip
+        return self._stack(tail + [end])
 
     def _windows(self, head: dict[str, str], cut: _Cut) -> Iterator[dict[str, np.ndarray]]:
         """Cut the video's tracks into windows; yield full batches as they fill, leave the
         rest in cut.tail and the count yielded in cut.windows."""
-        inf, run = self.cfg.infer, cut.run
+        run = cut.run
         assert run is not None
+        cutter = _TrackWindows(self, head)
         out: list[dict[str, Any]] = []
-        cutters: dict[int, WindowCutter] = {}
         for rows in run:
-            for tid in np.unique(rows["track_id"]).tolist():
-                sel = rows["track_id"] == tid
-                sub = {k: rows[k][sel] for k in _WINDOW_COLUMNS}
-                cutter = cutters.setdefault(tid, WindowCutter(inf.window_frames, inf.hop_frames))
-                out += [self._window(head, tid, s, w) for s, w in cutter.add(sub)]
-            for tid in run.stream.pop_ended() if run.stream else []:
-                out += [self._window(head, tid, s, w) for s, w in cutters.pop(tid).finish()]
+            out += cutter.add(rows, run.pop_ended())
             if len(out) >= self.emit_rows:
                 cut.windows += len(out)
                 yield self._stack(out)
                 out = []
-        for tid, cutter in cutters.items():
-            out += [self._window(head, tid, s, w) for s, w in cutter.finish()]
-        cut.tail = out
+        cut.tail = out + cutter.finish()
 
     def _window(
         self, head: dict[str, str], tid: int, start: int, w: dict[str, np.ndarray]

@@ -328,6 +328,16 @@ class InferConfig(Section):
     face_actors: int = Field(
         1, ge=1, le=1024, description="Face-stage actor pool size (max). Bounded: at most 1024."
     )
+    face_videos: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Videos each face-stage actor takes at once (pipeline/faces/feed.py): "
+        "each decodes in its own thread and keeps its own tracks, and their frames of the same "
+        "size share the detector's batches, so one owner of a GPU is fed by many videos. 1: "
+        "one video at a time (what a CPU needs). Not in config_hash (a frame's faces do not "
+        "depend on its batch). Bounded: at most 64.",
+    )
     model_actors: int = Field(
         1, ge=1, le=1024, description="Model-stage actor pool size. Bounded: at most 1024."
     )

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -98,20 +99,41 @@ class FaceRun:
         self.max_buffered = 0
         self.stream: FaceStream | None = None
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def open(self, stack: ExitStack) -> Iterator[FrameChunk]:
+        """Open the video (closed with `stack`), set `info` and a fresh `stream`; return its
+        analysis-frame chunks (not yet decoded: the iterator decodes)."""
         cfg = self.pipe.cfg
-        with VideoReader(self.uri, cfg.storage) as reader:
-            self.info = reader.info
-            stream = self.stream = self.pipe.stream(cfg.video.fps)
-            timer = self.pipe.timer
-            v = cfg.video
-            frame_bytes = max(1, reader.info.width * reader.info.height * 3)
-            chunk = batch_for(self.pipe.device, v.chunk_frames, cpu=32, gpu=256)
-            per_chunk = max(1, min(chunk, (v.chunk_mb << 20) // frame_bytes))
-            # Planes to a GPU (converted there); on a CPU, PyAV's SIMD conversion in the decode
-            # thread is cheaper than tensor maths on the host (and overlaps the detector).
-            planes = torch.device(self.pipe.device).type != "cpu"
-            chunks = reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=planes)
+        reader = stack.enter_context(VideoReader(self.uri, cfg.storage))
+        self.info = reader.info
+        self.stream = self.pipe.stream(cfg.video.fps)
+        v = cfg.video
+        frame_bytes = max(1, reader.info.width * reader.info.height * 3)
+        chunk = batch_for(self.pipe.device, v.chunk_frames, cpu=32, gpu=256)
+        per_chunk = max(1, min(chunk, (v.chunk_mb << 20) // frame_bytes))
+        # Planes to a GPU (converted there); on a CPU, PyAV's SIMD conversion in the decode
+        # thread is cheaper than tensor maths on the host (and overlaps the detector).
+        planes = torch.device(self.pipe.device).type != "cpu"
+        return reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=planes)
+
+    def count(self, chunk: FrameChunk) -> None:
+        """Note a chunk about to be pushed (frames seen)."""
+        self.frames += len(chunk.frame_index)
+
+    def pop_ended(self) -> list[int]:
+        """Public ids of the tracks whose last row has been returned since the last call."""
+        return self.stream.pop_ended() if self.stream else []
+
+    def close(self) -> None:
+        """After the last rows: what the stream saw (tracks, buffered frames)."""
+        assert self.stream is not None
+        self.tracks = self.stream.tracks_emitted
+        self.max_buffered = self.stream.max_buffered
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        with ExitStack() as stack:
+            chunks = self.open(stack)
+            stream, timer = self.stream, self.pipe.timer
+            assert stream is not None
             if timer is None:  # decode overlaps the device work
                 chunks = decode_ahead(chunks)
             else:  # the per-step split needs decode on this thread, timed on its own
@@ -119,7 +141,7 @@ class FaceRun:
             for chunk in chunks:
                 if timer is not None:
                     timer.mark("decode")
-                self.frames += len(chunk.frame_index)
+                self.count(chunk)
                 rows = stream.push(chunk)
                 if len(rows["track_id"]):
                     yield rows
@@ -128,8 +150,7 @@ class FaceRun:
             rows = stream.finish()
             if len(rows["track_id"]):
                 yield rows
-            self.tracks = stream.tracks_emitted
-            self.max_buffered = stream.max_buffered
+            self.close()
 
 
 class FacePipeline:

@@ -10,7 +10,7 @@ Memory is therefore bounded by max_gap + smoothing + min_length frames, not by v
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +55,22 @@ def empty_rows(points: int, size: int) -> dict[str, np.ndarray]:
         "interpolated": np.zeros(0, bool),
         "crop": np.zeros((0, size, size), np.uint8),
     }
+
+
+class Staged(NamedTuple):
+    """One chunk on the device, between `FaceStream.stage` and `FaceStream.complete`:
+    frame_index [N] (analysis frames), sel [S] (positions detected on), rgb uint8
+    [S, H, W, 3] and gray uint8 [N, H, W] on the device."""
+
+    frame_index: np.ndarray
+    sel: np.ndarray
+    rgb: torch.Tensor
+    gray: torch.Tensor
+
+    @property
+    def detect_frames(self) -> np.ndarray:
+        """Analysis frame indices of the frames detected on [S]."""
+        return self.frame_index[self.sel]
 
 
 def concat_rows(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -135,13 +151,32 @@ class FaceStream:
     @torch.inference_mode()
     def push(self, chunk: FrameChunk) -> dict[str, np.ndarray]:
         """Process one chunk of analysis frames; return newly final rows."""
+        staged = self.stage(chunk)
+        return self.complete(staged, self.detect(staged.rgb, staged.detect_frames))
+
+    @property
+    def batchable(self) -> bool:
+        """Whether this stream's detections are whole-frame passes that may share a detector
+        call with other streams' frames (pipeline/faces/feed.py); ROI search depends on this
+        stream's tracks, so it stays per stream."""
+        return self.cfg.detector.roi.keyframe_every == 1 or not self.detector.roi_search
+
+    @torch.inference_mode()
+    def stage(self, chunk: FrameChunk) -> Staged:
+        """First half of `push`: the chunk's frames on the device and which to detect on."""
         idx = chunk.frame_index
         self.frames_seen += len(idx)
-        every = self.cfg.detector.every_k
-        sel = np.flatnonzero(idx % every == 0)
+        sel = np.flatnonzero(idx % self.cfg.detector.every_k == 0)
         rgb, gray = self._to_device(chunk, sel)
         self._mark("convert")
-        dets = self._detect(rgb, idx[sel])
+        return Staged(idx, sel, rgb, gray)
+
+    @torch.inference_mode()
+    def complete(self, staged: Staged, dets: list[Detections]) -> dict[str, np.ndarray]:
+        """Second half of `push`, given the detections of `staged.rgb` (one per frame, from
+        `_detect` or from a detector call shared with other videos): landmarks, tracking and
+        the rows that became final."""
+        idx, sel, rgb, gray = staged
         lms = self.landmarker.batch(rgb, [d.boxes for d in dets], [d.landmarks for d in dets])
         self._mark("fan")
         by_frame = {int(i): (d, lm) for i, d, lm in zip(sel, dets, lms)}
@@ -159,7 +194,7 @@ class FaceStream:
         self._mark("align")
         return rows
 
-    def _detect(self, rgb: torch.Tensor, frames: np.ndarray) -> list[Detections]:
+    def detect(self, rgb: torch.Tensor, frames: np.ndarray) -> list[Detections]:
         """Detections for the frames to detect on (rgb [S, H, W, 3] on the device, analysis
         frame indices frames [S]). Keyframes (every `keyframe_every`-th detected frame) are
         detected whole; with `roi.keyframe_every` > 1 the others only in windows around the

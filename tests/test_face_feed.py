@@ -1,0 +1,161 @@
+"""Several videos fed to one face pipeline at once (infer.face_videos, pipeline/faces/feed.py):
+each video's faces as if it ran alone, on the real RetinaFace weights and the asset clips; a
+video that fails among others is one failed status row; the job's timelines unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.faces.extract import FacePipeline
+from pipeline.faces.feed import FaceFeed, detect_together
+from pipeline.runner import run_inference, stage_specs
+from pipeline.stages import FaceStage
+from schemas.config import config_hash, load_config
+from schemas.stage_columns import END, WINDOW
+from tests.conftest import asset, face_overrides
+
+# Three sizes among them: GRID 360x288, the two speakers side by side, the sky clip 360p.
+CLIPS = ["grid_bbaf2n.mpg", "grid_two_speakers_sbs.mp4", "grid_lbbc2a.mpg", "noface_sky_360p.mp4"]
+SMALL = ["video.end_s=1.2", "infer.window_frames=20", "infer.hop_frames=10"]
+
+
+@pytest.fixture(scope="module")
+def pipe() -> FacePipeline:
+    return FacePipeline(load_config(None, face_overrides() + SMALL))
+
+
+def alone(pipe: FacePipeline, uri: str) -> dict[str, np.ndarray] | None:
+    parts = list(pipe.run(uri))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
+
+
+class CountingDetector:
+    """The real detector, counting its calls and the frames per call."""
+
+    def __init__(self, detector):
+        self.detector, self.calls = detector, []
+
+    def __call__(self, frames):
+        self.calls.append(len(frames))
+        return self.detector(frames)
+
+    def __getattr__(self, name):  # device, points, boxes, roi_search: the detector's
+        return getattr(self.detector, name)
+
+
+def test_videos_fed_together_get_their_own_faces(pipe):
+    """Batch invariance: each video's rows from a feed of four (three frame sizes) equal its
+    rows alone (boxes and landmarks within 1e-5, crops within one grey level), and the
+    detector ran once per frame size a round, not once per video."""
+    uris = [str(asset(f"videos/{c}")) for c in CLIPS]
+    counting = CountingDetector(pipe.detector)
+    together = FacePipeline(pipe.cfg, counting, pipe.landmarker, pipe.mean_face)
+    got: dict[int, list] = {i: [] for i in range(len(uris))}
+    done = {}
+    for ev in FaceFeed(together, uris):
+        assert ev.error is None, ev.error
+        if ev.rows is not None:
+            assert not ev.done and ev.index not in done  # no rows after a video's end
+            got[ev.index].append(ev.rows)
+        if ev.done:
+            done[ev.index] = (ev.run.frames, ev.run.tracks)
+    assert sorted(done) == list(range(len(uris)))
+    for i, uri in enumerate(uris):
+        solo = alone(pipe, uri)
+        run = pipe.run(uri)
+        if solo is None:  # the sky clip
+            assert got[i] == [] and done[i][1] == 0
+            continue
+        rows = {k: np.concatenate([p[k] for p in got[i]]) for k in got[i][0]}
+        assert done[i] == (30, len(np.unique(solo["track_id"]))), run
+        for k in ("track_id", "frame_index", "interpolated"):
+            np.testing.assert_array_equal(rows[k], solo[k])
+        for k in ("box_xyxy", "landmarks", "det_score", "time_s"):
+            np.testing.assert_allclose(rows[k], solo[k], atol=1e-5, rtol=0)
+        diff = np.abs(rows["crop"].astype(int) - solo["crop"].astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    # 30 frames at chunks of 32: one round; 3 frame sizes -> 3 calls for 4 videos' frames
+    assert len(counting.calls) == 3 and sum(counting.calls) == 4 * 30
+
+
+def test_detect_together_splits_by_size_and_keeps_order(pipe):
+    import torch
+
+    a = torch.zeros((2, 64, 80, 3), dtype=torch.uint8)
+    b = torch.zeros((3, 48, 48, 3), dtype=torch.uint8)
+    empty = torch.zeros((0, 64, 80, 3), dtype=torch.uint8)
+    counting = CountingDetector(pipe.detector)
+    out = detect_together(counting, [a, empty, b, a])
+    assert [len(o) for o in out] == [2, 0, 3, 2]
+    assert sorted(counting.calls) == [3, 4]  # the two 64x80 inputs in one call
+
+
+def rows_of(batches: list[dict]) -> tuple[dict, dict]:
+    """(window rows by (uri, track, start), end rows by uri) of a face stage's output."""
+    windows, ends = {}, {}
+    for b in batches:
+        for i, kind in enumerate(b["kind"]):
+            uri = str(b["uri"][i])
+            if kind == WINDOW:
+                windows[(uri, int(b["track_id"][i]), int(b["start"][i]))] = b["crops"][i]
+            elif kind == END:
+                assert uri not in ends  # exactly one end row per video
+                ends[uri] = {k: b[k][i] for k in ("status", "frames", "tracks", "windows")}
+    return windows, ends
+
+
+def test_a_failing_video_among_others_is_one_failed_row(pipe, tmp_path):
+    """The face stage given five videos at once (one missing, one not a video): the good
+    ones give the windows and end rows they give alone; each bad one exactly one failed end
+    row (run again alone, with its own retries)."""
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_bytes(b"\x00" * 4096)
+    uris = [str(asset(f"videos/{c}")) for c in CLIPS[:2]]
+    uris += [str(bad), str(tmp_path / "missing.mp4"), str(asset(f"videos/{CLIPS[3]}"))]
+    stage = FaceStage(pipe.cfg, pipe)
+    batch = {
+        "video_id": np.array([f"v{i}" for i in range(len(uris))], object),
+        "uri": np.array(uris, object),
+        "source_etag": np.array([""] * len(uris), object),
+    }
+    win, ends = rows_of(list(stage(batch)))
+    assert [str(ends[u]["status"]) for u in uris] == ["ok", "ok", "failed", "failed", "no_face"]
+    solo_win, solo_ends = rows_of(
+        [b for i in range(len(uris)) for b in stage({k: v[i : i + 1] for k, v in batch.items()})]
+    )
+    assert set(win) == set(solo_win) and len(win) > 0
+    for key, crops in win.items():
+        assert np.abs(crops.astype(int) - solo_win[key].astype(int)).max() <= 1
+    for u in uris:
+        assert {k: str(v) for k, v in ends[u].items()} == {
+            k: str(v) for k, v in solo_ends[u].items()
+        }
+
+
+def test_the_job_with_videos_fed_together_writes_the_same_timelines(tmp_path, tiny_checkpoint):
+    """`vaerr infer` (local runner) with infer.face_videos=3 against 1: the same timelines
+    within 1e-5, the same status rows and config_hash; the face stage takes 3 rows a call."""
+    inputs = [str(asset(f"videos/{c}")) for c in CLIPS]
+    cfgs = {n: load_config(None, face_overrides() + SMALL + [f"infer.face_videos={n}"])
+            for n in (1, 3)}  # fmt: skip
+    assert config_hash(cfgs[1]) == config_hash(cfgs[3])
+    assert stage_specs(cfgs[3], tiny_checkpoint)[0].batch_size == 3
+    tables = {}
+    for n, cfg in cfgs.items():
+        out = str(tmp_path / f"out{n}")
+        summary = run_inference(cfg, inputs, out, tiny_checkpoint, runner="local")
+        assert (summary["ok"], summary["no_face"]) == (3, 1)
+        key = ["uri", "track_id", "time_s"]
+        tl = pq.read_table(Path(out) / "timelines").to_pandas().sort_values(key)
+        st = pq.read_table(Path(out) / "videos").to_pandas().sort_values("uri")
+        tables[n] = (tl.reset_index(drop=True), st.reset_index(drop=True))
+    (a, sa), (b, sb) = tables[1], tables[3]
+    assert len(a) == len(b) > 0 and (a.track_id.values == b.track_id.values).all()
+    for col in ("arousal", "valence"):
+        np.testing.assert_allclose(a[col].values, b[col].values, atol=1e-5, rtol=0)
+    cols = ["uri", "status", "frames", "tracks", "config_hash"]
+    assert sa[cols].equals(sb[cols])
