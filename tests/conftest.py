@@ -149,3 +149,14 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(init_checkpoint(ModelConfig(arch="ssvaerr_tiny")), str(path))
     return str(path)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The local runner at Ray's thread count: Ray starts its actors with OMP_NUM_THREADS=1,
+    and a different intra-op thread count sums in another order (1.6e-5 apart in valence
+    when this process ran 2 threads, the test run alone; within 1e-5 at 1)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -136,26 +136,31 @@ def test_a_failing_video_among_others_is_one_failed_row(pipe, tmp_path):
         }
 
 
-def test_the_job_with_videos_fed_together_writes_the_same_timelines(tmp_path, tiny_checkpoint):
-    """`vaerr infer` (local runner) with infer.face_videos=3 against 1: the same timelines
-    within 1e-5, the same status rows and config_hash; the face stage takes 3 rows a call."""
+def test_the_job_with_videos_fed_together_writes_the_same_timelines(
+    ray_local, tmp_path, tiny_checkpoint, one_torch_thread
+):
+    """`vaerr infer` with infer.face_videos=3 (local runner) and 2 (Ray Data: the face actor
+    takes 2 rows a call) against 1: the same timelines within 1e-5, the same status rows and
+    config_hash."""
     inputs = [str(asset(f"videos/{c}")) for c in CLIPS]
-    cfgs = {n: load_config(None, face_overrides() + SMALL + [f"infer.face_videos={n}"])
-            for n in (1, 3)}  # fmt: skip
-    assert config_hash(cfgs[1]) == config_hash(cfgs[3])
-    assert stage_specs(cfgs[3], tiny_checkpoint)[0].batch_size == 3
+    runs = {"1-local": (1, "local"), "3-local": (3, "local"), "2-ray": (2, "ray")}
     tables = {}
-    for n, cfg in cfgs.items():
-        out = str(tmp_path / f"out{n}")
-        summary = run_inference(cfg, inputs, out, tiny_checkpoint, runner="local")
+    for name, (n, runner) in runs.items():
+        cfg = load_config(None, face_overrides() + SMALL + [f"infer.face_videos={n}"])
+        assert stage_specs(cfg, tiny_checkpoint)[0].batch_size == n
+        out = str(tmp_path / name)
+        summary = run_inference(cfg, inputs, out, tiny_checkpoint, runner=runner)
         assert (summary["ok"], summary["no_face"]) == (3, 1)
         key = ["uri", "track_id", "time_s"]
         tl = pq.read_table(Path(out) / "timelines").to_pandas().sort_values(key)
         st = pq.read_table(Path(out) / "videos").to_pandas().sort_values("uri")
-        tables[n] = (tl.reset_index(drop=True), st.reset_index(drop=True))
-    (a, sa), (b, sb) = tables[1], tables[3]
-    assert len(a) == len(b) > 0 and (a.track_id.values == b.track_id.values).all()
-    for col in ("arousal", "valence"):
-        np.testing.assert_allclose(a[col].values, b[col].values, atol=1e-5, rtol=0)
-    cols = ["uri", "status", "frames", "tracks", "config_hash"]
-    assert sa[cols].equals(sb[cols])
+        tables[name] = (tl.reset_index(drop=True), st.reset_index(drop=True), config_hash(cfg))
+    a, sa, ha = tables["1-local"]
+    for name in ("3-local", "2-ray"):
+        b, sb, hb = tables[name]
+        assert ha == hb and len(a) == len(b) > 0
+        assert (a.track_id.values == b.track_id.values).all()
+        for col in ("arousal", "valence"):
+            np.testing.assert_allclose(a[col].values, b[col].values, atol=1e-5, rtol=0)
+        cols = ["uri", "status", "frames", "tracks", "config_hash"]
+        assert sa[cols].equals(sb[cols]), name

@@ -144,19 +144,6 @@ def test_local_folder_rerun_and_config_change(ray_local, folder, tmp_path, tiny_
     assert pq.read_table(out + "/videos").num_rows == 3
 
 
-@pytest.fixture
-def one_torch_thread():
-    """The local runner at Ray's thread count: Ray starts its actors with OMP_NUM_THREADS=1,
-    and a different intra-op thread count sums in another order (1.6e-5 apart in valence
-    when this process ran 2 threads, the test run alone; within 1e-5 at 1)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_ray_and_local_runners_agree(ray_local, tmp_path, tiny_checkpoint, one_torch_thread):
     # One 50-frame window per track over the 40 frames cut, as before issue 21.
     cfg = cfg_with("infer.window_frames=50", "infer.hop_frames=25")
