@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
@@ -42,11 +43,15 @@ DECODE_AHEAD = 2
 _END = object()
 
 
-def decode_ahead(chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD) -> Iterator[FrameChunk]:
+def decode_ahead(
+    chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD, pool: ThreadPoolExecutor | None = None
+) -> Iterator[FrameChunk]:
     """Iterate `chunks` in a background thread, at most `depth` chunks ahead of the consumer,
     so decoding the next chunk (PyAV releases the GIL) overlaps the device work on this one.
     Exceptions from decoding are re-raised in the consumer; stopping early (break, an error
-    downstream) stops the thread before this generator closes."""
+    downstream) stops the thread before this generator closes. With `pool`, the thread is
+    one of its (long-lived) threads rather than a new one: pipeline/faces/feed.py, where a new
+    thread per video grew the heap (glibc gives new threads new malloc arenas)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -71,8 +76,12 @@ def decode_ahead(chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD) -> Ite
             except queue.Full:
                 continue
 
-    t = threading.Thread(target=produce, name="vaerr-decode", daemon=True)
-    t.start()
+    if pool is None:
+        t = threading.Thread(target=produce, name="vaerr-decode", daemon=True)
+        t.start()
+        wait: Any = t.join
+    else:
+        wait = pool.submit(produce).result
     try:
         while True:
             item = q.get()
@@ -83,7 +92,7 @@ def decode_ahead(chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD) -> Ite
             yield item
     finally:
         stop.set()
-        t.join()
+        wait()
 
 
 class FaceRun:
@@ -180,6 +189,16 @@ class FacePipeline:
         )
         self.device = self.detector.device
         self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
+        self._decoders: ThreadPoolExecutor | None = None
+
+    def decoders(self, n: int) -> ThreadPoolExecutor:
+        """A pool of at least `n` decode threads, kept for the next videos (FaceFeed: each
+        open video's decoding needs a thread of its own while it is open)."""
+        if self._decoders is None or self._decoders._max_workers < n:
+            if self._decoders is not None:
+                self._decoders.shutdown(wait=False)
+            self._decoders = ThreadPoolExecutor(n, thread_name_prefix="vaerr-decode")
+        return self._decoders
 
     def set_timer(self, timer: Any) -> None:
         """Attach a StageTimer (bench): decode then runs in line and each step is timed."""

@@ -2,7 +2,8 @@
 
 With one video at a time, the device waits between videos and cannot fill its batches at the
 start and end of each video. `FaceFeed` keeps up to `infer.face_videos` videos open: each
-decodes in its own thread, `decode_ahead` chunks ahead (PyAV releases the GIL, so decoding
+decodes in a thread of its own (from the pipeline's pool, reused video after video),
+`decode_ahead` chunks ahead (PyAV releases the GIL, so decoding
 overlaps the device work), and keeps its own FaceStream (tracks, buffered frames). Each round
 takes the next chunk of every open video, runs the detector once per frame size over the frames
 of all of them (`detect_together`), and hands each video its own detections back; landmarks,
@@ -81,10 +82,11 @@ class FaceFeed:
     def __iter__(self) -> Iterator[FeedEvent]:
         with ExitStack() as stack:
             live: list[_Open] = []
+            pool = self.pipe.decoders(len(self.uris))
             for i, uri in enumerate(self.uris):
                 run = self.pipe.run(uri)
                 try:
-                    chunks = decode_ahead(run.open(stack))
+                    chunks = decode_ahead(run.open(stack), pool=pool)
                 except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
                     yield FeedEvent(i, run, error=exc)
                     continue
