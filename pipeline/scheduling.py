@@ -96,8 +96,8 @@ def _outputs(result: Batch | Iterator[Batch]) -> Iterator[Batch]:
 
 
 def _run_local(rows: Sequence[Mapping[str, Any]], specs: Sequence[StageSpec], sink: Sink) -> None:
-    """Each row through the stage chain, in order; a stage's output is cut into batches of the
-    next stage's batch_size."""
+    """The rows through the stage chain, in order, `batch_size` input rows per call of the
+    first stage; a stage's output is cut into batches of the next stage's batch_size."""
     stages = [s.build() for s in specs]
 
     def feed(i: int, batch: Batch) -> None:
@@ -110,8 +110,9 @@ def _run_local(rows: Sequence[Mapping[str, Any]], specs: Sequence[StageSpec], si
             for out in _outputs(stages[i]({k: v[s : s + size] for k, v in batch.items()})):
                 feed(i + 1, out)
 
-    for row in rows:
-        feed(0, rows_to_batch([row]))
+    first = specs[0].batch_size or 1  # input rows per call of the first stage, as under Ray
+    for s in range(0, len(rows), first):
+        feed(0, rows_to_batch(rows[s : s + first]))
 
 
 def _run_ray(
