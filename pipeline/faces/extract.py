@@ -189,16 +189,16 @@ class FacePipeline:
         )
         self.device = self.detector.device
         self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
-        self._decoders: ThreadPoolExecutor | None = None
+        self._decoders: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool)
 
     def decoders(self, n: int) -> ThreadPoolExecutor:
         """A pool of at least `n` decode threads, kept for the next videos (FaceFeed: each
         open video's decoding needs a thread of its own while it is open)."""
-        if self._decoders is None or self._decoders._max_workers < n:
+        if self._decoders is None or self._decoders[0] < n:
             if self._decoders is not None:
-                self._decoders.shutdown(wait=False)
-            self._decoders = ThreadPoolExecutor(n, thread_name_prefix="vaerr-decode")
-        return self._decoders
+                self._decoders[1].shutdown(wait=False)
+            self._decoders = (n, ThreadPoolExecutor(n, thread_name_prefix="vaerr-decode"))
+        return self._decoders[1]
 
     def set_timer(self, timer: Any) -> None:
         """Attach a StageTimer (bench): decode then runs in line and each step is timed."""
