@@ -126,7 +126,8 @@ class FaceStage:
     def _together(self, heads: list[dict[str, str]]) -> Iterator[dict[str, np.ndarray]]:
         """Several videos through one FaceFeed (their frames share the detector's batches);
         each yields its windows and its end row as it goes. A video that fails there is run
-        again alone (`_video`: its storage retries, its failure status), after the others."""
+        again alone (`_video`: its storage retries, its failure status), after the others.
+        Each end row's processing_s counts from the group's start: its videos share the device."""
         t0 = time.perf_counter()
         cuts = [_Cut() for _ in heads]
         cutters = [_TrackWindows(self, h) for h in heads]

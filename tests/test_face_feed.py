@@ -17,6 +17,7 @@ from pipeline.stages import FaceStage
 from schemas.config import config_hash, load_config
 from schemas.stage_columns import END, WINDOW
 from tests.conftest import asset, face_overrides
+from tests.test_faces import collect
 
 # Three sizes among them: GRID 360x288, the two speakers side by side, the sky clip 360p.
 CLIPS = ["grid_bbaf2n.mpg", "grid_two_speakers_sbs.mp4", "grid_lbbc2a.mpg", "noface_sky_360p.mp4"]
@@ -26,11 +27,6 @@ SMALL = ["video.end_s=1.2", "infer.window_frames=20", "infer.hop_frames=10"]
 @pytest.fixture(scope="module")
 def pipe() -> FacePipeline:
     return FacePipeline(load_config(None, face_overrides() + SMALL))
-
-
-def alone(pipe: FacePipeline, uri: str) -> dict[str, np.ndarray] | None:
-    parts = list(pipe.run(uri))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
 
 
 class CountingDetector:
@@ -65,13 +61,12 @@ def test_videos_fed_together_get_their_own_faces(pipe):
             done[ev.index] = (ev.run.frames, ev.run.tracks)
     assert sorted(done) == list(range(len(uris)))
     for i, uri in enumerate(uris):
-        solo = alone(pipe, uri)
-        run = pipe.run(uri)
+        run, solo = collect(pipe, uri)
+        assert done[i] == (run.frames, run.tracks) == (30, run.tracks)
         if solo is None:  # the sky clip
-            assert got[i] == [] and done[i][1] == 0
+            assert got[i] == [] and run.tracks == 0
             continue
         rows = {k: np.concatenate([p[k] for p in got[i]]) for k in got[i][0]}
-        assert done[i] == (30, len(np.unique(solo["track_id"]))), run
         for k in ("track_id", "frame_index", "interpolated"):
             np.testing.assert_array_equal(rows[k], solo[k])
         for k in ("box_xyxy", "landmarks", "det_score", "time_s"):

@@ -2,9 +2,9 @@
 
 With one video at a time, the device waits between videos and cannot fill its batches at the
 start and end of each video. `FaceFeed` keeps up to `infer.face_videos` videos open: each
-decodes in a thread of its own (from the pipeline's pool, reused video after video),
-`decode_ahead` chunks ahead (PyAV releases the GIL, so decoding
-overlaps the device work), and keeps its own FaceStream (tracks, buffered frames). Each round
+decodes `decode_ahead` chunks ahead in a thread of its own (from the pipeline's pool, reused
+video after video; PyAV releases the GIL, so decoding overlaps the device work) and keeps its
+own FaceStream (tracks, buffered frames). Each round
 takes the next chunk of every open video, runs the detector once per frame size over the frames
 of all of them (`detect_together`), and hands each video its own detections back; landmarks,
 tracking and crops then run per video. A detection never spans frames, so a frame's faces do
@@ -108,16 +108,15 @@ class FaceFeed:
                 staged.append((v, v.run.stream.stage(chunk)))  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
                 yield FeedEvent(v.index, v.run, error=exc)
-        together = [s for s in staged if s[0].run.stream.batchable]  # type: ignore[union-attr]
-        dets = detect_together(self.pipe.detector, [s.rgb for _, s in together])
-        shared = {id(v): d for (v, _), d in zip(together, dets)}
-        for v, s in staged:
+        streams = [v.run.stream for v, _ in staged]
+        batchable = [k for k, st in enumerate(streams) if st is not None and st.batchable]
+        dets = detect_together(self.pipe.detector, [staged[k][1].rgb for k in batchable])
+        shared = dict(zip(batchable, dets))  # position in `staged` -> its detections
+        for k, (v, s) in enumerate(staged):
             stream = v.run.stream
             assert stream is not None
             try:
-                found = shared.get(id(v))
-                if found is None:
-                    found = stream.detect(s.rgb, s.detect_frames)
+                found = shared[k] if k in shared else stream.detect(s.rgb, s.detect_frames)
                 rows = stream.complete(s, found)
             except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
                 yield FeedEvent(v.index, v.run, error=exc)

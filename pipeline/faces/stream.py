@@ -174,7 +174,7 @@ class FaceStream:
     @torch.inference_mode()
     def complete(self, staged: Staged, dets: list[Detections]) -> dict[str, np.ndarray]:
         """Second half of `push`, given the detections of `staged.rgb` (one per frame, from
-        `_detect` or from a detector call shared with other videos): landmarks, tracking and
+        `detect` or from a detector call shared with other videos): landmarks, tracking and
         the rows that became final."""
         idx, sel, rgb, gray = staged
         lms = self.landmarker.batch(rgb, [d.boxes for d in dets], [d.landmarks for d in dets])
