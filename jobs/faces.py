@@ -6,7 +6,6 @@ import argparse
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
 from pipeline.faces.export import export_faces
-from pipeline.faces.extract import FacePipeline
 from pipeline.status import FAILED
 from pipeline.storage import check_output
 
@@ -34,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     cfg = config_from_args(args)
     check_output(args.output, folder=True)
+    from pipeline.faces.extract import FacePipeline  # torch and the models: not for --help
+
     record = export_faces(FacePipeline(cfg), args.video, args.output)
     print_json_line(record)
     return 1 if record["status"] == FAILED else 0

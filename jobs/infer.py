@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from jobs.cli_io import add_config_args, config_from_args, print_json_line
-from pipeline.runner import run_inference
 from pipeline.storage import check_output
 
 # Exit code when the run ended with environment failures still pending (a rerun retries them).
@@ -71,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
     cfg = config_from_args(args)
     check_output(args.output, folder=True)  # before any listing, loading or writing
+    from pipeline.runner import run_inference  # torch and the face models: not for --help
+
     summary = run_inference(
         cfg,
         args.inputs,

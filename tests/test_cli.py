@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,6 +27,26 @@ def test_every_command_has_help(capsys):
         assert e.value.code == 0
         text = capsys.readouterr().out
         assert "--help" in text and len(text) > 200
+
+
+def test_the_parser_loads_no_model_code():
+    """`vaerr --help` and every command's parser come up without torch, Ray or the face
+    models (2 s here, 7.5 s when `vaerr infer`'s module imported the runner): those load
+    where a command runs. In a fresh process: this one has them loaded already."""
+    heavy = ("torch", "torchvision", "ray", "face_alignment")
+    code = (
+        "import sys; from jobs.cli import build_parser; build_parser(); "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
 
 
 def test_config_overrides_types_and_errors(tmp_path):

@@ -62,6 +62,7 @@ from schemas.config import VaerrConfig, config_dump, config_yaml
 from training.datasets.shards import (
     ClipLoader,
     clip_specs,
+    load_clip_batch,
     read_sequences,
     specs_memory_mb,
     training_data,
@@ -286,11 +287,6 @@ def _ray_train_fn(config: dict[str, Any]) -> None:
     fit_worker(cfg, config["task"], config["extras"], RaySession(cfg, specs, loader))
 
 
-def load_clip_batch(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
-    """Ray Data task: ClipLoader over one batch of clip specs (see ClipLoader)."""
-    return ClipLoader(**kwargs)(batch)
-
-
 # ---------------------------------------------------------------------------------------------
 # The driver
 
@@ -473,7 +469,8 @@ def _fit_ray(
 
 def _clip_dataset(cfg: VaerrConfig, specs: list[dict], loader_kwargs: dict[str, Any]) -> Any:
     """The streaming path: a Ray Data dataset of the clip specs (shuffled, blocks in a seeded
-    order) whose clips are read from the shards by `load_clip_batch` tasks, every epoch."""
+    order) whose clips are read from the shards by `load_clip_batch` tasks, every epoch. With
+    `train.max_steps_per_epoch`, the first max_steps x batch_size specs of that order only."""
     import ray
 
     t = cfg.train
@@ -481,7 +478,10 @@ def _clip_dataset(cfg: VaerrConfig, specs: list[dict], loader_kwargs: dict[str, 
     rows = list(specs)
     np.random.default_rng(t.seed).shuffle(rows)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    return ds.randomize_block_order(seed=t.seed).map_batches(
+    ds = ds.randomize_block_order(seed=t.seed)
+    if t.max_steps_per_epoch:  # a capped epoch reads only the clips its steps take
+        ds = ds.limit(t.max_steps_per_epoch * t.batch_size)
+    return ds.map_batches(
         load_clip_batch,
         fn_kwargs=loader_kwargs,
         batch_size=t.per_worker_batch(),

@@ -5,19 +5,21 @@ DIR/config.yaml, streamed batch by batch; returns the status record."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import escape, one_line
-from pipeline.faces.extract import FacePipeline
 from pipeline.ids import video_id
 from pipeline.progress import Progress
 from pipeline.status import FAILED, face_status, failure_reason, status_record
 from pipeline.storage import ParquetStream, join, remove, write_text
 from schemas.config import config_yaml
 from schemas.tables import BOX, CLIPS, TRACKS
+
+if TYPE_CHECKING:  # torch and the models: `vaerr --help` does not load them
+    from pipeline.faces.extract import FacePipeline
 
 log = logging.getLogger(__name__)
 
