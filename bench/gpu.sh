@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU throughput check on a machine that already has a CUDA torch (no network, no Ray needed):
 # run bench/throughput.py from this source checkout (PYTHONPATH, no install) with an existing
-# interpreter, on synthetic 640x360 (1 face) and 1280x720 (2 faces) videos in both landmark
-# modes, with the per-step split of the face stage, and write the table under $OUT.
+# interpreter: the whole job on 60,000 frames of 640x360 (1 face), then synthetic 640x360 (1
+# face) and 1280x720 (2 faces) videos in both landmark modes, with the per-step split of the
+# face stage, and write the table under $OUT.
 # Budget: under 8 minutes in all (VAERR_GPU_BUDGET_S, default 450).
 #
 #   OUT=/tmp/gpu-bench VAERR_PYTHON=python3 bench/gpu.sh [--cpu] [--quick] [bench.throughput args]
@@ -125,19 +126,22 @@ EOF
 "$PY" -c 'import ray' 2>/dev/null && STAGES=decode,face,split,local,ray,naive ||
   { echo "Ray is not installed: local runner rows only"; STAGES=decode,face,split,local,naive; }
 
-# 4. The benchmark. GPU: 4 distinct 12 s videos per size, each listed 4 times (about 190 s of
-#    video per size), the naive baseline on the first 1 s of each; CPU --quick: tiny.
+# 4. The benchmark. GPU: first the whole job the targets name (360p-job: 60,000 frames, 4
+#    distinct 40 s videos listed 15 times, retina5, local runner; start-up and steady frames/s
+#    from its run.json), then 4 distinct 12 s videos per size, each listed 4 times (about 190 s
+#    of video per size), the naive baseline on the first 1 s of each; CPU --quick: tiny.
 if [ "$QUICK" = 1 ]; then
-  SIZE=(--videos 1 --copies 1 --seconds 2 --fan-seconds 1)
+  SIZE=(--videos 1 --copies 1 --seconds 2 --fan-seconds 1 --job-frames 100 --job-seconds 2)
   STAGES=${STAGES%,naive}
 else
-  SIZE=(--videos 4 --copies 4 --seconds 12 --naive-seconds 1 --fan-seconds 12)
+  SIZE=(--videos 4 --copies 4 --seconds 12 --naive-seconds 1 --fan-seconds 12
+    --job-frames 60000 --job-seconds 40)
 fi
 LEFT=$((BUDGET - $(elapsed) - 15))
 [ "$LEFT" -gt 60 ] || die "only $LEFT s left of the $BUDGET s budget"
 echo "running bench.throughput on $DEVICE (budget ${LEFT} s) ..."
 set +e
-timeout $((LEFT + 20)) "$PY" -m bench.throughput --device "$DEVICE" --inputs 360p,720p \
+timeout $((LEFT + 20)) "$PY" -m bench.throughput --device "$DEVICE" --inputs 360p-job,360p,720p \
   --modes retina5,fan68 --stages "$STAGES" --knobs "" --long "" --repeat 1 \
   --budget-s "$LEFT" --workdir "$OUT/work" --no-append "${SIZE[@]}" "${ARGS[@]}" \
   >"$OUT/throughput.md"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -66,7 +67,12 @@ from bench.throughput_render import render
 MODULE = "bench.throughput"
 KINDS = ("retina5", "fan68")
 STAGES = ("decode", "face", "split", "local", "ray", "naive")
-GROUPS = ("assets", "360p", "720p")
+GROUPS = ("assets", "360p", "720p", "360p-job")
+# "360p-job": the end-to-end job the GPU targets name (issues 24 and 27: >= 60,000 frames, 360p,
+# one face): --job-frames frames of --videos distinct --job-seconds videos listed as often as
+# it takes (hard links), run once through the local runner in retina5 only. Its run.json gives
+# start-up and steady frames/s apart.
+JOB_GROUP = "360p-job"
 FPS = 25.0
 MIN_DECODE_S = 3.0  # decode passes over the inputs repeat until this much time has passed
 
@@ -274,7 +280,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--copies", type=int, default=1, help="list each synthetic video N times (hard links)"
     )
     p.add_argument(
-        "--inputs", default=",".join(GROUPS), help=f"input groups, from {','.join(GROUPS)}"
+        "--inputs",
+        default=",".join(GROUPS[:3]),
+        help=f"input groups, from {','.join(GROUPS)}",
+    )
+    p.add_argument(
+        "--job-frames",
+        type=int,
+        default=60_000,
+        help=f"analysis frames of the {JOB_GROUP} group's job (at least)",
+    )
+    p.add_argument(
+        "--job-seconds", type=float, default=40.0, help=f"length of each {JOB_GROUP} video, s"
     )
     p.add_argument("--modes", default=",".join(KINDS), help="landmark modes: retina5,fan68")
     p.add_argument("--stages", default=",".join(STAGES), help=f"from {','.join(STAGES)}")
@@ -379,6 +396,15 @@ def prepare_inputs(a: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
         elif g == "720p":
             vids = synth_videos(a.workdir, "synth", n, s, (720, 1280), 2, 200, a.copies)
             groups[g] = (f"{n} synthetic 1280x720 {s:g} s, 2 faces{copies}", vids)
+        elif g == JOB_GROUP:
+            per = a.job_seconds * 25
+            k = max(1, math.ceil(a.job_frames / (n * per)))
+            vids = synth_videos(a.workdir, "job", n, a.job_seconds, (360, 640), 1, 300, k)
+            groups[g] = (
+                f"the job: {len(vids) * per:,.0f} frames, {n} synthetic 640x360 "
+                f"{a.job_seconds:g} s videos, 1 face, x{k} copies",
+                vids,
+            )
         else:
             raise SystemExit(f"unknown input group {g!r} (choose from {', '.join(GROUPS)})")
     return groups
@@ -490,6 +516,10 @@ def build_plan(
     dicts (mode, kind, inputs, extra overrides, **fields)."""
     plan: Plan = []
     for g, (_, uris) in groups.items():
+        if g == JOB_GROUP:  # the whole job once, retina5, local runner (see JOB_GROUP)
+            if "retina5" in kinds and "local" in stages:
+                plan.append(((g, "retina5", "local", ""), task("local", "retina5", uris, [])))
+            continue
         if "decode" in stages:
             plan.append(((g, "-", "decode", ""), task("decode", None, uris, [])))
         for kind in kinds:

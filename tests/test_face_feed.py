@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.faces.extract import FacePipeline
 from pipeline.faces.feed import FaceFeed, detect_together
@@ -77,9 +78,59 @@ def test_videos_fed_together_get_their_own_faces(pipe):
     assert len(counting.calls) == 3 and sum(counting.calls) == 4 * 30
 
 
-def test_detect_together_splits_by_size_and_keeps_order(pipe):
-    import torch
+class CountingNet:
+    """A network counting the faces of each call."""
 
+    def __init__(self, net):
+        self.net, self.calls = net, []
+
+    def __call__(self, x):
+        self.calls.append(len(x))
+        return self.net(x)
+
+
+def feed_rows(pipe: FacePipeline, uris: list[str]) -> dict[int, dict]:
+    """Each video's rows from one FaceFeed of `uris`, concatenated."""
+    got: dict[int, list] = {i: [] for i in range(len(uris))}
+    for ev in FaceFeed(pipe, uris):
+        assert ev.error is None, ev.error
+        if ev.rows is not None:
+            got[ev.index].append(ev.rows)
+    return {i: {k: np.concatenate([p[k] for p in g]) for k in g[0]} for i, g in got.items()}
+
+
+def test_fan_runs_once_over_every_videos_faces(pipe):
+    """fan68 fed several videos: FAN's batches hold the faces of all of them (one call for
+    the round's 6 faces of two videos of two frame sizes, where alone each video makes its
+    own), and each video's landmarks and crops are those it gets alone. No FAN weights
+    exist here: a random one-hourglass FAN (the plumbing is FAN(4)'s)."""
+    from face_alignment.models import FAN
+
+    from pipeline.faces.landmarks import Fan68
+
+    torch.manual_seed(0)
+    cfg = load_config(None, face_overrides("fan68") + [
+        "faces.landmarks.batch_size=16", "faces.track.min_length=2", "video.end_s=0.08",
+    ])  # fmt: skip
+    net = CountingNet(FAN(1).eval())
+    fan = Fan68(cfg.faces.landmarks, net=net)
+    fed = FacePipeline(cfg, pipe.detector, fan, pipe.mean_face)
+    uris = [str(asset(f"videos/{c}")) for c in CLIPS[:2]]  # 1 face and 2, 2 frames each
+    together = feed_rows(fed, uris)
+    assert net.calls == [6]
+    for i, uri in enumerate(uris):
+        net.calls.clear()
+        _, solo = collect(fed, uri)
+        assert net.calls == [2 * (i + 1)]
+        rows = together[i]
+        assert rows["landmarks"].shape == solo["landmarks"].shape == (2 * (i + 1), 68, 2)
+        np.testing.assert_array_equal(rows["track_id"], solo["track_id"])
+        np.testing.assert_allclose(rows["landmarks"], solo["landmarks"], atol=1e-3, rtol=0)
+        diff = np.abs(rows["crop"].astype(int) - solo["crop"].astype(int))
+        assert diff.max() <= 1
+
+
+def test_detect_together_splits_by_size_and_keeps_order(pipe):
     a = torch.zeros((2, 64, 80, 3), dtype=torch.uint8)
     b = torch.zeros((3, 48, 48, 3), dtype=torch.uint8)
     empty = torch.zeros((0, 64, 80, 3), dtype=torch.uint8)

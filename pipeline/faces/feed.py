@@ -4,11 +4,12 @@ With one video at a time, the device waits between videos and cannot fill its ba
 start and end of each video. `FaceFeed` keeps up to `infer.face_videos` videos open: each
 decodes `decode_ahead` chunks ahead in a thread of its own (from the pipeline's pool, reused
 video after video; PyAV releases the GIL, so decoding overlaps the device work) and keeps its
-own FaceStream (tracks, buffered frames). Each round
-takes the next chunk of every open video, runs the detector once per frame size over the frames
-of all of them (`detect_together`), and hands each video its own detections back; landmarks,
-tracking and crops then run per video. A detection never spans frames, so a frame's faces do
-not depend on what it was batched with (tests/test_face_feed.py checks timelines within 1e-5).
+own FaceStream (tracks, buffered frames). Each round takes the next chunk of every open video,
+runs the detector once per frame size over the frames of all of them (`detect_together`) and
+hands each video its own detections back; the landmarker then runs once over every video's
+faces (`batch_many`: FAN's crops of all videos in its batches), and tracking and crops run per
+video. A detection or a landmark never spans frames or videos, so a frame's faces do not
+depend on what they were batched with (tests/test_face_feed.py checks timelines within 1e-5).
 
 Memory is bounded by the number of open videos: each holds `decode_ahead` chunks plus its
 stream's look-ahead (pipeline/faces/stream.py), whatever the length or number of videos.
@@ -26,6 +27,7 @@ import torch
 
 from pipeline.faces.detect import Detections
 from pipeline.faces.extract import FacePipeline, FaceRun, decode_ahead
+from pipeline.faces.stream import FaceStream
 from pipeline.video import FrameChunk
 
 Rows = dict[str, np.ndarray]
@@ -111,13 +113,27 @@ class FaceFeed:
         streams = [v.run.stream for v, _ in staged]
         batchable = [k for k, st in enumerate(streams) if st is not None and st.batchable]
         dets = detect_together(self.pipe.detector, [staged[k][1].rgb for k in batchable])
-        shared = dict(zip(batchable, dets))  # position in `staged` -> its detections
+        found = dict(zip(batchable, dets))  # position in `staged` -> its detections
         for k, (v, s) in enumerate(staged):
+            if k not in found:
+                try:
+                    found[k] = v.run.stream.detect(s.rgb, s.detect_frames)  # type: ignore[union-attr]
+                except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
+                    yield FeedEvent(v.index, v.run, error=exc)
+        ready = [k for k in range(len(staged)) if k in found]
+        jobs = [FaceStream.landmark_job(staged[k][1], found[k]) for k in ready]
+        try:  # one landmarker call over every video's faces (FAN fills its batches)
+            lms = dict(zip(ready, self.pipe.landmarker.batch_many(jobs)))
+        except Exception as exc:  # noqa: BLE001 - each video of the round is retried alone
+            for k in ready:
+                yield FeedEvent(staged[k][0].index, staged[k][0].run, error=exc)
+            return still
+        for k in ready:
+            v, s = staged[k]
             stream = v.run.stream
             assert stream is not None
             try:
-                found = shared[k] if k in shared else stream.detect(s.rgb, s.detect_frames)
-                rows = stream.complete(s, found)
+                rows = stream.complete(s, found[k], lms[k])
             except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
                 yield FeedEvent(v.index, v.run, error=exc)
                 continue

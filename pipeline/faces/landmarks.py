@@ -8,6 +8,9 @@ on 256x256 crops around each box, placed by the detector's declared box conventi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -29,6 +32,10 @@ FAN_INPUT = 256
 FAN_HEATMAP = 64
 FAN_SCALE_FACTOR = 200.0
 
+LandmarkJob = tuple[Any, list[np.ndarray], list[np.ndarray]]
+"""One chunk for `batch_many`: (frames uint8 RGB [N, H, W, 3], boxes per frame [M, 4],
+detector points per frame [M, P, 2])."""
+
 
 class Retina5:
     """The detector's own points, as they are (`layout`: the detector's PointLayout)."""
@@ -44,6 +51,10 @@ class Retina5:
     ) -> list[np.ndarray]:
         """Per-frame lists in, per-frame [M, P, 2] out."""
         return [p.astype(np.float32) for p in points5]
+
+    def batch_many(self, jobs: Sequence[LandmarkJob]) -> list[list[np.ndarray]]:
+        """`batch` per job (no network to share)."""
+        return [self.batch(*job) for job in jobs]
 
 
 def fan_windows(
@@ -145,7 +156,6 @@ class Fan68:
         self.net = net if net is not None else load_fan(cfg.fan_weights, device, cache)
         self.batch_size = batch_for(device, cfg.batch_size, cpu=4, gpu=256)
 
-    @torch.inference_mode()
     def batch(
         self,
         frames: torch.Tensor | np.ndarray | list[np.ndarray],
@@ -155,13 +165,43 @@ class Fan68:
         """Frames uint8 RGB [N, H, W, 3] (a tensor on any device, or numpy) with per-frame
         boxes in, per-frame [M, 68, 2] out (source px). Crops are cut on the device in one
         batched warp; heatmap peaks are found there; only the points come back."""
-        if isinstance(frames, list):
-            frames = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
-        out = [np.zeros((len(b), 68, 2), np.float32) for b in boxes]
+        return self.batch_many([(frames, boxes, points5)])[0]
+
+    @torch.inference_mode()
+    def batch_many(self, jobs: Sequence[LandmarkJob]) -> list[list[np.ndarray]]:
+        """`batch` over several chunks at once (several videos' frames, of any sizes): each
+        chunk's faces are cut to 256x256 crops on its own frames, then FAN runs over the crops
+        of all of them in batches of `batch_size` (a device owner fed by many videos fills its
+        batches; pipeline/faces/feed.py). Returns `batch`'s output per job, in order."""
+        cut = [self._crops(frames, boxes) for frames, boxes, _ in jobs]
+        crops = [c[0] for c in cut if c is not None]
+        if not crops:
+            return [[np.zeros((len(b), 68, 2), np.float32) for b in j[1]] for j in jobs]
+        hp = self._heatmap_points(torch.cat(crops))
+        out, start = [], 0
+        for (_, boxes, _), c in zip(jobs, cut):
+            counts = [len(b) for b in boxes]
+            found = [np.zeros((n, 68, 2), np.float32) for n in counts]
+            if c is not None:
+                _, centre, side = c
+                peaks = hp[start : start + len(side)]
+                src = centre[:, None, :] + (peaks / FAN_HEATMAP - 0.5) * side[:, None, None]
+                start += len(side)
+                at = np.cumsum([0, *counts])
+                found = [src[a:b].astype(np.float32) for a, b in zip(at[:-1], at[1:])]
+            out.append(found)
+        return out
+
+    def _crops(
+        self, frames: torch.Tensor | np.ndarray | list[np.ndarray], boxes: list[np.ndarray]
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray] | None:
+        """One chunk's FAN inputs: crops uint8 [R, 256, 256, 3] on the device and their
+        windows (centre [R, 2], side [R], source px); None when the chunk has no face."""
         counts = [len(b) for b in boxes]
         if sum(counts) == 0:
-            return out
-        timer = getattr(self, "timer", None)
+            return None
+        if isinstance(frames, list):
+            frames = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
         x_dev = frames_tensor(frames, self.device)
         allb = np.concatenate([b for b in boxes if len(b)]).astype(np.float64)
         centre, side = fan_windows(allb, self.boxes)
@@ -170,24 +210,26 @@ class Fan68:
         crops = fan_crops(
             x_dev, owner.to(dev), torch.from_numpy(centre).to(dev), torch.from_numpy(side).to(dev)
         )
-        # contiguous NCHW: a channels-last view would run FAN's hourglasses about 2x slower
-        # on a CPU
-        x = crops.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+        return crops, centre, side
+
+    def _heatmap_points(self, crops: torch.Tensor) -> np.ndarray:
+        """FAN over crops uint8 [R, 256, 256, 3] in batches of `batch_size`: heatmap peaks
+        [R, 68, 2] (heatmap px, float64), one copy back."""
         pts = []
-        for s in range(0, len(x), self.batch_size):
+        for s in range(0, len(crops), self.batch_size):
+            # float one batch at a time (memory bounded by batch_size, whatever the number of
+            # videos fed); contiguous NCHW: a channels-last view would run FAN's hourglasses
+            # about 2x slower on a CPU
+            x = crops[s : s + self.batch_size].permute(0, 3, 1, 2).contiguous().float().div_(255)
             with autocast(self.device, self.dtype):
-                y = self.net(x[s : s + self.batch_size])
+                y = self.net(x)
             y = y[-1] if isinstance(y, (list, tuple)) else y
             pts.append(heatmap_points_torch(y.float()))
         hp = torch.cat(pts).cpu().numpy().astype(np.float64)
-        src = centre[:, None, :] + (hp / FAN_HEATMAP - 0.5) * side[:, None, None]
-        start = 0
-        for i, c in enumerate(counts):
-            out[i] = src[start : start + c].astype(np.float32)
-            start += c
+        timer = getattr(self, "timer", None)
         if timer is not None:
-            timer.mark("fan", dev)
-        return out
+            timer.mark("fan", crops.device)
+        return hp
 
 
 def build_landmarker(

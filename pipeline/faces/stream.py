@@ -25,6 +25,7 @@ from pipeline.faces.align import (
 )
 from pipeline.faces.colour import planes_to_device, rgb_to_gray
 from pipeline.faces.detect import Detections, frames_tensor
+from pipeline.faces.landmarks import LandmarkJob
 from pipeline.faces.track import Track, Tracker
 from pipeline.faces.warp import compose, similarity_batch, warp_batch
 from pipeline.video import FrameChunk
@@ -171,13 +172,22 @@ class FaceStream:
         self._mark("convert")
         return Staged(idx, sel, rgb, gray)
 
+    @staticmethod
+    def landmark_job(staged: Staged, dets: list[Detections]) -> LandmarkJob:
+        """What the landmarker needs for a staged chunk's detections (its `batch` arguments)."""
+        return staged.rgb, [d.boxes for d in dets], [d.landmarks for d in dets]
+
     @torch.inference_mode()
-    def complete(self, staged: Staged, dets: list[Detections]) -> dict[str, np.ndarray]:
+    def complete(
+        self, staged: Staged, dets: list[Detections], lms: list[np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Second half of `push`, given the detections of `staged.rgb` (one per frame, from
-        `detect` or from a detector call shared with other videos): landmarks, tracking and
-        the rows that became final."""
+        `detect` or from a detector call shared with other videos) and optionally their
+        landmarks (per frame [M, K, 2], from a landmarker call shared with other videos):
+        landmarks, tracking and the rows that became final."""
         idx, sel, rgb, gray = staged
-        lms = self.landmarker.batch(rgb, [d.boxes for d in dets], [d.landmarks for d in dets])
+        if lms is None:
+            lms = self.landmarker.batch(*self.landmark_job(staged, dets))
         self._mark("fan")
         by_frame = {int(i): (d, lm) for i, d, lm in zip(sel, dets, lms)}
         for i, f in enumerate(idx.tolist()):
