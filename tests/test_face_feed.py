@@ -30,18 +30,18 @@ def pipe() -> FacePipeline:
     return FacePipeline(load_config(None, face_overrides() + SMALL))
 
 
-class CountingDetector:
-    """The real detector, counting its calls and the frames per call."""
+class Counting:
+    """A detector or a network, as it is, counting the frames (faces) of each call."""
 
-    def __init__(self, detector):
-        self.detector, self.calls = detector, []
+    def __init__(self, model):
+        self.model, self.calls = model, []
 
-    def __call__(self, frames):
-        self.calls.append(len(frames))
-        return self.detector(frames)
+    def __call__(self, x):
+        self.calls.append(len(x))
+        return self.model(x)
 
-    def __getattr__(self, name):  # device, points, boxes, roi_search: the detector's
-        return getattr(self.detector, name)
+    def __getattr__(self, name):  # a detector's device, points, boxes, roi_search
+        return getattr(self.model, name)
 
 
 def test_videos_fed_together_get_their_own_faces(pipe):
@@ -49,7 +49,7 @@ def test_videos_fed_together_get_their_own_faces(pipe):
     rows alone (boxes and landmarks within 1e-5, crops within one grey level), and the
     detector ran once per frame size a round, not once per video."""
     uris = [str(asset(f"videos/{c}")) for c in CLIPS]
-    counting = CountingDetector(pipe.detector)
+    counting = Counting(pipe.detector)
     together = FacePipeline(pipe.cfg, counting, pipe.landmarker, pipe.mean_face)
     got: dict[int, list] = {i: [] for i in range(len(uris))}
     done = {}
@@ -78,17 +78,6 @@ def test_videos_fed_together_get_their_own_faces(pipe):
     assert len(counting.calls) == 3 and sum(counting.calls) == 4 * 30
 
 
-class CountingNet:
-    """A network counting the faces of each call."""
-
-    def __init__(self, net):
-        self.net, self.calls = net, []
-
-    def __call__(self, x):
-        self.calls.append(len(x))
-        return self.net(x)
-
-
 def feed_rows(pipe: FacePipeline, uris: list[str]) -> dict[int, dict]:
     """Each video's rows from one FaceFeed of `uris`, concatenated."""
     got: dict[int, list] = {i: [] for i in range(len(uris))}
@@ -112,7 +101,7 @@ def test_fan_runs_once_over_every_videos_faces(pipe):
     cfg = load_config(None, face_overrides("fan68") + [
         "faces.landmarks.batch_size=16", "faces.track.min_length=2", "video.end_s=0.08",
     ])  # fmt: skip
-    net = CountingNet(FAN(1).eval())
+    net = Counting(FAN(1).eval())
     fan = Fan68(cfg.faces.landmarks, net=net)
     fed = FacePipeline(cfg, pipe.detector, fan, pipe.mean_face)
     uris = [str(asset(f"videos/{c}")) for c in CLIPS[:2]]  # 1 face and 2, 2 frames each
@@ -134,7 +123,7 @@ def test_detect_together_splits_by_size_and_keeps_order(pipe):
     a = torch.zeros((2, 64, 80, 3), dtype=torch.uint8)
     b = torch.zeros((3, 48, 48, 3), dtype=torch.uint8)
     empty = torch.zeros((0, 64, 80, 3), dtype=torch.uint8)
-    counting = CountingDetector(pipe.detector)
+    counting = Counting(pipe.detector)
     out = detect_together(counting, [a, empty, b, a])
     assert [len(o) for o in out] == [2, 0, 3, 2]
     assert sorted(counting.calls) == [3, 4]  # the two 64x80 inputs in one call
