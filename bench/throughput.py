@@ -77,16 +77,14 @@ FPS = 25.0
 MIN_DECODE_S = 3.0  # decode passes over the inputs repeat until this much time has passed
 
 # Overrides --device cuda adds (before the user's --set): networks on the GPU in half
-# precision, bigger batches, and GPU shares for the Ray actor pools (3 face actors decode in
-# parallel; their GPU shares plus the model's add up to 1).
+# precision, and GPU shares for the Ray actor pools (3 face actors decode in parallel; their GPU
+# shares plus the model's add up to 1). Batch and chunk sizes: the shipped GPU defaults (since
+# issue 24: 256 frames per detector batch and chunk, 256 FAN faces, 32 model windows).
 CUDA_OVERRIDES = [
     "faces.device=cuda",
     "model.device=cuda",
     "faces.dtype=float16",
     "model.dtype=float16",
-    "faces.detector.batch_size=64",
-    "faces.landmarks.batch_size=64",
-    "infer.batch_size=32",
     "infer.face_actors=3",
     "infer.face_num_cpus=2",
     "infer.face_num_gpus=0.25",

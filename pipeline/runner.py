@@ -24,7 +24,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import torch
 
+from pipeline.device import resolve_device
 from pipeline.job import JobSpec, run_job
 from pipeline.manifest import expand_inputs
 from pipeline.outpaths import OutPaths
@@ -61,11 +63,17 @@ def _pending(uri: str, exc: Exception) -> None:
                 type(exc).__name__)  # fmt: skip
 
 
-def stage_specs(cfg: VaerrConfig, checkpoint: str) -> list[StageSpec]:
+def stage_specs(cfg: VaerrConfig, checkpoint: str, runner: str = "ray") -> list[StageSpec]:
     """What inference runs: the face stage (infer.face_videos videos per call, fed to its
-    device together) and the model stage (batches of windows; its pool starts with one
-    actor, so a cluster still scaling up its GPU nodes makes progress)."""
+    device together) and the model stage (batches of windows, `infer.windows_per_batch` of
+    where it runs: on Ray a GPU when its actors ask for one, in process this machine's
+    `model.device`; its pool starts with one actor, so a cluster still scaling up its GPU
+    nodes makes progress)."""
     inf = cfg.infer
+    if runner == "ray":
+        gpu = inf.model_num_gpus > 0
+    else:
+        gpu = torch.device(resolve_device(cfg.model.device)).type != "cpu"
     return [
         StageSpec(
             FaceStage,
@@ -78,7 +86,7 @@ def stage_specs(cfg: VaerrConfig, checkpoint: str) -> list[StageSpec]:
         StageSpec(
             ModelStage,
             {"cfg": cfg, "checkpoint": checkpoint},
-            batch_size=inf.batch_size,
+            batch_size=inf.windows_per_batch(gpu),
             num_cpus=inf.model_num_cpus,
             num_gpus=inf.model_num_gpus,
             pool_size=inf.model_actors,
@@ -131,7 +139,7 @@ def run_inference(
         config_uri=paths.config,
         config_text=config_yaml(cfg),
         record_uri=paths.run_record,
-        stages=stage_specs(cfg, ckpt_uri),
+        stages=stage_specs(cfg, ckpt_uri, runner),
         item_columns=ITEM_COLUMNS,
         max_attempts=cfg.infer.max_attempts,
         # run.json first, then the manifest (verify checks each input has one status row)

@@ -290,6 +290,11 @@ class EmotionConfig(Section):
         return v
 
 
+# Windows per model forward pass when infer.batch_size is None: small on a CPU (as before issue
+# 24), bigger on a GPU (32: what bench/gpu.sh ran the fp16 ssvaerr_r18 at on an H200).
+CPU_WINDOWS, GPU_WINDOWS = 8, 32
+
+
 class InferConfig(Section):
     """The batch job: windows, output rate, scheduling, what is stored."""
 
@@ -314,8 +319,13 @@ class InferConfig(Section):
         description="Timeline rows per second (10 Hz = the AVEC step), at most the analysis "
         "rate video.fps; null: one row per analysis frame.",
     )
-    batch_size: int = Field(
-        8, ge=1, le=1024, description="Windows per model forward pass. Bounded: at most 1024."
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Windows per model forward pass (a runtime size, not in config_hash). "
+        f"None: {CPU_WINDOWS} where the model stage runs on a CPU, {GPU_WINDOWS} where it has "
+        "a GPU (a GPU needs big batches to fill). Bounded: at most 1024.",
     )
     max_attempts: int = Field(
         3,
@@ -372,6 +382,12 @@ class InferConfig(Section):
         if self.hop_frames > self.window_frames:
             raise ValueError("infer.hop_frames must not exceed infer.window_frames (gaps)")
         return self
+
+    def windows_per_batch(self, gpu: bool) -> int:
+        """`batch_size`, or the default of a model stage on a GPU (`gpu`) or on a CPU."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return GPU_WINDOWS if gpu else CPU_WINDOWS
 
 
 class VaerrConfig(Section):

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from pipeline.runner import run_inference
+from pipeline.runner import run_inference, stage_specs
 from pipeline.stages import FACE_STAGE_OUTPUT, MODEL_STAGE_OUTPUT, FaceStage, ModelStage
 from pipeline.writer import steady_rate
-from schemas.config import load_config
+from schemas.config import config_hash, load_config
 from schemas.stage_columns import FACE_COLUMNS, MODEL_COLUMNS
 from schemas.tables import TIMELINES, VIDEOS
 from tests.conftest import REPO, asset, face_overrides
@@ -142,6 +142,24 @@ def test_local_folder_rerun_and_config_change(ray_local, folder, tmp_path, tiny_
     forced = run_inference(changed, [str(folder)], out, tiny_checkpoint, runner="local", force=True)
     assert forced["processed"] == 3
     assert pq.read_table(out + "/videos").num_rows == 3
+
+
+def test_model_batches_follow_where_the_model_runs():
+    """infer.batch_size unset: 8 windows a model call where the model stage runs on a CPU,
+    32 where it has a GPU (on Ray: its actors ask for one; in process: model.device); a set
+    value wins; a runtime size, so config_hash does not move."""
+
+    def windows(runner: str, *sets: str) -> int:
+        return stage_specs(load_config(None, list(sets)), "ckpt", runner)[1].batch_size
+
+    assert windows("ray") == windows("local") == 8
+    assert windows("ray", "infer.model_num_gpus=0.5") == 32
+    assert windows("local", "model.device=cuda") == 32  # the name only: no GPU needed here
+    assert windows("ray", "infer.model_num_gpus=0.5", "infer.batch_size=5") == 5
+    assert windows("local", "model.device=cuda", "infer.batch_size=5") == 5
+    assert config_hash(load_config(None, ["infer.batch_size=5"])) == config_hash(
+        load_config(None, [])
+    )
 
 
 def test_ray_and_local_runners_agree(ray_local, tmp_path, tiny_checkpoint, one_torch_thread):

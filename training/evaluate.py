@@ -128,7 +128,7 @@ def score_sequences(
                 fr["crops"],
                 cfg.infer.window_frames,
                 cfg.infer.hop_frames,
-                cfg.infer.batch_size,
+                cfg.infer.windows_per_batch(next(model.parameters()).is_cuda),
             )
         out.append(rec)
     return out
