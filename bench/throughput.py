@@ -35,7 +35,6 @@ import math
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -62,7 +61,7 @@ from bench.harness import (
 )
 from bench.naive import work_naive
 from bench.probes import ReapTree, TreeMemory, peak_rss_mib
-from bench.throughput_render import render
+from bench.throughput_render import aggregate, render
 
 MODULE = "bench.throughput"
 KINDS = ("retina5", "fan68")
@@ -577,46 +576,6 @@ def memory_runs(
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def aggregate(
-    key: tuple[str, str, str, str], runs: list[dict[str, Any]], end_s: float | None
-) -> dict[str, Any]:
-    """One table row from the repeats of a measurement: median frames/s (and its range),
-    median faces/frame and steady rate, the largest peak memory, all load readings."""
-    group, kind, stage, knobs = key
-    row: dict[str, Any] = {"group": group, "kind": kind, "stage": stage, "knobs": knobs}
-    row["end_s"] = end_s
-    ok = [r for r in runs if "fps" in r]
-    row["n"], row["n_runs"] = len(ok), len(runs)
-    if not ok:
-        row["error"] = runs[0].get("error", "no result") if runs else "not run"
-        return row
-    fps = [r["fps"] for r in ok]
-    row["fps"] = statistics.median(fps)
-    row["fps_min"], row["fps_max"] = min(fps), max(fps)
-    row["frames"] = ok[0]["frames"]
-    row["wall_s"] = statistics.median(r["wall_s"] for r in ok)
-    cpu = [r.get("frames_timed", r["frames"]) / r["cpu_s"] for r in ok if r.get("cpu_s")]
-    row["cpu_fps"] = statistics.median(cpu) if cpu else None
-    if all("faces" in r for r in ok):
-        row["faces_per_frame"] = statistics.median(r["faces"] / max(r["frames"], 1) for r in ok)
-    steady = [r["steady_fps"] for r in ok if r.get("steady_fps")]
-    row["steady_fps"] = statistics.median(steady) if steady else None
-    startup = [r["startup_s"] for r in ok if r.get("startup_s") is not None]
-    row["startup_s"] = statistics.median(startup) if startup else None
-    row["peak_mib"] = max(r["peak_mib"] for r in ok)
-    loads = [x for r in ok for x in r["load"]]
-    row["load"] = [min(loads), max(loads)]
-    row["threads"] = ok[0].get("threads")
-    if all("steps_s" in r for r in ok):
-        row["steps_ms"] = {
-            k: statistics.median(1000 * r["steps_s"].get(k, 0.0) / r["frames"] for r in ok)
-            for k in ok[0]["steps_s"]
-        }
-    gpu = [r["gpu_peak_mib"] for r in ok if r.get("gpu_peak_mib")]
-    row["gpu_peak_mib"] = max(gpu) if gpu else None
-    return row
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ VIDEO_FAILURE, ENVIRONMENT_FAILURE = "video", "environment"
 # Ray's exceptions for a worker, actor or node that died (killed, OOM-killed, node lost), by
 # class name so this module imports no Ray (DESIGN.md principle 2).
 _DEATH_NAMES = {
+    "DecodeWorkerDied",  # pipeline/faces/procdecode.py
     "RayActorError",
     "ActorDiedError",
     "ActorUnavailableError",

@@ -142,6 +142,13 @@ def _map_error(exc: Exception, uri: str) -> VideoError:
     return VideoError(f"cannot open ({type(exc).__name__}: {exc})")
 
 
+def frames_per_chunk(info: VideoInfo, chunk_frames: int, chunk_mb: int) -> int:
+    """Frames per decoded chunk: `chunk_frames`, fewer where that many frames of this size
+    (as RGB) would pass `chunk_mb` MiB."""
+    frame_bytes = max(1, info.width * info.height * 3)
+    return max(1, min(chunk_frames, (chunk_mb << 20) // frame_bytes))
+
+
 class VideoReader:
     """Open a video URI for streaming decode. Use as a context manager.
 

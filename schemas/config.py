@@ -335,6 +335,13 @@ class InferConfig(Section):
         "unreachable, out of memory, a dead worker) before its failure is final; a video's own "
         "failure (undecodable, not a video) is final at once. Not in config_hash.",
     )
+    decode_processes: bool = Field(
+        False,
+        description="Decode each open video in a worker process of its own (spawned once per "
+        "face pipeline, reused), frames handed over in shared memory, instead of in a thread "
+        "of the face stage: for a GPU fed several videos at once (face_videos), whose pace "
+        "the one interpreter's lock would otherwise set. Not in config_hash: the same frames.",
+    )
     face_actors: int = Field(
         1, ge=1, le=1024, description="Face-stage actor pool size (max). Bounded: at most 1024."
     )

@@ -206,6 +206,10 @@ def test_long_outage_fails_clearly_and_rerun_completes(
 
 
 def test_killed_worker_is_retried_without_duplicates(ray_local, tmp_path, tiny_checkpoint):
+    """The face actor SIGKILLed 1.5 s into its work, fed two videos at a time
+    (infer.face_videos=2: the 3 videos go in calls of 2 and 1, so both the fed-together and
+    the one-video path run): Ray Data retries the call on a new actor, every video ends ok
+    once, and the writer keeps each window once (verify_output)."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
@@ -238,7 +242,7 @@ def test_killed_worker_is_retried_without_duplicates(ray_local, tmp_path, tiny_c
 
     th = threading.Thread(target=killer)
     th.start()
-    cfg = load_config(None, face_overrides() + SMALL)
+    cfg = load_config(None, face_overrides() + SMALL + ["infer.face_videos=2"])
     summary = run_inference(cfg, [str(src)], str(out), tiny_checkpoint)
     th.join()
     assert killed, "the face actor was never seen"

@@ -23,7 +23,7 @@ from pipeline.faces.detection import FaceDetector
 from pipeline.faces.detectors import build_detector
 from pipeline.faces.landmarks import build_landmarker
 from pipeline.faces.stream import FaceStream
-from pipeline.video import FrameChunk, VideoInfo, VideoReader
+from pipeline.video import FrameChunk, VideoInfo, VideoReader, frames_per_chunk
 from pipeline.weights import resolve_file
 from schemas.config import VaerrConfig
 
@@ -112,17 +112,24 @@ class FaceRun:
         """Open the video (closed with `stack`), set `info` and a fresh `stream`; return its
         analysis-frame chunks (not yet decoded: the iterator decodes)."""
         cfg = self.pipe.cfg
-        reader = stack.enter_context(VideoReader(self.uri, cfg.storage))
-        self.info = reader.info
-        self.stream = self.pipe.stream(cfg.video.fps)
         v = cfg.video
-        frame_bytes = max(1, reader.info.width * reader.info.height * 3)
         chunk = batch_for(self.pipe.device, v.chunk_frames, cpu=32, gpu=256)
-        per_chunk = max(1, min(chunk, (v.chunk_mb << 20) // frame_bytes))
         # Planes to a GPU (converted there); on a CPU, PyAV's SIMD conversion in the decode
         # thread is cheaper than tensor maths on the host (and overlaps the detector).
         planes = torch.device(self.pipe.device).type != "cpu"
-        return reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=planes)
+        if cfg.infer.decode_processes:  # in a process of its own (pipeline/faces/procdecode.py)
+            video = self.pipe.decode_processes().open(
+                self.uri, cfg.storage, v.fps, v.start_s, v.end_s, chunk, v.chunk_mb, planes
+            )
+            stack.callback(video.close)
+            self.info, chunks = video.info, video.chunks()
+        else:
+            reader = stack.enter_context(VideoReader(self.uri, cfg.storage))
+            per_chunk = frames_per_chunk(reader.info, chunk, v.chunk_mb)
+            self.info = reader.info
+            chunks = reader.chunks(v.fps, v.start_s, v.end_s, per_chunk, planes=planes)
+        self.stream = self.pipe.stream(cfg.video.fps)
+        return chunks
 
     def count(self, chunk: FrameChunk) -> None:
         """Note a chunk about to be pushed (frames seen)."""
@@ -145,6 +152,7 @@ class FaceRun:
             assert stream is not None
             if timer is None:  # decode overlaps the device work
                 chunks = decode_ahead(chunks)
+                stack.callback(chunks.close)  # its thread stops before the video closes
             else:  # the per-step split needs decode on this thread, timed on its own
                 timer.reset_clock()
             for chunk in chunks:
@@ -190,6 +198,7 @@ class FacePipeline:
         self.device = self.detector.device
         self.timer: Any = None  # a pipeline.faces.timing.StageTimer to split time per step
         self._decoders: tuple[int, ThreadPoolExecutor] | None = None  # (threads, pool)
+        self._processes: Any = None  # DecodeProcesses, made at the first video that needs it
 
     def decoders(self, n: int) -> ThreadPoolExecutor:
         """A pool of at least `n` decode threads, kept for the next videos (FaceFeed: each
@@ -199,6 +208,15 @@ class FacePipeline:
                 self._decoders[1].shutdown(wait=False)
             self._decoders = (n, ThreadPoolExecutor(n, thread_name_prefix="vaerr-decode"))
         return self._decoders[1]
+
+    def decode_processes(self) -> Any:
+        """The decode processes of this pipeline (`infer.decode_processes`), kept for the
+        next videos: pipeline/faces/procdecode.py."""
+        if self._processes is None:
+            from pipeline.faces.procdecode import DecodeProcesses
+
+            self._processes = DecodeProcesses()
+        return self._processes
 
     def set_timer(self, timer: Any) -> None:
         """Attach a StageTimer (bench): decode then runs in line and each step is timed."""
