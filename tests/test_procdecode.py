@@ -136,3 +136,26 @@ def test_bad_video_killed_worker_and_early_stop(procs, tmp_path):
     assert [len(c.frame_index) for c in whole] == [8, 8, 8, 1]
     np.testing.assert_array_equal(whole[0].frames, first.frames)
     assert len(procs.workers) == 1
+
+
+def test_a_workers_error_keeps_how_the_job_treats_it():
+    """What a worker's exception becomes on its way back: as it is when a pickle round trip
+    keeps its kind; a transient fault hidden in a cause chain (which pickling drops) stays
+    transient (retried); one that cannot be pickled becomes a RuntimeError naming it."""
+    from pipeline.faces.procdecode import _sendable
+    from pipeline.storage import is_transient
+
+    err = VideoError("moov atom not found")
+    assert type(_sendable(err)) is VideoError and str(_sendable(err)) == str(err)
+    wrapped = RuntimeError("reading failed")
+    wrapped.__cause__ = ConnectionResetError("reset")
+    back = _sendable(wrapped)
+    assert isinstance(back, ConnectionError) and is_transient(back)
+    assert "RuntimeError: reading failed" in str(back)
+
+    class Local(Exception):  # not importable by name: cannot be unpickled
+        pass
+
+    lost = _sendable(Local("x"))
+    assert type(lost) is RuntimeError and "Local: x" in str(lost)
+    assert failure_kind(lost) != ENVIRONMENT_FAILURE

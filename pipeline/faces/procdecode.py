@@ -8,8 +8,9 @@ video decodes in a process of its own (spawned once per face pipeline and reused
 video): the process runs the same `VideoReader.chunks` and writes each chunk's arrays (RGB, or
 the decoder's Y/U/V planes for a GPU) into one of `DECODE_AHEAD` shared-memory slots, and the
 stage copies them out and hands the slot back. So a video's decoded-but-unused frames are
-bounded by its slots (memory bounded by the number of open videos, not their length), and
-only a few hundred bytes of metadata per chunk go through a pipe.
+bounded by its slots plus the copies the face stage's look-ahead holds (`decode_ahead`: memory
+bounded by the number of open videos, not their length), and only a few hundred bytes of
+metadata per chunk go through a pipe.
 
 A worker that dies (killed, out of memory) is one `DecodeWorkerDied` for the video it held
 (an environment failure: the job retries the video), and the next video gets a new process.
@@ -29,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.status import ENVIRONMENT_FAILURE, failure_kind
+from pipeline.storage import is_transient
 from pipeline.video import FrameChunk, Planes, VideoInfo, VideoReader, frames_per_chunk
 from schemas.config import StorageConfig
 
@@ -38,7 +41,8 @@ _ARRAYS = ("y", "u", "v", "rgb")
 
 
 class DecodeWorkerDied(RuntimeError):  # noqa: N818 - named like Ray's own death errors
-    """The decode process of a video died before the video's end."""
+    """The decode process of a video died before the video's end (or failed there for a
+    reason of the environment that could not travel back as it was)."""
 
 
 def _pack(chunk: FrameChunk, slot: SharedMemory) -> dict[str, Any]:
@@ -112,13 +116,26 @@ def _token(free: Any, seq: int) -> int | None:
 
 
 def _sendable(exc: BaseException) -> BaseException:
-    """`exc` if it survives a pickle round trip (the queue's feeder thread would otherwise
-    drop the message and leave the consumer waiting), else a RuntimeError naming it."""
+    """`exc` as the consumer should get it: itself when a pickle round trip keeps what the job
+    decides by (its type's failure kind, whether it is transient: a pickled exception loses
+    its cause chain), else a stand-in that keeps them (ConnectionError for a transient fault,
+    retried like one; RuntimeError otherwise) naming it. One that cannot travel at all would
+    be dropped by the queue's feeder thread and leave the consumer waiting."""
     try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
+        back = pickle.loads(pickle.dumps(exc))
     except Exception:  # noqa: BLE001 - any failure to travel
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
+        back = None
+    if back is not None and (is_transient(back), failure_kind(back)) == (
+        is_transient(exc),
+        failure_kind(exc),
+    ):
+        return back
+    text = f"{type(exc).__name__}: {exc}"
+    if is_transient(exc):
+        return ConnectionError(text)
+    if failure_kind(exc) == ENVIRONMENT_FAILURE:  # out of memory, a dead service: pending
+        return DecodeWorkerDied(text)
+    return RuntimeError(text)
 
 
 class _Worker:
