@@ -394,7 +394,7 @@ def prepare_inputs(a: argparse.Namespace) -> dict[str, tuple[str, list[str]]]:
             vids = synth_videos(a.workdir, "synth", n, s, (720, 1280), 2, 200, a.copies)
             groups[g] = (f"{n} synthetic 1280x720 {s:g} s, 2 faces{copies}", vids)
         elif g == JOB_GROUP:
-            per = a.job_seconds * 25
+            per = a.job_seconds * FPS
             k = max(1, math.ceil(a.job_frames / (n * per)))
             vids = synth_videos(a.workdir, "job", n, a.job_seconds, (360, 640), 1, 300, k)
             groups[g] = (
