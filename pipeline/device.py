@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 
@@ -64,3 +65,28 @@ def tuned_kernels(device: str | torch.device) -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+class HostCopy:
+    """A tensor's copy to the host, started without waiting for it.
+
+    On a CUDA device the copy goes into pinned memory behind the queued kernels
+    (`non_blocking`) and an event marks its end: the host goes on (tracking, writing, queuing
+    the next batch) and waits only when it reads `numpy()`. Elsewhere the tensor is read at
+    once (on a CPU it already is on the host)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.event: torch.cuda.Event | None = None
+        if t.device.type == "cuda":
+            self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self.host.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = t.cpu()
+
+    def numpy(self) -> np.ndarray:
+        """The copy as numpy, once it has landed (waits for the device only here)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()

@@ -40,6 +40,10 @@ class Counting:
         self.calls.append(len(x))
         return self.model(x)
 
+    def launch(self, x):  # a detector's queued call (what the feed makes)
+        self.calls.append(len(x))
+        return self.model.launch(x)
+
     def __getattr__(self, name):  # a detector's device, points, boxes, roi_search
         return getattr(self.model, name)
 
@@ -205,3 +209,46 @@ def test_the_job_with_videos_fed_together_writes_the_same_timelines(
             np.testing.assert_allclose(a[col].values, b[col].values, atol=1e-5, rtol=0)
         cols = ["uri", "status", "frames", "tracks", "config_hash"]
         assert sa[cols].equals(sb[cols]), name
+
+
+def test_the_next_chunk_is_detected_while_this_one_is_tracked(pipe, monkeypatch):
+    """Host/device overlap within one video (issue 24): chunk k + 1's detections are queued
+    on the device before chunk k is tracked and cropped, so a GPU works while the host does;
+    the rows equal, bit for bit, those of the chunk-by-chunk `push` loop (nothing queued
+    ahead)."""
+    from contextlib import ExitStack
+
+    from pipeline.faces.stream import FaceStream
+
+    cfg = load_config(None, face_overrides() + SMALL + ["video.chunk_frames=8"])  # 4 chunks
+    events: list[str] = []
+
+    class Order(Counting):
+        def launch(self, x):
+            events.append("launch")
+            return super().launch(x)
+
+    complete = FaceStream.complete
+
+    def tracked(self, *args, **kwargs):
+        events.append("complete")
+        return complete(self, *args, **kwargs)
+
+    monkeypatch.setattr(FaceStream, "complete", tracked)
+    fed = FacePipeline(cfg, Order(pipe.detector), pipe.landmarker, pipe.mean_face)
+    uri = str(asset(f"videos/{CLIPS[0]}"))
+    run, ahead = collect(fed, uri)
+    assert run.frames == 30 and run.tracks == 1
+    launch, done = "launch", "complete"
+    assert events == [launch, launch, done, launch, done, launch, done, done]
+
+    events.clear()
+    plain = FacePipeline(cfg, pipe.detector, pipe.landmarker, pipe.mean_face).run(uri)
+    parts = []
+    with ExitStack() as stack:
+        for chunk in plain.open(stack):
+            parts.append(plain.stream.push(chunk))
+        parts.append(plain.stream.finish())
+    assert events == [done] * 4
+    for k in ahead:
+        np.testing.assert_array_equal(ahead[k], np.concatenate([p[k] for p in parts]))

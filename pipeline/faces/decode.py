@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from pipeline.device import HostCopy
 from pipeline.faces.detection import Detections
 from schemas.config import DetectorConfig
 
@@ -110,22 +111,47 @@ def greedy_nms_dense(
 
 
 def decode_batch(out: NetOutputs, cfg: DetectorConfig) -> list[Detections]:
-    """The network's outputs for N frames (NetOutputs) -> N Detections in source px.
+    """The network's outputs for N frames (NetOutputs) -> N Detections in source px:
+    `launch_decode(out, cfg).result()`."""
+    return launch_decode(out, cfg).result()
 
-    Fixed shapes on the device, so nothing waits for the host inside the batch: each frame's
-    K strongest candidates (candidate_cap), decoded; greedy NMS per frame (greedy_nms_dense);
-    the min-size filter; `max_faces` per frame, strongest first. One packed copy comes to the
-    host (boxes, scores, points, counts and the two checks). Where a check fails (more
-    candidates than K in a frame, NMS not converged) the batch is decoded by decode_exact,
-    which gives the same detections with host round trips."""
-    k = candidate_cap(out, cfg)
-    packed = decode_device(out, cfg, k).cpu().numpy()
-    m = min(cfg.max_faces, out.loc.shape[1], k)
-    if not packed[:, -1].all():
-        log.debug("detector batch decoded exactly (a crowded frame or a long NMS chain)")
-        return decode_exact(out, cfg)
-    faces = packed[:, : m * 15].reshape(len(packed), m, 15)
-    return [_detections(f[:c]) for f, c in zip(faces, packed[:, -2].astype(np.int64).tolist())]
+
+class PendingDecode:
+    """One batch's decoding, queued on its device (`launch_decode`); `result()` reads it."""
+
+    def __init__(self, out: NetOutputs, cfg: DetectorConfig) -> None:
+        self.out, self.cfg = out, cfg
+        k = candidate_cap(out, cfg)
+        self.m = min(cfg.max_faces, out.loc.shape[1], k)
+        self.packed = HostCopy(decode_device(out, cfg, k))
+        self._result: list[Detections] | None = None
+
+    def result(self) -> list[Detections]:
+        """The N Detections (waits for the device here, the first time). Where a check fails
+        (more candidates than K in a frame, NMS not converged) the batch is decoded by
+        decode_exact, which gives the same detections with host round trips."""
+        if self._result is None:
+            self._result = self._read()
+        return self._result
+
+    def _read(self) -> list[Detections]:
+        packed = self.packed.numpy()
+        if not packed[:, -1].all():
+            log.debug("detector batch decoded exactly (a crowded frame or a long NMS chain)")
+            return decode_exact(self.out, self.cfg)
+        faces = packed[:, : self.m * 15].reshape(len(packed), self.m, 15)
+        counts = packed[:, -2].astype(np.int64).tolist()
+        return [_detections(f[:c]) for f, c in zip(faces, counts)]
+
+
+def launch_decode(out: NetOutputs, cfg: DetectorConfig) -> PendingDecode:
+    """Queue the decoding of N frames' outputs and return at once: fixed shapes on the device,
+    so nothing waits for the host inside the batch (each frame's K strongest candidates,
+    candidate_cap; greedy NMS per frame, greedy_nms_dense; the min-size filter; `max_faces`
+    per frame, strongest first), then one packed copy to the host (boxes, scores, points,
+    counts and the two checks), started without waiting (pipeline.device.HostCopy). The host
+    reads it with `result()`, after other work: tracking the previous chunk overlaps it."""
+    return PendingDecode(out, cfg)
 
 
 def _detections(rows: np.ndarray) -> Detections:

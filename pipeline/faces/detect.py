@@ -22,12 +22,14 @@ from torchvision.ops import nms as nms_boxes
 
 from pipeline.device import batch_for, tuned_kernels
 from pipeline.faces.align import box_iou
-from pipeline.faces.decode import NetOutputs, decode_batch
+from pipeline.faces.decode import NetOutputs, PendingDecode, launch_decode
 from pipeline.faces.detection import (
     FIVE_POINTS,
     RETINAFACE_BOXES,
     Detections,
     FaceDetector,
+    Joined,
+    Pending,
 )
 from pipeline.weights import resolve_file
 from schemas.config import DetectorConfig
@@ -356,22 +358,26 @@ class RetinaFaceDetector(FaceDetector):
         dt = self._in_dtype or getattr(torch, self.dtype)
         return prepare_frames(x, self.cfg.max_side, dt)
 
-    @torch.inference_mode()
     def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
-        if len(frames) == 0:
-            return []
-        out: list[Detections] = []
-        for s in range(0, len(frames), self.batch_size):
-            out.extend(self._detect(frames[s : s + self.batch_size]))
-        return out
+        return self.launch(frames).result()
 
-    def _detect(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
-        x, scale = self._prepare(frames)
-        return self._run(x, scale)
+    @torch.inference_mode()
+    def launch(self, frames: np.ndarray | torch.Tensor) -> Pending:
+        """Queue the detection of frames uint8 RGB [N, H, W, 3] in batches of `batch_size`
+        and return without waiting for the device (see FaceDetector.launch)."""
+        step = self.batch_size
+        return Joined([self._start(*self._prepare(frames[s : s + step]))
+                       for s in range(0, len(frames), step)])  # fmt: skip
 
     def _run(self, x: torch.Tensor, scale: float) -> list[Detections]:
         """Network + decoding of prepared inputs x [N, 3, h, w] at `scale` -> N Detections
         in (window) source px."""
+        return self._start(x, scale).result()
+
+    def _start(self, x: torch.Tensor, scale: float) -> PendingDecode:
+        """`_run` queued: the network and the decoding's device part, then the packed copy
+        started; nothing waits for the device (with a StageTimer attached, it is read at once
+        so each step is timed on its own)."""
         timer = self.timer
         h, w = x.shape[2:]
         with autocast(self.device, self.dtype), tuned_kernels(x.device):
@@ -381,10 +387,11 @@ class RetinaFaceDetector(FaceDetector):
         loc, conf, landm = loc.float(), conf.float(), landm.float()
         priors = device_priors(h, w, str(loc.device))
         size = device_size(w, h, float(scale), str(loc.device))
-        dets = decode_batch(NetOutputs(loc, conf, landm, priors, size), self.cfg)
+        pending = launch_decode(NetOutputs(loc, conf, landm, priors, size), self.cfg)
         if timer is not None:
+            pending.result()
             timer.mark("detect_post", None)
-        return dets
+        return pending
 
     @torch.inference_mode()
     def detect_rois(

@@ -19,8 +19,9 @@ registry. This module imports no other face module, so every detector module can
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -43,6 +44,36 @@ class Detections(NamedTuple):
             np.zeros(0, np.float32),
             np.zeros((0, points, 2), np.float32),
         )
+
+
+class Pending(Protocol):
+    """Detections still being computed on the device; `result()` waits for them."""
+
+    def result(self) -> list[Detections]:
+        """The detections, one per frame."""
+        ...
+
+
+class Ready:
+    """Detections already on the host, as a Pending."""
+
+    def __init__(self, dets: list[Detections]) -> None:
+        self.dets = dets
+
+    def result(self) -> list[Detections]:
+        """The detections, one per frame."""
+        return self.dets
+
+
+class Joined:
+    """Several Pendings (a call's batches) as one: their detections in order."""
+
+    def __init__(self, parts: Sequence[Pending]) -> None:
+        self.parts = list(parts)
+
+    def result(self) -> list[Detections]:
+        """The detections of every part, in order."""
+        return [d for p in self.parts for d in p.result()]
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,12 @@ class FaceDetector(ABC):
     def __call__(self, frames: np.ndarray | torch.Tensor) -> list[Detections]:
         """frames uint8 RGB [N, H, W, 3] (numpy, or a tensor on any device; one size per
         call) -> N Detections in source px."""
+
+    def launch(self, frames: np.ndarray | torch.Tensor) -> Pending:
+        """`__call__` started without waiting for the device: the host goes on (tracking the
+        previous chunk) while it runs, and reads the detections with `.result()`. A detector
+        that does not split its work computes them here."""
+        return Ready(self(frames))
 
     def detect_rois(
         self, frames: np.ndarray | torch.Tensor, anchors: list[np.ndarray]

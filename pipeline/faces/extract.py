@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from typing import Any
 
 import numpy as np
@@ -146,24 +146,29 @@ class FaceRun:
         self.max_buffered = self.stream.max_buffered
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.pipe.timer is None:  # a feed of one: decode and device overlap the host's work
+            from pipeline.faces.feed import FaceFeed
+
+            with closing(iter(FaceFeed(self.pipe, [self.uri], runs=[self]))) as feed:
+                for ev in feed:
+                    if ev.error is not None:
+                        raise ev.error
+                    if ev.rows is not None:
+                        yield ev.rows
+            return
+        # the per-step split (bench): decode on this thread, each step timed on its own
         with ExitStack() as stack:
-            chunks = self.open(stack)
-            stream, timer = self.stream, self.pipe.timer
+            timer, chunks = self.pipe.timer, self.open(stack)
+            stream = self.stream
             assert stream is not None
-            if timer is None:  # decode overlaps the device work
-                chunks = decode_ahead(chunks)
-                stack.callback(chunks.close)  # its thread stops before the video closes
-            else:  # the per-step split needs decode on this thread, timed on its own
-                timer.reset_clock()
+            timer.reset_clock()
             for chunk in chunks:
-                if timer is not None:
-                    timer.mark("decode")
+                timer.mark("decode")
                 self.count(chunk)
                 rows = stream.push(chunk)
                 if len(rows["track_id"]):
                     yield rows
-                if timer is not None:
-                    timer.reset_clock()
+                timer.reset_clock()
             rows = stream.finish()
             if len(rows["track_id"]):
                 yield rows

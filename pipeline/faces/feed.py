@@ -5,29 +5,34 @@ start and end of each video. `FaceFeed` keeps up to `infer.face_videos` videos o
 decodes `decode_ahead` chunks ahead in a thread of its own (from the pipeline's pool, reused
 video after video; PyAV releases the GIL, so decoding overlaps the device work) and keeps its
 own FaceStream (tracks, buffered frames). Each round takes the next chunk of every open video,
-runs the detector once per frame size over the frames of all of them (`detect_together`) and
-hands each video its own detections back; the landmarker then runs once over every video's
+queues the detector once per frame size over the frames of all of them (`launch_together`),
+and hands each video its own detections back; the landmarker then runs once over every video's
 faces (`batch_many`: FAN's crops of all videos in its batches), and tracking and crops run per
-video. A detection or a landmark never spans frames or videos, so a frame's faces do not
-depend on what they were batched with (tests/test_face_feed.py checks timelines within 1e-5).
+video. The rounds overlap by one: round r + 1's detections are queued on the device before
+round r's are read, so the device works while the host tracks and crops (a GPU never waits
+for the host's half of a round; on a CPU the order of the work changes, not the work). One
+video is a feed of one (FaceRun iterates through it). A detection or a landmark never spans
+frames or videos, so a frame's faces do not depend on what they were batched with
+(tests/test_face_feed.py checks timelines within 1e-5).
 
-Memory is bounded by the number of open videos: each holds `decode_ahead` chunks plus its
-stream's look-ahead (pipeline/faces/stream.py), whatever the length or number of videos.
+Memory is bounded by the number of open videos: each holds `decode_ahead` chunks, one staged
+chunk on the device, plus its stream's look-ahead (pipeline/faces/stream.py), whatever the
+length or number of videos.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pipeline.faces.detect import Detections
+from pipeline.faces.detection import Detections, Pending
 from pipeline.faces.extract import FacePipeline, FaceRun, decode_ahead
-from pipeline.faces.stream import FaceStream
+from pipeline.faces.stream import FaceStream, Staged
 from pipeline.video import FrameChunk
 
 Rows = dict[str, np.ndarray]
@@ -35,21 +40,42 @@ Rows = dict[str, np.ndarray]
 
 def detect_together(detector: object, frames: Sequence[torch.Tensor]) -> list[list[Detections]]:
     """Whole-frame detections of several videos' frames (each uint8 [S_i, H_i, W_i, 3] on the
-    detector's device): one detector call per frame size, frames of the same size stacked;
-    returns one list of S_i Detections per input, in order."""
-    out: list[list[Detections]] = [[] for _ in frames]
+    detector's device): `launch_together(...).result()`."""
+    return launch_together(detector, frames).result()
+
+
+class PendingTogether:
+    """Detections of several videos' frames, queued (`launch_together`); `result()` returns
+    one list of S_i Detections per input, in order (waiting for the device here)."""
+
+    def __init__(self, sizes: list[int], groups: list[tuple[list[int], Pending]]) -> None:
+        self.sizes, self.groups = sizes, groups
+
+    def result(self) -> list[list[Detections]]:
+        """One list of Detections per input, in order."""
+        out: list[list[Detections]] = [[] for _ in self.sizes]
+        for members, pending in self.groups:
+            found, start = pending.result(), 0
+            for i in members:
+                out[i] = found[start : start + self.sizes[i]]
+                start += self.sizes[i]
+        return out
+
+
+def launch_together(detector: object, frames: Sequence[torch.Tensor]) -> PendingTogether:
+    """Queue whole-frame detection of several videos' frames (each uint8 [S_i, H_i, W_i, 3]
+    on the detector's device): one detector call per frame size, frames of the same size
+    stacked; returns without waiting for the device."""
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i, f in enumerate(frames):
         if len(f):
             by_shape[tuple(f.shape[1:])].append(i)
+    groups = []
     for members in by_shape.values():
         with torch.inference_mode():
-            found = detector(torch.cat([frames[i] for i in members]))  # type: ignore[operator]
-        start = 0
-        for i in members:
-            out[i] = found[start : start + len(frames[i])]
-            start += len(frames[i])
-    return out
+            stacked = torch.cat([frames[i] for i in members])
+            groups.append((members, detector.launch(stacked)))  # type: ignore[attr-defined]
+    return PendingTogether([len(f) for f in frames], groups)
 
 
 @dataclass
@@ -59,6 +85,25 @@ class _Open:
     index: int
     run: FaceRun
     chunks: Iterator[FrameChunk]
+
+
+@dataclass
+class _Round:
+    """One chunk of each of several videos, staged on the device, with the whole-frame
+    detections of the batchable ones queued: (video, its staged chunk, its position among
+    the queued inputs or None) per video, and the queued detections."""
+
+    staged: list[tuple[_Open, Staged, int | None]]
+    pending: PendingTogether
+
+    def keep(self, indices: set[int]) -> _Round:
+        """The round without the videos not in `indices` (failed since it was staged)."""
+        return _Round([x for x in self.staged if x[0].index in indices], self.pending)
+
+    @property
+    def batchable(self) -> bool:
+        """Every video's detections were queued (none needs its tracks to find its faces)."""
+        return all(j is not None for _, _, j in self.staged)
 
 
 @dataclass(frozen=True)
@@ -74,19 +119,26 @@ class FeedEvent:
     error: BaseException | None = None
 
 
-class FaceFeed:
-    """Iterate the FeedEvents of `uris` processed together by `pipe` (see the module)."""
+Started = Generator[FeedEvent, None, tuple[_Round, list[_Open]]]
+"""What `FaceFeed._start` is: its events, then the round and the videos at their end."""
 
-    def __init__(self, pipe: FacePipeline, uris: Sequence[str]) -> None:
+
+class FaceFeed:
+    """Iterate the FeedEvents of `uris` processed together by `pipe` (see the module); `runs`
+    (one FaceRun of `pipe` per uri) when the caller holds them already (FaceRun itself)."""
+
+    def __init__(
+        self, pipe: FacePipeline, uris: Sequence[str], runs: Sequence[FaceRun] | None = None
+    ) -> None:
         self.pipe = pipe
         self.uris = list(uris)
+        self.runs = list(runs) if runs is not None else [pipe.run(u) for u in self.uris]
 
     def __iter__(self) -> Iterator[FeedEvent]:
         with ExitStack() as stack:
             live: list[_Open] = []
             pool = self.pipe.decoders(len(self.uris))
-            for i, uri in enumerate(self.uris):
-                run = self.pipe.run(uri)
+            for i, run in enumerate(self.runs):
                 try:
                     chunks = decode_ahead(run.open(stack), pool=pool)
                 except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
@@ -94,42 +146,66 @@ class FaceFeed:
                     continue
                 stack.callback(chunks.close)  # stop its decode thread before its reader closes
                 live.append(_Open(i, run, chunks))
-            while live:
-                live = yield from self._round(live)
+            rnd, ended = yield from self._start(live)
+            for v in ended:
+                yield from self._finish(v)
+            while rnd.staged:
+                # One round ahead: the next chunks' detections are queued before this round's
+                # are read, so the device works while the host tracks and crops this round.
+                # Not where a video's detection needs its tracks (ROI search) or steps are timed.
+                ahead = rnd.batchable and self.pipe.timer is None
+                if ahead:
+                    nxt, ended = yield from self._start([v for v, _, _ in rnd.staged])
+                    rnd = rnd.keep({v.index for v, _, _ in nxt.staged} | {v.index for v in ended})
+                still = yield from self._complete(rnd)
+                if not ahead:
+                    nxt, ended = yield from self._start(still)
+                keep = {v.index for v in still}
+                for v in ended:
+                    if v.index in keep:
+                        yield from self._finish(v)
+                rnd = nxt.keep(keep)
 
-    def _round(self, live: list[_Open]) -> Iterator[FeedEvent]:
-        """One chunk of every open video through the device; returns those still open."""
-        staged, still = [], []
+    def _start(self, live: list[_Open]) -> Started:
+        """Stage the next chunk of every video of `live` and queue their whole-frame
+        detections (one call per frame size); returns the round and the videos at their end."""
+        staged, ended = [], []
         for v in live:
             try:
                 chunk = next(v.chunks, None)
                 if chunk is None:
-                    yield from self._finish(v)
+                    ended.append(v)
                     continue
                 v.run.count(chunk)
                 staged.append((v, v.run.stream.stage(chunk)))  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
                 yield FeedEvent(v.index, v.run, error=exc)
-        streams = [v.run.stream for v, _ in staged]
-        batchable = [k for k, st in enumerate(streams) if st is not None and st.batchable]
-        dets = detect_together(self.pipe.detector, [staged[k][1].rgb for k in batchable])
-        found = dict(zip(batchable, dets))  # position in `staged` -> its detections
-        for k, (v, s) in enumerate(staged):
-            if k not in found:
-                try:
-                    found[k] = v.run.stream.detect(s.rgb, s.detect_frames)  # type: ignore[union-attr]
-                except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
-                    yield FeedEvent(v.index, v.run, error=exc)
-        ready = [k for k in range(len(staged)) if k in found]
-        jobs = [FaceStream.landmark_job(staged[k][1], found[k]) for k in ready]
+        batchable = [k for k, (v, _) in enumerate(staged) if v.run.stream.batchable]  # type: ignore[union-attr]
+        pending = launch_together(self.pipe.detector, [staged[k][1].rgb for k in batchable])
+        slot = {k: j for j, k in enumerate(batchable)}
+        return _Round([(v, st, slot.get(k)) for k, (v, st) in enumerate(staged)], pending), ended
+
+    def _complete(self, rnd: _Round) -> Generator[FeedEvent, None, list[_Open]]:
+        """A staged round's detections read, landmarks, tracking and rows; returns the videos
+        still open."""
+        dets = rnd.pending.result()
+        found: dict[int, list[Detections]] = {}  # position in the round -> its detections
+        for k, (v, s, j) in enumerate(rnd.staged):
+            try:
+                found[k] = dets[j] if j is not None else v.run.stream.detect(s.rgb, s.detect_frames)  # type: ignore[union-attr]
+            except Exception as exc:  # noqa: BLE001 - this video's, reported as its event
+                yield FeedEvent(v.index, v.run, error=exc)
+        ready = list(found)
+        jobs = [FaceStream.landmark_job(rnd.staged[k][1], found[k]) for k in ready]
         try:  # one landmarker call over every video's faces (FAN fills its batches)
             lms = dict(zip(ready, self.pipe.landmarker.batch_many(jobs)))
         except Exception as exc:  # noqa: BLE001 - each video of the round is retried alone
             for k in ready:
-                yield FeedEvent(staged[k][0].index, staged[k][0].run, error=exc)
-            return still
+                yield FeedEvent(rnd.staged[k][0].index, rnd.staged[k][0].run, error=exc)
+            return []
+        still = []
         for k in ready:
-            v, s = staged[k]
+            v, s, _ = rnd.staged[k]
             stream = v.run.stream
             assert stream is not None
             try:
