@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -365,11 +366,50 @@ def run_worker(module: str, task: dict[str, Any], timeout_s: float | None = None
 
 def timed(fn: Any) -> dict[str, Any]:
     """Run fn() -> dict between two load readings, a clock and this process's CPU clock
-    (all threads); add wall_s, cpu_s and load."""
+    (all threads); add wall_s, cpu_s and load, and gpu_busy_pct where nvidia-smi runs."""
     l0, t0, c0 = load1(), time.perf_counter(), time.process_time()
-    out = fn()
+    with GpuBusy() as busy:
+        out = fn()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {**out, "wall_s": wall, "cpu_s": cpu, "load": [l0, load1()]}
+    extra = {} if busy.share is None else {"gpu_busy_pct": busy.share}
+    return {**out, "wall_s": wall, "cpu_s": cpu, "load": [l0, load1()], **extra}
+
+
+def busy_share(text: str) -> float | None:
+    """Mean of nvidia-smi's `utilization.gpu` samples (one integer percent a line, csv,
+    noheader, nounits; lines that are not numbers skipped), None when there are none."""
+    vals = [float(x) for x in text.split() if x.strip().isdigit()]
+    return sum(vals) / len(vals) if vals else None
+
+
+class GpuBusy:
+    """While entered, nvidia-smi samples the GPU's utilisation every 100 ms (the share of
+    time a kernel ran, as the driver reports it); `share` is then their mean in percent, or
+    None where nvidia-smi is absent or gave nothing. On a machine with several GPUs the
+    samples of all of them are pooled (gpu.sh runs on one)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.share: float | None = None
+
+    def __enter__(self) -> GpuBusy:
+        exe = shutil.which("nvidia-smi")
+        if exe:
+            query = ["--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+            self.proc = subprocess.Popen([exe, *query], stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        self.share = busy_share(out or "")
 
 
 def config_of(task: dict[str, Any]) -> Any:

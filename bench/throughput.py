@@ -143,13 +143,13 @@ def work_split(task: dict[str, Any]) -> dict[str, Any]:
     timer = StageTimer()
 
     def go() -> dict[str, Any]:
-        frames = 0
+        frames = faces = 0
         for u in task["inputs"]:
             run = pipe.run(u)
-            for _ in run:
-                pass
+            for b in run:
+                faces += len(b["track_id"])
             frames += run.frames
-        return {"frames": frames}
+        return {"frames": frames, "faces": faces}
 
     warm = task["inputs"][:1]  # one warm-up video: kernels, allocator, priors
     for _ in pipe.run(warm[0]):

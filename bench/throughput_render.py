@@ -26,12 +26,13 @@ def split_table(rows: list[dict[str, Any]]) -> list[str]:
             [r["group"], r["kind"], r.get("frames", "-")]
             + [num(ms.get(k, 0.0), 3) for k in STEPS]
             + [num(total, 3), f"{100 * host / total:.0f}%" if total else "-"]
-            + [num(r.get("gpu_peak_mib"), 0)]
+            + [num(ms.get("fan", 0.0) / per if (per := r.get("faces_per_frame")) else None, 3)]
+            + [num(r.get("gpu_busy_pct"), 0), num(r.get("gpu_peak_mib"), 0)]
         )
     if not out:
         return []
     headers = ["inputs", "landmarks", "frames", *[f"{k} ms" for k in STEPS], "sum ms"]
-    headers += ["host-only share", "GPU peak MiB"]
+    headers += ["host-only share", "FAN ms a face", "GPU busy %", "GPU peak MiB"]
     return [
         "Face stage time per analysis frame by step (`split` rows: a StageTimer syncs the "
         "device at each step and decode runs in line, so the sum exceeds the overlapped "
@@ -102,6 +103,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
                 num(x_cpu, 2),
                 num(r.get("steady_fps"), 2),
                 num(r.get("startup_s"), 2),
+                num(r.get("gpu_busy_pct"), 0),
                 num(r.get("peak_mib"), 0),
                 fmt_load(*r["load"]) if "load" in r else "-",
             ]
@@ -120,6 +122,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         "x naive (CPU)",
         "steady fps",
         "start-up s",
+        "GPU busy %",
         "peak MiB",
         "load1",
     ]
@@ -277,4 +280,6 @@ def aggregate(
         }
     gpu = [r["gpu_peak_mib"] for r in ok if r.get("gpu_peak_mib")]
     row["gpu_peak_mib"] = max(gpu) if gpu else None
+    busy = [r["gpu_busy_pct"] for r in ok if r.get("gpu_busy_pct") is not None]
+    row["gpu_busy_pct"] = statistics.median(busy) if busy else None
     return row

@@ -207,6 +207,11 @@ class LandmarkConfig(Section):
         description="Face crops per FAN forward pass; None: 4 on a CPU, 256 on a GPU. Bounded: at "
         "most 1024. Not in config_hash.",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile FAN (for long GPU jobs: its first batches compile for "
+        "minutes; a failure falls back to the plain network, logged). Not in config_hash.",
+    )
 
 
 class TrackConfig(Section):
@@ -541,6 +546,7 @@ def config_hash(cfg: VaerrConfig, sections: tuple[str, ...] = RESULT_SECTIONS) -
     for runtime in ("device", "checkpoint", "registry_file", "encoder_checkpoint"):
         picked.get("model", {}).pop(runtime, None)
     picked.get("faces", {}).pop("device", None)
+    picked.get("faces", {}).get("landmarks", {}).pop("compile", None)  # how FAN runs, not what
     # Batch and chunk sizes are runtime settings (a frame's faces do not depend on its batch):
     # held at the values they had when they were hashed, so the hash keeps its old value.
     for section, key, held in RUNTIME_SIZES:

@@ -412,3 +412,101 @@ def test_face_stage_from_planes_matches_rgb_frames(retina_pipeline):
         mad = np.abs(a["crop"].astype(float) - b["crop"]).mean((1, 2))
         assert np.median(mad) < 2.0, np.median(mad)
     assert str(MEAN_FACE)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. FAN as it runs on a GPU (issue 24): channels-last, the network in half precision,
+#    torch.compile with a logged fallback; each path on CPU tensors here
+
+
+def fan_setup(**kwargs):
+    """A random one-hourglass FAN (no FAN weights here) behind Fan68, and one frame with two
+    boxes; kwargs go to Fan68 (channels_last, half, dtype, backend)."""
+    from face_alignment.models import FAN
+
+    from pipeline.faces.landmarks import Fan68
+
+    torch.manual_seed(0)
+    overrides = face_overrides("fan68") + [f"faces.landmarks.compile={'backend' in kwargs}"]
+    cfg = load_config(None, overrides)
+    fan = Fan68(cfg.faces.landmarks, net=FAN(1).eval(), **kwargs)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    boxes = [np.array([[40, 30, 140, 150], [180, 40, 290, 170]], np.float32)]
+    return fan, frame, boxes
+
+
+def fan_points(fan, frame, boxes) -> np.ndarray:
+    return fan.batch([frame], boxes, [np.zeros((2, 5, 2), np.float32)])[0]
+
+
+def test_fan_defaults_follow_the_device():
+    """On a CPU: plain NCHW float32 (autocast for another dtype, as before); on an
+    accelerator: channels-last, and the weights in half precision where dtype asks."""
+    from pipeline.faces.landmarks import Fan68
+
+    cfg = load_config(None, face_overrides("fan68"))
+    net = torch.nn.Conv2d(3, 68, 1)
+    cpu = Fan68(cfg.faces.landmarks, "cpu", net=net, dtype="float16")
+    assert (cpu.channels_last, cpu.half, cpu.compiled) == (False, False, None)
+    assert net.weight.dtype == torch.float32
+    gpu = Fan68.__new__(Fan68)  # the choices alone, without moving a net to a GPU
+    Fan68.__init__(gpu, cfg.faces.landmarks, "cpu", net=torch.nn.Conv2d(3, 68, 1),
+                   dtype="float16", channels_last=True, half=True)  # fmt: skip
+    assert gpu.net.weight.dtype == torch.float16
+    assert gpu.net.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fan_channels_last_and_half_give_its_points():
+    """The same FAN, NCHW float32 against channels-last (equal points) and against the
+    network in bfloat16 (heatmaps that agree: correlation over 0.99); the input reaches the
+    network in the layout and dtype chosen."""
+    fan, frame, boxes = fan_setup()
+    base = fan_points(fan, frame, boxes)
+    seen = []
+    nhwc, _, _ = fan_setup(channels_last=True)
+    hook = nhwc.net.register_forward_pre_hook(lambda m, a: seen.append(
+        (a[0].dtype, a[0].is_contiguous(memory_format=torch.channels_last))))  # fmt: skip
+    np.testing.assert_allclose(fan_points(nhwc, frame, boxes), base, atol=1e-3)
+    hook.remove()
+    assert seen == [(torch.float32, True)] * len(seen) and seen
+
+    half, _, _ = fan_setup(channels_last=True, half=True, dtype="bfloat16")
+    assert next(half.net.parameters()).dtype == torch.bfloat16
+    crops, _, _ = fan._crops(frame[None], boxes)
+    x = crops.permute(0, 3, 1, 2).float().div(255)
+    with torch.inference_mode():
+        a = fan.net(x)[-1].flatten()
+        b = half.net(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))[-1]
+    r = np.corrcoef(a.numpy(), b.float().flatten().numpy())[0, 1]
+    assert r > 0.99, r
+    assert fan_points(half, frame, boxes).shape == (2, 68, 2)
+
+
+def test_fan_compiled_gives_its_points_and_falls_back_when_compiling_fails(caplog):
+    """`faces.landmarks.compile`: the compiled network (the eager backend here: the same
+    wrapper without a C++ toolchain's minutes) gives the same points; a backend that fails
+    leaves FAN uncompiled from then on, with the reason logged, and the same points."""
+    fan, frame, boxes = fan_setup()
+    base = fan_points(fan, frame, boxes)
+    compiled, _, _ = fan_setup(backend="eager")
+    assert compiled.compiled is not None
+    np.testing.assert_allclose(fan_points(compiled, frame, boxes), base, atol=1e-4)
+    assert compiled.compiled is not None  # still compiled: it worked
+
+    def broken(gm, inputs):
+        raise RuntimeError("no compiler here")
+
+    failing, _, _ = fan_setup(backend=broken)
+    with caplog.at_level("WARNING"):
+        np.testing.assert_allclose(fan_points(failing, frame, boxes), base, atol=1e-4)
+    assert failing.compiled is None
+    assert "torch.compile failed" in caplog.text and "no compiler here" in caplog.text
+
+
+def test_how_fan_runs_is_not_in_the_config_hash():
+    from schemas.config import config_hash
+
+    plain = load_config(None, face_overrides("fan68"))
+    compiled = load_config(None, face_overrides("fan68") + ["faces.landmarks.compile=true"])
+    assert config_hash(plain) == config_hash(compiled)
