@@ -31,7 +31,7 @@ from pipeline.job import JobSpec, run_job
 from pipeline.manifest import expand_inputs
 from pipeline.outpaths import OutPaths
 from pipeline.record import utc_now
-from pipeline.scheduling import StageSpec
+from pipeline.scheduling import StageSpec, warm_up
 from pipeline.stages import FaceStage, ModelStage
 from pipeline.status import StatusRows
 from pipeline.storage import Storage
@@ -116,6 +116,8 @@ def run_inference(
     # the job's storage, not options made from the checkpoint's name: a name's registry and
     # the file it lists each get their own (a name alone gave none: issue 25)
     ckpt_uri = resolve_checkpoint(checkpoint, cfg.model.registry_file, cfg.cache_dir, store)
+    # in process, the stages' models load from now on, beside the checkpoint's id and listing
+    stages = warm_up(stage_specs(cfg, ckpt_uri, runner), runner)
     ckpt = load_checkpoint(ckpt_uri, store)
     if ckpt.untrained:
         log.warning("checkpoint %s is UNTRAINED: every output is marked untrained", checkpoint)
@@ -139,7 +141,7 @@ def run_inference(
         config_uri=paths.config,
         config_text=config_yaml(cfg),
         record_uri=paths.run_record,
-        stages=stage_specs(cfg, ckpt_uri, runner),
+        stages=stages,
         item_columns=ITEM_COLUMNS,
         max_attempts=cfg.infer.max_attempts,
         # run.json first, then the manifest (verify checks each input has one status row)

@@ -15,7 +15,8 @@ batch or yields several.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -45,8 +46,26 @@ class StageSpec:
     instance: Any = None
 
     def build(self) -> Any:
-        """The stage object for the local runner."""
+        """The stage object for the local runner (waiting for it if `warm_up` builds it)."""
+        if isinstance(self.instance, Future):
+            return self.instance.result()
         return self.instance if self.instance is not None else self.stage(**self.kwargs)
+
+
+def warm_up(specs: Sequence[StageSpec], runner: str) -> list[StageSpec]:
+    """For the local runner: start building the stages now, in a background thread, and
+    return specs whose `build()` waits for them. Building loads the models (weights read and
+    moved to the device, the CUDA context made), which then overlaps what the job does before
+    its first video: the checkpoint's id, listing the INPUTs, reading the status rows, the
+    opening files. An error building a stage is raised where it was before, at `build()`.
+    Under Ray each actor builds its stage where it runs: the specs are returned as they are."""
+    if runner != "local":
+        return list(specs)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="vaerr-warm-up")
+    try:
+        return [replace(s, instance=pool.submit(s.build)) for s in specs]
+    finally:
+        pool.shutdown(wait=False)  # the thread ends after its builds
 
 
 def text(x: Any) -> str:

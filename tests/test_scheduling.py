@@ -4,12 +4,14 @@ job shares (the Ray runner runs in test_infer / test_preprocess on a real local 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.scheduling import StageSpec, batch_to_rows, run_stages
+from pipeline.scheduling import StageSpec, batch_to_rows, run_stages, warm_up
 from pipeline.status import attempt_outcome, pending_rows, prior_attempts
 from schemas.tables import VIDEOS
 
@@ -82,3 +84,36 @@ def test_pending_rows_retry_environment_failures_until_max_attempts():
     )
     assert attempt_outcome("failed", "x", "environment", 2, 3)[0].endswith("final")
     assert attempt_outcome("failed", "x", "video", 0, 3) == ("x", 1, False)
+
+
+class _Slow:
+    """A stage whose construction takes a while (a model loading), on whichever thread."""
+
+    built_on: list[str] = []
+
+    def __init__(self, fail: bool = False) -> None:
+        time.sleep(0.3)
+        _Slow.built_on.append(threading.current_thread().name)
+        if fail:
+            raise ValueError("cannot read weights w.pt")
+
+    def __call__(self, batch):
+        return batch
+
+
+def test_local_stages_warm_up_while_the_job_lists_its_inputs():
+    """`warm_up`: the local runner's stages build in a background thread from the moment it
+    is called (the caller goes on at once, as the job lists its INPUTs); `build()` hands over
+    that same object; a stage that fails to build raises there, as it did before; under Ray
+    the specs are left as they are (actors build their own)."""
+    _Slow.built_on.clear()
+    t0 = time.perf_counter()
+    specs = warm_up([StageSpec(_Slow), StageSpec(_Slow, {"fail": True})], "local")
+    assert time.perf_counter() - t0 < 0.2  # not waiting for 0.6 s of building
+    stage = specs[0].build()
+    assert isinstance(stage, _Slow) and specs[0].build() is stage
+    with pytest.raises(ValueError, match="cannot read weights"):
+        specs[1].build()
+    assert _Slow.built_on and all(n.startswith("vaerr-warm-up") for n in _Slow.built_on)
+    ray_specs = [StageSpec(_Slow)]
+    assert warm_up(ray_specs, "ray") == ray_specs
