@@ -67,6 +67,17 @@ def tuned_kernels(device: str | torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """A host tensor on `device`. To a CUDA device it goes through pinned memory (torch's
+    caching host allocator reuses the blocks), so the copy queues behind the device's work
+    instead of holding the host until it lands; elsewhere it is moved as it is (on a CPU it
+    stays)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(dev, non_blocking=True)
+    return t.to(dev)
+
+
 class HostCopy:
     """A tensor's copy to the host, started without waiting for it.
 

@@ -224,3 +224,21 @@ def test_cuda_detector_batch_syncs_only_for_its_one_copy(outputs):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert packed.is_cuda and packed.shape[0] == 16
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_copies_between_host_and_device_start_without_waiting(device):
+    """`to_device` (host -> device; pinned memory to a GPU) and `HostCopy` (device -> host,
+    read later) move the same values; on a CPU neither copies at all."""
+    from pipeline.device import HostCopy, to_device
+
+    t = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    on = to_device(t, device)
+    assert on.device.type == torch.device(device).type
+    if on.device.type == "cpu":
+        assert on.data_ptr() == t.data_ptr()
+    back = HostCopy(on * 2)
+    assert (back.event is None) == (on.device.type == "cpu")
+    if back.event is not None:
+        assert back.host.is_pinned()
+    np.testing.assert_array_equal(back.numpy(), t.numpy() * 2)

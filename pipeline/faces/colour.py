@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.device import to_device
 from pipeline.video import SUBSAMPLING, Planes
 
 # (Kr, Kb) of the supported colour matrices.
@@ -118,7 +119,7 @@ def planes_to_device(
     every frame) on `device`. The planes cross to the device once, as uint8."""
     rot = planes.rotation
     if planes.rgb is not None:
-        rgb = _rotate(torch.from_numpy(planes.rgb).to(device, non_blocking=True), rot, (1, 2))
+        rgb = _rotate(to_device(torch.from_numpy(planes.rgb), device), rot, (1, 2))
         gray = rgb_to_gray(rgb)
         if select is not None:
             rgb = rgb[torch.from_numpy(np.asarray(select, np.int64)).to(rgb.device)]
@@ -126,7 +127,7 @@ def planes_to_device(
     sub = SUBSAMPLING[planes.fmt]
 
     def up(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+        return to_device(torch.from_numpy(np.ascontiguousarray(a)), device)
 
     y = up(planes.y)
     u = v = None

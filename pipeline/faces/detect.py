@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchvision.ops import nms as nms_boxes
 
-from pipeline.device import batch_for, tuned_kernels
+from pipeline.device import batch_for, to_device, tuned_kernels
 from pipeline.faces.align import box_iou
 from pipeline.faces.decode import NetOutputs, PendingDecode, launch_decode
 from pipeline.faces.detection import (
@@ -156,10 +156,10 @@ def load_retinaface(weights: str, device: str, cache: str | None = None) -> torc
 
 def frames_tensor(frames: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """uint8 RGB frames [N, H, W, 3] (numpy or a tensor anywhere) as a tensor on `device`; the
-    host -> device copy happens once, as uint8."""
+    host -> device copy happens once, as uint8, through pinned memory to a GPU."""
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
-    return frames.to(device, non_blocking=True)
+    return to_device(frames, device)
 
 
 @lru_cache(maxsize=16)
