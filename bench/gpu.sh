@@ -9,7 +9,8 @@
 #   OUT=/tmp/gpu-bench VAERR_PYTHON=python3 bench/gpu.sh [--cpu] [--quick] [bench.throughput args]
 #
 #   --cpu    no GPU: run the same script on the CPU (a smoke test of the whole path)
-#   --quick  short settings (2 s videos, 1 copy, no naive rows): about 2 minutes on 2 CPU cores
+#   --quick  short settings (2 s videos, 1 copy, no naive rows): 2 minutes on 2 CPU cores
+#            without Ray, 7.5 with its rows
 #
 # Environment:
 #   OUT            output folder (default bench/out): throughput.md (the tables), gpu.log
