@@ -166,10 +166,6 @@ def work_split(task: dict[str, Any]) -> dict[str, Any]:
     pipe.set_timer(timer)
     out = timed(go)
     out["steps_s"] = dict(timer.seconds)
-    if task["device"] == "cuda":
-        import torch
-
-        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -269,6 +265,8 @@ def worker_main(spec: str) -> None:
             raise SystemExit("--device cuda: torch sees no CUDA device")
     res = WORKERS[task["mode"]](task)
     res.setdefault("peak_mib", peak_rss_mib())
+    if task["device"] == "cuda":  # this process's device memory (the Ray row's actors aside)
+        res["gpu_peak_mib"] = sys.modules["torch"].cuda.max_memory_allocated() / 2**20
     if "torch" in sys.modules:
         res["threads"] = sys.modules["torch"].get_num_threads()
     report(res)

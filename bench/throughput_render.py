@@ -104,6 +104,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
                 num(r.get("steady_fps"), 2),
                 num(r.get("startup_s"), 2),
                 num(r.get("gpu_busy_pct"), 0),
+                num(r.get("gpu_peak_mib"), 0),
                 num(r.get("peak_mib"), 0),
                 fmt_load(*r["load"]) if "load" in r else "-",
             ]
@@ -123,6 +124,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         "steady fps",
         "start-up s",
         "GPU busy %",
+        "GPU peak MiB",
         "peak MiB",
         "load1",
     ]

@@ -26,7 +26,7 @@ from pipeline.faces.detect import (
     autocast,
     prior_boxes,
 )
-from pipeline.faces.extract import decode_ahead
+from pipeline.faces.feed import decode_ahead
 from pipeline.faces.landmarks import fan_crops, fan_windows, heatmap_points, heatmap_points_torch
 from pipeline.faces.warp import compose, similarity_batch, warp_batch
 from pipeline.video import VideoReader

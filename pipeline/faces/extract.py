@@ -8,9 +8,7 @@ records what it saw (frames, tracks, the decoder's info) for the status row.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from pipeline.device import batch_for, resolve_device
 from pipeline.faces.detection import FaceDetector
 from pipeline.faces.detectors import build_detector
+from pipeline.faces.feed import FaceFeed
 from pipeline.faces.landmarks import build_landmarker
 from pipeline.faces.stream import FaceStream
 from pipeline.video import FrameChunk, VideoInfo, VideoReader, frames_per_chunk
@@ -36,63 +35,6 @@ def load_mean_face(uri: str, cache: str | None = None) -> np.ndarray:
     if arr.shape != (68, 2):
         raise ValueError(f"mean face {uri} has shape {arr.shape}, expected (68, 2)")
     return arr.astype(np.float64)
-
-
-# Chunks decoded ahead of the one being processed (bounded: memory stays flat).
-DECODE_AHEAD = 2
-_END = object()
-
-
-def decode_ahead(
-    chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD, pool: ThreadPoolExecutor | None = None
-) -> Iterator[FrameChunk]:
-    """Iterate `chunks` in a background thread, at most `depth` chunks ahead of the consumer,
-    so decoding the next chunk (PyAV releases the GIL) overlaps the device work on this one.
-    Exceptions from decoding are re-raised in the consumer; stopping early (break, an error
-    downstream) stops the thread before this generator closes. With `pool`, the thread is
-    one of its (long-lived) threads rather than a new one: pipeline/faces/feed.py, where a new
-    thread per video grew the heap (glibc gives new threads new malloc arenas)."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for c in chunks:
-                while not stop.is_set():
-                    try:
-                        q.put(c, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item: Any = _END
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            item = exc
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    if pool is None:
-        t = threading.Thread(target=produce, name="vaerr-decode", daemon=True)
-        t.start()
-        wait: Any = t.join
-    else:
-        wait = pool.submit(produce).result
-    try:
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        wait()
 
 
 class FaceRun:
@@ -147,8 +89,6 @@ class FaceRun:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         if self.pipe.timer is None:  # a feed of one: decode and device overlap the host's work
-            from pipeline.faces.feed import FaceFeed
-
             with closing(iter(FaceFeed(self.pipe, [self.uri], runs=[self]))) as feed:
                 for ev in feed:
                     if ev.error is not None:

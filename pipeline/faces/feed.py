@@ -22,20 +22,115 @@ length or number of videos.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import defaultdict
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from pipeline.faces.detection import Detections, Pending
-from pipeline.faces.extract import FacePipeline, FaceRun, decode_ahead
 from pipeline.faces.stream import FaceStream, Staged
 from pipeline.video import FrameChunk
 
 Rows = dict[str, np.ndarray]
+
+
+class Pipe(Protocol):
+    """What the feed uses of a FacePipeline (pipeline/faces/extract.py, which builds on this
+    module): its models, its pool of decode threads, its optional timer and a run per uri."""
+
+    detector: Any
+    landmarker: Any
+    timer: Any
+
+    def decoders(self, n: int) -> ThreadPoolExecutor:
+        """A pool of at least n decode threads."""
+        ...
+
+    def run(self, uri: str) -> Run:
+        """A fresh run of one video."""
+        ...
+
+
+class Run(Protocol):
+    """What the feed uses of a FaceRun: open its video, count a chunk, its stream, close."""
+
+    stream: FaceStream | None
+
+    def open(self, stack: ExitStack) -> Iterator[FrameChunk]:
+        """The video's chunks (not yet decoded), its reader closed with `stack`."""
+        ...
+
+    def count(self, chunk: FrameChunk) -> None:
+        """Note a chunk about to be staged."""
+        ...
+
+    def close(self) -> None:
+        """After the last rows."""
+        ...
+
+
+# Chunks decoded ahead of the one being processed (bounded: memory stays flat).
+DECODE_AHEAD = 2
+_END = object()
+
+
+def decode_ahead(
+    chunks: Iterable[FrameChunk], depth: int = DECODE_AHEAD, pool: ThreadPoolExecutor | None = None
+) -> Iterator[FrameChunk]:
+    """Iterate `chunks` in a background thread, at most `depth` chunks ahead of the consumer,
+    so decoding the next chunk (PyAV releases the GIL) overlaps the device work on this one.
+    Exceptions from decoding are re-raised in the consumer; stopping early (break, an error
+    downstream) stops the thread before this generator closes. With `pool`, the thread is
+    one of its (long-lived) threads rather than a new one, as FaceFeed does: a new thread per
+    video grew the heap (glibc gives new threads new malloc arenas)."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for c in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(c, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item: Any = _END
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            item = exc
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    if pool is None:
+        t = threading.Thread(target=produce, name="vaerr-decode", daemon=True)
+        t.start()
+        wait: Any = t.join
+    else:
+        wait = pool.submit(produce).result
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        wait()
 
 
 def detect_together(detector: object, frames: Sequence[torch.Tensor]) -> list[list[Detections]]:
@@ -83,7 +178,7 @@ class _Open:
     """One open video of the feed: its position in the input, its run, its chunks."""
 
     index: int
-    run: FaceRun
+    run: Run
     chunks: Iterator[FrameChunk]
 
 
@@ -113,7 +208,7 @@ class FeedEvent:
     that stopped it (the other videos go on)."""
 
     index: int
-    run: FaceRun
+    run: Run
     rows: Rows | None = None
     done: bool = False
     error: BaseException | None = None
@@ -127,9 +222,7 @@ class FaceFeed:
     """Iterate the FeedEvents of `uris` processed together by `pipe` (see the module); `runs`
     (one FaceRun of `pipe` per uri) when the caller holds them already (FaceRun itself)."""
 
-    def __init__(
-        self, pipe: FacePipeline, uris: Sequence[str], runs: Sequence[FaceRun] | None = None
-    ) -> None:
+    def __init__(self, pipe: Pipe, uris: Sequence[str], runs: Sequence[Run] | None = None) -> None:
         self.pipe = pipe
         self.uris = list(uris)
         self.runs = list(runs) if runs is not None else [pipe.run(u) for u in self.uris]
