@@ -5,7 +5,10 @@ the last (within 10 %) is the target: memory is bounded by the videos open at on
 many go through.
 
     VAERR_ASSETS=../shared/assets .venv/bin/python -m bench.feed_memory [--videos 50]
-        [--videos-at-once 4] [--seconds 2] [--no-append]
+        [--videos-at-once 4] [--seconds 2] [--decode-processes] [--no-append]
+
+`--decode-processes`: each open video decodes in a worker process (infer.decode_processes),
+so 4 at once means 4 decode workers; their memory is reported beside this process's.
 """
 
 from __future__ import annotations
@@ -41,12 +44,27 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def workers_rss_mb(stage: FaceStage) -> float:
+    """Summed RSS of the stage's decode worker processes, MiB (0 where it decodes in threads)."""
+    if not stage.cfg.infer.decode_processes:
+        return 0.0
+    total = 0.0
+    for w in stage.pipe.decode_processes().workers:
+        try:
+            with open(f"/proc/{w.proc.pid}/status") as f:
+                total += next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+        except (OSError, StopIteration, AttributeError):
+            continue
+    return total
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the feed, print RSS per video, append the table to bench/RESULTS.md."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--videos", type=int, default=50)
     p.add_argument("--videos-at-once", type=int, default=4)
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--decode-processes", action="store_true")
     p.add_argument("--workdir", default="/tmp/vaerr-bench-feed")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args(argv)
@@ -54,10 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     command = begin("bench.feed_memory", argv, Path(args.workdir))
     uris = synth_videos(Path(args.workdir), "feed", args.videos, args.seconds, (240, 320))
     k = args.videos_at_once
-    cfg = load_config(None, face_overrides("retina5") + [f"infer.face_videos={k}"])
+    procs = f"infer.decode_processes={args.decode_processes}"
+    cfg = load_config(None, face_overrides("retina5") + [f"infer.face_videos={k}", procs])
     stage = FaceStage(cfg)
     l0, t0 = load1(), time.perf_counter()
-    rss, frames = [], 0
+    rss, workers, frames = [], [], 0
     for s in range(0, len(uris), k):
         group = uris[s : s + k]
         batch = {
@@ -70,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
                 assert out["status"][i] == "ok", (out["uri"][i], out["reason"][i])
                 frames += int(out["frames"][i])
                 rss.append(rss_mb())
-                log(f"video {len(rss)}: RSS {rss[-1]:.0f} MiB")
+                workers.append(workers_rss_mb(stage))
+                log(f"video {len(rss)}: RSS {rss[-1]:.0f} MiB, decode workers {workers[-1]:.0f}")
     wall = time.perf_counter() - t0
     tail = np.asarray(rss[9:])
     spread = (tail.max() - tail.min()) / tail.min() * 100 if len(tail) else float("nan")
@@ -90,6 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{tail.min():.0f}-{tail.max():.0f} MiB ({spread:.1f} % apart). The peak of the last "
         f"block against the second's: {growth:+.1f} % (target: within 10 %).\n"
     )
+    if args.decode_processes:
+        w = np.asarray(workers[9:])
+        body += (
+            f"\nDecode worker processes (infer.decode_processes), their summed RSS from the 10th "
+            f"video on: {w.min():.0f}-{w.max():.0f} MiB.\n"
+        )
     print(body)
     if not args.no_append:
         append_results("Face stage fed several videos at once: host memory", command, body)
