@@ -175,43 +175,64 @@ def test_a_failing_video_among_others_is_one_failed_row(pipe, tmp_path):
         }
 
 
-def test_the_job_with_videos_fed_together_writes_the_same_timelines(
-    tmp_path, tiny_checkpoint, monkeypatch, ray_local
-):
-    """`vaerr infer` (local runner) with infer.face_videos=3 against 1: the face stage is
-    called with 3 videos, then 1, and writes the same timelines within 1e-5, the same status
-    rows and config_hash. On Ray, the same stage code as one face actor fed 2 videos a call
-    (map_batches(batch_size=infer.face_videos)), each decoding in a worker process of its
-    own (infer.decode_processes): the same against 1 video a call on Ray (a Ray actor's model
-    runs on one thread: its sums are not the local runner's to the last bit)."""
+def job_tables(tmp_path, checkpoint, runs: dict) -> dict:
+    """`vaerr infer` on CLIPS once per run {name: (face_videos, runner)} (decode processes for
+    names ending in "processes", one face actor): name -> (timelines, status rows, hash)."""
     inputs = [str(asset(f"videos/{c}")) for c in CLIPS]
-    runs = {"1-local": (1, "local"), "3-local": (3, "local"), "1-ray": (1, "ray"),
-            "2-ray-processes": (2, "ray")}  # fmt: skip
-    tables, fed = {}, []
-    together = FaceStage._together
-    monkeypatch.setattr(
-        FaceStage, "_together", lambda st, heads: (fed.append(len(heads)), together(st, heads))[1]
-    )
+    tables = {}
     for name, (n, runner) in runs.items():
         procs = [f"infer.decode_processes={name.endswith('processes')}", "infer.face_actors=1"]
         cfg = load_config(None, face_overrides() + SMALL + [f"infer.face_videos={n}", *procs])
-        assert stage_specs(cfg, tiny_checkpoint)[0].batch_size == n
+        assert stage_specs(cfg, checkpoint)[0].batch_size == n
         out = str(tmp_path / name)
-        summary = run_inference(cfg, inputs, out, tiny_checkpoint, runner=runner)
+        summary = run_inference(cfg, inputs, out, checkpoint, runner=runner)
         assert (summary["ok"], summary["no_face"]) == (3, 1)
         key = ["uri", "track_id", "time_s"]
         tl = pq.read_table(Path(out) / "timelines").to_pandas().sort_values(key)
         st = pq.read_table(Path(out) / "videos").to_pandas().sort_values("uri")
         tables[name] = (tl.reset_index(drop=True), st.reset_index(drop=True), config_hash(cfg))
+    return tables
+
+
+def assert_same_job(a_table, b_table) -> None:
+    """Two job_tables entries: timelines within 1e-5, the same statuses and config_hash."""
+    (a, sa, ha), (b, sb, hb) = a_table, b_table
+    assert ha == hb and len(a) == len(b) > 0
+    assert (a.track_id.values == b.track_id.values).all()
+    for col in ("arousal", "valence"):
+        np.testing.assert_allclose(a[col].values, b[col].values, atol=1e-5, rtol=0)
+    cols = ["uri", "status", "frames", "tracks", "config_hash"]
+    assert sa[cols].equals(sb[cols])
+
+
+def test_the_job_with_videos_fed_together_writes_the_same_timelines(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """`vaerr infer` (local runner) with infer.face_videos=3 against 1: the face stage is
+    called with 3 videos, then 1, and writes the same timelines within 1e-5, the same status
+    rows and config_hash."""
+    fed = []
+    together = FaceStage._together
+    monkeypatch.setattr(
+        FaceStage, "_together", lambda st, heads: (fed.append(len(heads)), together(st, heads))[1]
+    )
+    runs = {"1-local": (1, "local"), "3-local": (3, "local")}
+    tables = job_tables(tmp_path, tiny_checkpoint, runs)
     assert fed == [3]  # the local runner's calls: 3 videos together, then the 4th alone
-    for base, name in (("1-local", "3-local"), ("1-ray", "2-ray-processes")):
-        (a, sa, ha), (b, sb, hb) = tables[base], tables[name]
-        assert ha == hb and len(a) == len(b) > 0
-        assert (a.track_id.values == b.track_id.values).all()
-        for col in ("arousal", "valence"):
-            np.testing.assert_allclose(a[col].values, b[col].values, atol=1e-5, rtol=0)
-        cols = ["uri", "status", "frames", "tracks", "config_hash"]
-        assert sa[cols].equals(sb[cols]), name
+    assert_same_job(tables["1-local"], tables["3-local"])
+
+
+def test_on_ray_a_face_actor_fed_two_videos_decoding_in_processes_agrees(
+    tmp_path, tiny_checkpoint, ray_local
+):
+    """On Ray, the same stage code as one face actor fed 2 videos a call
+    (map_batches(batch_size=infer.face_videos)), each video decoding in a worker process of
+    its own (infer.decode_processes): the timelines of 1 video a call decoding in threads,
+    within 1e-5, the same statuses and config_hash (Ray against Ray: a Ray actor's model runs
+    on one thread, so its sums are not the local runner's to the last bit)."""
+    runs = {"1-ray": (1, "ray"), "2-ray-processes": (2, "ray")}
+    tables = job_tables(tmp_path, tiny_checkpoint, runs)
+    assert_same_job(tables["1-ray"], tables["2-ray-processes"])
 
 
 def test_the_next_chunk_is_detected_while_this_one_is_tracked(pipe, monkeypatch):
