@@ -166,7 +166,7 @@ class Fan68:
         boxes: BoxConvention = RETINAFACE_BOXES,
         channels_last: bool | None = None,
         half: bool | None = None,
-        backend: str = "inductor",
+        backend: Any = "inductor",
     ) -> None:
         self.cfg = cfg
         self.boxes = boxes
