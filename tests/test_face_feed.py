@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.faces.extract import FacePipeline
-from pipeline.faces.feed import FaceFeed, detect_together
+from pipeline.faces.feed import FaceFeed, launch_together
 from pipeline.runner import run_inference, stage_specs
 from pipeline.stages import FaceStage
 from schemas.config import config_hash, load_config
@@ -123,12 +123,12 @@ def test_fan_runs_once_over_every_videos_faces(pipe):
         assert diff.max() <= 1
 
 
-def test_detect_together_splits_by_size_and_keeps_order(pipe):
+def test_launch_together_splits_by_size_and_keeps_order(pipe):
     a = torch.zeros((2, 64, 80, 3), dtype=torch.uint8)
     b = torch.zeros((3, 48, 48, 3), dtype=torch.uint8)
     empty = torch.zeros((0, 64, 80, 3), dtype=torch.uint8)
     counting = Counting(pipe.detector)
-    out = detect_together(counting, [a, empty, b, a])
+    out = launch_together(counting, [a, empty, b, a]).result()
     assert [len(o) for o in out] == [2, 0, 3, 2]
     assert sorted(counting.calls) == [3, 4]  # the two 64x80 inputs in one call
 

@@ -133,12 +133,6 @@ def decode_ahead(
         wait()
 
 
-def detect_together(detector: object, frames: Sequence[torch.Tensor]) -> list[list[Detections]]:
-    """Whole-frame detections of several videos' frames (each uint8 [S_i, H_i, W_i, 3] on the
-    detector's device): `launch_together(...).result()`."""
-    return launch_together(detector, frames).result()
-
-
 class PendingTogether:
     """Detections of several videos' frames, queued (`launch_together`); `result()` returns
     one list of S_i Detections per input, in order (waiting for the device here)."""
@@ -168,7 +162,9 @@ def launch_together(detector: object, frames: Sequence[torch.Tensor]) -> Pending
     groups = []
     for members in by_shape.values():
         with torch.inference_mode():
-            stacked = torch.cat([frames[i] for i in members])
+            # one video (every FaceRun is a feed of one): its frames as they are, no copy
+            parts = [frames[i] for i in members]
+            stacked = parts[0] if len(parts) == 1 else torch.cat(parts)
             groups.append((members, detector.launch(stacked)))  # type: ignore[attr-defined]
     return PendingTogether([len(f) for f in frames], groups)
 
