@@ -88,7 +88,7 @@ def validation_split(
 
 def render_workers() -> int:
     """Processes that render the corpus: every core (rendering is single-threaded numpy and
-    nothing else runs meanwhile but the unseen videos' half-CPU task), at most 8."""
+    nothing else runs meanwhile), at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
@@ -96,8 +96,8 @@ def render_unseen(
     out: Path, videos: int, seconds: float, seed: int, size: tuple[int, int], runner: str
 ) -> Callable[[], list[dict[str, Any]]]:
     """Start rendering the unseen videos (make_videos) and return a function that waits for
-    their truths. With Ray they render in a task of half a CPU beside the corpus rendering in
-    the driver (about 1 min of 2-core time hidden); locally they render when waited for."""
+    their truths. With Ray they render in a task of half a CPU (one core in practice) while the
+    driver shards the corpus on the other; locally they render when waited for."""
     if runner != "ray":
         return lambda: make_videos(out, videos, seconds, seed, size)
     import ray
@@ -191,10 +191,10 @@ def run_demo(
     seed: int = 7,
     runner: str = "ray",
     ray_init: dict[str, Any] | None = None,
-    identities: int = 160,
+    identities: int = 320,
     videos_per_identity: int = 1,
     validation_people: int | None = None,
-    train_seconds: float = 2.0,
+    train_seconds: float = 0.6,
     size: tuple[int, int] = FRAME_SIZE,
 ) -> dict[str, Any]:
     """Generate, train, score and report; returns the inference summary plus `ccc` (unseen
@@ -216,7 +216,6 @@ def run_demo(
     cfg = demo_config(cfg, root)
     # One Ray for the three jobs (they join it rather than start their own).
     with ray_session(None, ray_init) if runner == "ray" else contextlib.nullcontext():
-        unseen = render_unseen(root / "videos", videos, seconds, seed + 10_000, size, runner)
         log.info("rendering the training corpus: %d people x %d videos x %.1f s",
                  identities, videos_per_identity, train_seconds)  # fmt: skip
         make_corpus(
@@ -224,7 +223,11 @@ def run_demo(
             validation_split(identities, validation_people), size=size, with_audio=False,
             workers=render_workers(),
         )  # fmt: skip
-        shards = run_preprocess(cfg, runner=runner)
+        # The unseen people render on one core while this process shards the corpus on the
+        # other. Sharding runs in process: hundreds of sub-second videos cost Ray's actors
+        # more to start and schedule than to shard (36 s on Ray, 17 s here: bench/RESULTS.md).
+        unseen = render_unseen(root / "videos", videos, seconds, seed + 10_000, size, runner)
+        shards = run_preprocess(cfg, runner="local")
         log.info("shards: %s", shards)
         training = run_training(cfg, "finetune", runner=runner)
         ckpt = training["product"]
