@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--train-seconds",
         type=float,
-        default=0.6,
+        default=0.44,
         help="Length of corpus videos, s (a 0.5 s training clip each: more people, not more "
         "frames of one, is what generalises).",
     )
@@ -77,14 +77,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Parse -> build -> run."""
-    from training.demo import estimated_minutes, run_demo
+    from training.demo import QUIET_MINUTES, estimated_minutes, run_demo
 
     cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
     if verbosity() >= 0:
         print(
-            f"vaerr demo: about {estimated_minutes():.0f} minutes here (6 on a quiet 2-core "
-            "CPU; scaled by this machine's cores and load): render a synthetic corpus, "
-            "preprocess, fine-tune with one line per epoch, score unseen people, write a report.",
+            f"vaerr demo: about {estimated_minutes():.0f} minutes here ({QUIET_MINUTES:g} on a "
+            "quiet 2-core CPU; scaled by this machine's cores and load): render a synthetic "
+            "corpus, preprocess, fine-tune with one line per epoch, score unseen people, write "
+            "a report.",
             file=sys.stderr,
             flush=True,
         )

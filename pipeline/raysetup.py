@@ -25,6 +25,12 @@ What a single-machine user saw and could not act on, and what happens to it here
   setting turns them off without hiding real errors too: an actor "has constructor arguments
   in the object store and max_restarts > 0" and "N PYTHON worker processes have been
   started". `NOTE` says in one line, before them, what they mean for the user.
+
+A local Ray started here also sets RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (unless the user did) to
+`TRAIN_POLL_S`: Ray Train's controller notices a finished worker group only at its next poll,
+2 s apart by default, so every training run's end waited for it (a one-worker run took 18.4 s
+from fit() to its return, 5.0 s of it after the training function ended; 13.5 s and 1.0 s at
+0.25 s; the controller's processes inherit the variable from this one through the raylet).
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ NOTE = (
     "no action (an interrupted run is resumed by running it again)."
 )
 _noted = False
+
+TRAIN_POLL_S = "0.25"
+"""Ray Train's controller poll interval, s, in a local Ray started here (module docstring)."""
 
 
 def before_local_start(address: str | None) -> None:
@@ -94,6 +103,8 @@ def start_ray(address: str | None = None, ray_init: dict[str, Any] | None = None
     if not ray.is_initialized():
         target, how = ray_target(address)
         log.info("Ray: %s", how)
+        if target == "local":
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
         quiet_loggers()
         if not _noted and verbosity() >= 0 and address is None:
             log.info(NOTE)

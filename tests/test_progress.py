@@ -150,6 +150,28 @@ def test_local_ray_states_token_auth_so_ray_does_not_warn():
     assert _auth_mode_after({"RAY_AUTH_MODE": "disabled"}, None) == "disabled"  # the user's
 
 
+def test_a_local_ray_polls_ray_train_workers_often_unless_the_user_chose(tmp_path_factory):
+    """Ray Train's controller, a Ray worker process, inherits the poll interval that a local
+    Ray started by vaerr sets; a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    tmp = str(tmp_path_factory.mktemp("ray"))  # short: Ray's socket paths have a length limit
+    code = (
+        "import os, ray; from pipeline.raysetup import ray_session\n"
+        f"with ray_session(None, dict(num_cpus=1, include_dashboard=False, _temp_dir={tmp!r})):\n"
+        "    f = ray.remote(num_cpus=0)(\n"
+        "        lambda: os.environ.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S'))\n"
+        "    print(ray.get(f.remote()))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    for user, seen in (({}, "0.25"), ({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5"}, "1.5")):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **user},
+                             capture_output=True, text=True, check=True, timeout=80)  # fmt: skip
+        assert out.stdout.strip().splitlines()[-1] == seen
+
+
 def test_ray_loggers_quiet_unless_verbose():
     import logging
 

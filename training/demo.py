@@ -15,6 +15,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ def make_videos(
         truths.append(truth)
     return truths
 
+
+DEMO_RAY_INIT: dict[str, Any] = {"include_dashboard": False}
+"""ray.init settings of the demo's own Ray (a caller's `ray_init` adds to them)."""
 
 MAX_VALIDATION_PEOPLE = 40
 """Enough people to choose the best epoch by; every person beyond trains (a third of a
@@ -141,13 +145,16 @@ def ccc_interval(
     return float(lo), float(hi)
 
 
+QUIET_MINUTES = 3.5
+"""Wall minutes of the default demo on a quiet 2-core CPU (3.5-3.8 measured, README)."""
+
+
 def estimated_minutes(
-    base: float = 6.0, cpus: int | None = None, load: float | None = None
+    base: float = QUIET_MINUTES, cpus: int | None = None, load: float | None = None
 ) -> float:
-    """Rough wall time of the default demo here: `base` minutes on a quiet 2-core machine
-    (measured: 4.9-5.5 and 6.1-7.2 on two such machines, README), scaled by
-    sqrt((load + 2) / cores), never below 1. The square root: the 1-minute load average
-    overstates the share other work takes over a 20-minute run
+    """Rough wall time of the default demo here: `base` minutes on a quiet 2-core machine,
+    scaled by sqrt((load + 2) / cores), never below 1. The square root: the 1-minute load
+    average overstates the share other work takes over a run of minutes
     (measured on 2 cores: load 3.3 -> 1.4x, load 6.2 -> 1.9x, where (load + 2) / 2 said 2.7x
     and 4.1x)."""
     cpus = cpus or os.cpu_count() or 2
@@ -194,14 +201,14 @@ def run_demo(
     identities: int = 320,
     videos_per_identity: int = 1,
     validation_people: int | None = None,
-    train_seconds: float = 0.6,
+    train_seconds: float = 0.44,
     size: tuple[int, int] = FRAME_SIZE,
 ) -> dict[str, Any]:
     """Generate, train, score and report; returns the inference summary plus `ccc` (unseen
     videos vs truth), `ccc_interval` (95 % over the unseen videos), `training` (the
     fine-tuning summary) and `report` (the HTML report of the run). `seed` seeds the corpus,
     the unseen people, the weights, clip order and augmentations (train.seed) and this
-    process's RNGs; Ray Train's two workers still take batches in the order they arrive, so
+    process's RNGs; the lossy encodes of the rendered videos are not byte-reproducible, so
     runs with one seed agree closely, not bit for bit."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -214,26 +221,32 @@ def run_demo(
         if copied:
             log.info("seeded the weights cache from %s: %s", assets, ", ".join(copied))
     cfg = demo_config(cfg, root)
-    # One Ray for the three jobs (they join it rather than start their own).
-    with ray_session(None, ray_init) if runner == "ray" else contextlib.nullcontext():
-        log.info("rendering the training corpus: %d people x %d videos x %.1f s",
-                 identities, videos_per_identity, train_seconds)  # fmt: skip
-        make_corpus(
-            root / "corpus", identities, videos_per_identity, train_seconds, seed,
-            validation_split(identities, validation_people), size=size, with_audio=False,
-            workers=render_workers(),
+    log.info("rendering the training corpus: %d people x %d videos x %.1f s",
+             identities, videos_per_identity, train_seconds)  # fmt: skip
+    # The corpus renders in worker processes (started from a thread) while Ray starts; one
+    # Ray serves the three jobs (they join it rather than start their own), without the
+    # dashboard, whose processes would take a share of the two cores the whole run.
+    session = ray_session(None, {**DEMO_RAY_INIT, **(ray_init or {})})
+    with ThreadPoolExecutor(1) as pool:
+        corpus = pool.submit(
+            make_corpus, root / "corpus", identities, videos_per_identity, train_seconds,
+            seed, validation_split(identities, validation_people), size=size,
+            with_audio=False, workers=render_workers(),
         )  # fmt: skip
-        # The unseen people render on one core while this process shards the corpus on the
-        # other. Sharding runs in process: hundreds of sub-second videos cost Ray's actors
-        # more to start and schedule than to shard (36 s on Ray, 17 s here: bench/RESULTS.md).
-        unseen = render_unseen(root / "videos", videos, seconds, seed + 10_000, size, runner)
-        shards = run_preprocess(cfg, runner="local")
-        log.info("shards: %s", shards)
-        training = run_training(cfg, "finetune", runner=runner)
-        ckpt = training["product"]
-        truths = unseen()
-        summary = run_inference(cfg, [str(root / "videos")], str(root / "run"), ckpt,
-                                runner=runner)  # fmt: skip
+        with session if runner == "ray" else contextlib.nullcontext():
+            corpus.result()
+            # The unseen people render on one core while this process shards the corpus on
+            # the other. Sharding runs in process: hundreds of sub-second videos cost Ray's
+            # actors more to start and schedule than to shard (36 s on Ray, 17 s here:
+            # bench/RESULTS.md).
+            unseen = render_unseen(root / "videos", videos, seconds, seed + 10_000, size, runner)
+            shards = run_preprocess(cfg, runner="local")
+            log.info("shards: %s", shards)
+            training = run_training(cfg, "finetune", runner=runner)
+            ckpt = training["product"]
+            truths = unseen()
+            summary = run_inference(cfg, [str(root / "videos")], str(root / "run"), ckpt,
+                                    runner=runner)  # fmt: skip
     summary["ccc"] = truth_ccc(str(root / "run"), truths, cfg.video.fps)
     pairs = truth_pairs(str(root / "run"), truths)
     summary["ccc_interval"] = {k: ccc_interval(v, seed=seed) for k, v in pairs.items()}
