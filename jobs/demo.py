@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Render a synthetic corpus of talking faces whose expression follows known "
             "arousal/valence (people split train/validation), shard it with `vaerr "
-            "preprocess`, fine-tune ssvaerr_tiny with `vaerr finetune` (Ray Train, 2 CPU "
-            "workers), run `vaerr infer` with the trained checkpoint on synthetic videos of "
+            "preprocess`, fine-tune ssvaerr_tiny with `vaerr finetune` (Ray Train, one "
+            "worker), run `vaerr infer` with the trained checkpoint on synthetic videos of "
             "people it never saw, and print the CCC of the timelines against the rendered "
             "truth, where the tables are and how to query them. A few minutes on a 2-core "
             f"CPU. Defaults come from {DEMO_CONFIG.name}; --config/--set override them."

@@ -4,8 +4,9 @@ videos of people the network never saw -> CCC of the written timelines against t
 truth.
 
 Everything runs through the same functions as the commands (run_preprocess, run_training,
-run_inference) with jobs/configs/synthetic.yaml's CPU-sized settings; one local Ray serves
-all three steps.
+run_inference) with jobs/configs/synthetic.yaml's CPU-sized settings: the corpus is sharded in
+this process (`vaerr preprocess --local`), then one local Ray serves Ray Train and the
+inference job.
 """
 
 from __future__ import annotations
