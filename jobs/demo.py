@@ -67,8 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--train-seconds",
         type=float,
         default=0.44,
-        help="Length of corpus videos, s (a 0.5 s training clip each: more people, not more "
-        "frames of one, is what generalises).",
+        help="Length of corpus videos, s (11 frames: the tracker keeps the frames between two "
+        "detections, every 10th; one 8-frame training clip each: more people, not more frames "
+        "of one, is what generalises).",
     )
     p.add_argument("--local", action="store_true", help="In-process runners instead of Ray.")
     add_config_args(p)

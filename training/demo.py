@@ -222,11 +222,11 @@ def run_demo(
         if copied:
             log.info("seeded the weights cache from %s: %s", assets, ", ".join(copied))
     cfg = demo_config(cfg, root)
-    log.info("rendering the training corpus: %d people x %d videos x %.1f s",
+    log.info("rendering the training corpus: %d people x %d videos x %.2f s",
              identities, videos_per_identity, train_seconds)  # fmt: skip
     # The corpus renders in worker processes (started from a thread) while Ray starts; one
-    # Ray serves the three jobs (they join it rather than start their own), without the
-    # dashboard, whose processes would take a share of the two cores the whole run.
+    # Ray serves training and inference (they join it rather than start their own), without
+    # the dashboard, whose processes would take a share of the two cores the whole run.
     session = ray_session(None, {**DEMO_RAY_INIT, **(ray_init or {})})
     with ThreadPoolExecutor(1) as pool:
         corpus = pool.submit(
